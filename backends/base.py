@@ -1,0 +1,228 @@
+"""The backend contract: where experiments run.
+
+Modelled on submitit: the public methods (``submit``, ``poll``, ``cancel``...) are written once
+here and do the bookkeeping; a backend fills in small private hooks ("start this", "what state
+is it in", "stop it"). The campaign only ever talks to this interface, so ``backend=local``,
+``backend=slurm`` and ``backend=skypilot`` are interchangeable.
+
+A backend never parses metrics: it reports how a job ended (exit code, timeout, cancel) and
+the job's log text; the campaign turns that into a Result.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from hybrid.errors import BackendError
+from hybrid.types import Experiment
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One slot of compute. A backend lists one Worker per slot that can run one experiment."""
+
+    name: str  # unique within the campaign, e.g. "gpu0", "w03", "slurm-h100-2"
+    hardware: str  # label results are grouped by, e.g. "h100", "cpu"
+    hourly_usd: float = 0.0
+    gpus: tuple[int, ...] = ()  # local GPU indices (CUDA_VISIBLE_DEVICES) when relevant
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How to run one experiment: a shell command in a prepared workdir."""
+
+    command: str  # a shell command line (run with /bin/sh -c)
+    workdir: Path  # the experiment's own snapshot (already created, holds params.json)
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
+    timeout_s: float | None = None  # kill the whole process tree after this long
+    log_name: str = "run.log"  # stdout+stderr go to workdir/log_name
+
+
+class JobState(IntEnum):
+    """What a backend knows about one job."""
+
+    QUEUED = 0
+    RUNNING = 1
+    EXITED = 2  # ended by itself; see exit_code
+    TIMEOUT = 3  # killed after RunSpec.timeout_s
+    CANCELLED = 4  # killed by cancel()
+    LOST = 5  # the backend can no longer find the job (node failure, orchestrator restart...)
+
+    def is_finished(self) -> bool:
+        return self >= JobState.EXITED
+
+
+@dataclass
+class JobHandle:
+    """A submitted job. ``job_id`` is what the store records and ``attach`` takes on resume."""
+
+    job_id: str
+    experiment_id: str
+    worker: Worker
+    started: float  # time.time() at submit
+    workdir: Path
+    log_name: str = "run.log"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job that ended, as reported once by ``poll``."""
+
+    job_id: str
+    experiment_id: str
+    state: JobState  # EXITED, TIMEOUT, CANCELLED or LOST
+    exit_code: int | None  # None when unknown (killed, lost)
+    log: str  # the job's stdout+stderr (possibly only its tail for very large logs)
+    started: float
+    ended: float
+    worker: Worker
+    reason: str = ""  # human-readable detail for anything but a clean exit
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+class Backend(ABC):
+    """A pool of workers that run experiments.
+
+    Thread-safety: the campaign calls a backend from one thread; the lock here only guards the
+    bookkeeping against backends that complete jobs from helper threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._active: dict[str, JobHandle] = {}  # job_id -> handle, jobs not yet reported by poll()
+
+    # ---- the public contract ---------------------------------------------------------------
+    @abstractmethod
+    def workers(self) -> list[Worker]:
+        """Every worker slot of the pool (name, hardware, hourly_usd)."""
+
+    def free_workers(self) -> list[Worker]:
+        """Worker slots with nothing running on them right now."""
+        with self._lock:
+            busy = {h.worker.name for h in self._active.values()}
+        return [w for w in self.workers() if w.name not in busy]
+
+    def worker(self, name: str) -> Worker:
+        for w in self.workers():
+            if w.name == name:
+                return w
+        raise BackendError(f"no worker named {name!r}; workers: {', '.join(w.name for w in self.workers())}")
+
+    def submit(self, exp: Experiment, spec: RunSpec) -> JobHandle:
+        """Start ``spec`` for ``exp`` on the worker ``exp.worker``. Returns at once."""
+        worker = self.worker(exp.worker)
+        with self._lock:
+            if any(h.worker.name == worker.name for h in self._active.values()):
+                raise BackendError(f"worker {worker.name} is busy; submit only to free_workers()")
+        if not spec.workdir.is_dir():
+            raise BackendError(f"workdir {spec.workdir} does not exist; snapshot it before submit")
+        handle = self._start(exp, spec, worker)
+        with self._lock:
+            self._active[handle.job_id] = handle
+        return handle
+
+    def poll(self) -> list[Finished]:
+        """Jobs that ended since the last call. Non-blocking; each job is reported exactly once."""
+        with self._lock:
+            handles = list(self._active.values())
+        if not handles:
+            return []
+        finished = self._poll(handles)
+        with self._lock:
+            for f in finished:
+                self._active.pop(f.job_id, None)
+        return finished
+
+    def running(self) -> list[JobHandle]:
+        with self._lock:
+            return list(self._active.values())
+
+    def attach(self, job_id: str, exp: Experiment) -> JobHandle | None:
+        """Re-attach a job started by an earlier orchestrator process (resume).
+
+        Returns the handle (then ``poll`` reports its end as usual), or None when the job cannot
+        be found at all; a job that ended while nobody watched is still found and reported.
+        """
+        # A worker removed from the config since the job started is still watched to its end.
+        worker = next((w for w in self.workers() if w.name == exp.worker), None)
+        if worker is None:
+            worker = Worker(exp.worker, exp.hardware)
+        handle = self._attach(job_id, exp, worker)
+        if handle is not None:
+            with self._lock:
+                self._active[handle.job_id] = handle
+        return handle
+
+    def recover(self, exp: Experiment) -> JobHandle | None:
+        """Find a job for ``exp`` whose id never reached the store (killed between submit and
+        mark_running). Default: such jobs cannot exist because ``_start`` is atomic."""
+        return None
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job; ``poll`` then reports it CANCELLED. Unknown ids are ignored."""
+        with self._lock:
+            handle = self._active.get(job_id)
+        if handle is not None:
+            self._cancel(handle)
+
+    def cancel_all(self) -> None:
+        for h in self.running():
+            self._cancel(h)
+
+    def detach(self) -> None:
+        """Forget running jobs without stopping them (they are re-attached on resume)."""
+        with self._lock:
+            self._active.clear()
+
+    def wait(self, timeout_s: float, interval_s: float = 0.05) -> list[Finished]:
+        """Poll until every active job has finished or ``timeout_s`` passed (tests, shutdown)."""
+        out: list[Finished] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out.extend(self.poll())
+            if not self.running() or time.monotonic() >= deadline:
+                return out
+            time.sleep(interval_s)
+
+    def close(self) -> None:
+        """Release what this campaign started (clusters, daemons). Running jobs are left alone:
+        the campaign cancels or detaches them first."""
+
+    # ---- hooks a backend implements -------------------------------------------------------
+    @abstractmethod
+    def _start(self, exp: Experiment, spec: RunSpec, worker: Worker) -> JobHandle:
+        """Start the job; return its handle. Must not block on the job itself."""
+
+    @abstractmethod
+    def _poll(self, handles: Sequence[JobHandle]) -> list[Finished]:
+        """Return the subset of ``handles`` that have ended, with their logs."""
+
+    @abstractmethod
+    def _cancel(self, handle: JobHandle) -> None:
+        """Stop the job and everything it started."""
+
+    @abstractmethod
+    def _attach(self, job_id: str, exp: Experiment, worker: Worker) -> JobHandle | None:
+        """Rebuild a handle for ``job_id`` (see ``attach``)."""
+
+
+def read_log(path: Path, max_bytes: int = 4 * 1024 * 1024) -> str:
+    """A job log as text: all of it, or its last ``max_bytes`` when larger."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", errors="replace")

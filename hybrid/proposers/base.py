@@ -1,0 +1,54 @@
+"""The proposer contract: given what happened so far, suggest configurations to try next."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from hybrid.space import SearchSpace
+from hybrid.types import Candidate, Experiment, Objective
+
+
+class Proposer(ABC):
+    """Suggests candidates. Implementations must be deterministic for a fixed ``seed`` and history.
+
+    ``history`` holds every experiment of the campaign in creation order: finished ones carry a
+    ``result`` (use ``exp.value(objective.metric)``; None means it failed), PENDING/RUNNING ones
+    do not and must be treated as "being evaluated" (never re-proposed as-is).
+    Candidates returned must be valid in ``space`` (use ``space.validate``).
+    """
+
+    #: the ``Candidate.source`` label this proposer writes (sub-sources allowed, e.g. "tpe"/"cmaes")
+    name: str = "base"
+
+    def __init__(self, space: SearchSpace, objective: Objective, seed: int = 0) -> None:
+        self.space = space
+        self.objective = objective
+        self.seed = seed
+
+    @abstractmethod
+    def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
+        """Return up to ``n`` new candidates (fewer when the space is exhausted)."""
+
+    def close(self) -> None:
+        """Stop background work (threads, clients). Called once at the end of a campaign."""
+
+
+def completed(history: Sequence[Experiment], objective: Objective) -> list[tuple[Experiment, float | None]]:
+    """Finished experiments with their objective value (None for failures)."""
+    return [(e, e.value(objective.metric)) for e in history if e.result is not None]
+
+
+def incumbent(history: Sequence[Experiment], objective: Objective) -> Experiment | None:
+    """The best successful experiment so far (earliest wins ties), or None."""
+    best: Experiment | None = None
+    best_v: float | None = None
+    for e, v in completed(history, objective):
+        if v is not None and (best_v is None or objective.better(v, best_v)):
+            best, best_v = e, v
+    return best
+
+
+def seen_keys(space: SearchSpace, history: Sequence[Experiment]) -> set[tuple]:
+    """Identity keys of every configuration tried or in flight, for duplicate filtering."""
+    return {space.key(e.params) for e in history}
