@@ -193,7 +193,7 @@ class Backend(ABC):
                 return out
             time.sleep(interval_s)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends start nothing shared
         """Release what this campaign started (clusters, daemons). Running jobs are left alone:
         the campaign cancels or detaches them first."""
 

@@ -127,9 +127,10 @@ class CampaignSection:
 class Config:
     target: TargetConfig = MISSING
     space: SpaceConfig = MISSING
-    backend: BackendConfig = MISSING
-    proposer: ProposerConfig = MISSING
-    surrogate: SurrogateConfig = MISSING
+    # backend/proposer/surrogate options differ per implementation: each YAML names its own schema
+    backend: Any = MISSING
+    proposer: Any = MISSING
+    surrogate: Any = MISSING
     stopping: StoppingConfig = MISSING
     tracking: TrackingConfig = MISSING
     budget: BudgetConfig = field(default_factory=BudgetConfig)

@@ -30,7 +30,7 @@ class Proposer(ABC):
     def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
         """Return up to ``n`` new candidates (fewer when the space is exhausted)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most proposers hold nothing
         """Stop background work (threads, clients). Called once at the end of a campaign."""
 
 

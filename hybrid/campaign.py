@@ -1,0 +1,414 @@
+"""The campaign event loop: keep every worker busy, record every result, stop for a reason.
+
+    restore (re-attach RUNNING jobs) -> loop { poll -> record -> mirror; dispatch to free
+    workers: proposers -> ranker -> store.create -> snapshot -> submit -> mark_running } -> finalize
+
+Store before side effects: an experiment row exists before its job is submitted and a result
+is committed before anything else hears of it, so ``kill -9`` at any point loses nothing and
+duplicates nothing. MLflow is fed from a background thread (a mirror never slows dispatch).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from backends.base import Backend, Finished, RunSpec, Worker
+from backends.workdir import snapshot
+from hybrid import targets
+from hybrid.errors import BackendError, ConfigError, InvalidCandidateError
+from hybrid.progress import Progress, View
+from hybrid.proposers.base import Proposer
+from hybrid.report import Summary, baseline_experiment, best_experiment, summarize, write_results_tsv
+from hybrid.space import SearchSpace
+from hybrid.stopping import Budget, CampaignProgress, failure_reason
+from hybrid.store import Store
+from hybrid.targets import TargetSpec
+from hybrid.tracking import CampaignInfo, NullTracker, Tracker
+from hybrid.types import Candidate, Experiment, ExperimentState, Result
+from surrogate.acquisition import InOrderRanker, Ranker
+
+LOST = "orchestrator lost the job"
+NEVER_SUBMITTED = "never submitted (the orchestrator stopped before submitting it)"
+
+
+class _Mirror(threading.Thread):
+    """Feeds finished experiments to the tracker off the dispatch path, then marks them mirrored."""
+
+    def __init__(self, tracker: Tracker, store: Store) -> None:
+        super().__init__(name="hybrid-mirror", daemon=True)
+        self.tracker, self.store = tracker, store
+        self.q: queue.Queue[tuple[Experiment, Result] | tuple[str, Mapping[str, Any]] | None] = queue.Queue()
+
+    def run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if isinstance(item[0], Experiment):
+                exp, result = item
+                # Trackers never raise: they warn and go on. An unmirrored result is retried on resume.
+                if self.tracker.log(exp, result):
+                    self.store.mark_mirrored(exp.id)
+            else:
+                self.tracker.update(item[1])  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.join()
+
+
+class Campaign:
+    def __init__(
+        self,
+        *,
+        name: str,
+        dir: Path,
+        space: SearchSpace,
+        target: TargetSpec,
+        backend: Backend,
+        proposer: Proposer,
+        ranker: Ranker | None = None,
+        budget: Budget | None = None,
+        tracker: Tracker | None = None,
+        mode: str = "async",
+        poll_interval_s: float = 0.2,
+        max_failure_rate: float = 0.5,
+        on_interrupt: str = "cancel",
+        progress: Progress | None = None,
+        config: Mapping[str, Any] | None = None,
+        target_hardware: str | None = None,
+    ) -> None:
+        if mode not in ("async", "sync"):
+            raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
+        if on_interrupt not in ("cancel", "detach"):
+            raise ConfigError(f"campaign.on_interrupt: {on_interrupt!r} is not cancel or detach")
+        if not 0 <= max_failure_rate <= 1:
+            raise ConfigError(f"campaign.max_failure_rate: {max_failure_rate} must be within [0, 1]")
+        self.name, self.dir, self.space, self.target = name, Path(dir), space, target
+        self.objective = target.objective
+        self.backend, self.proposer = backend, proposer
+        self.ranker = ranker or InOrderRanker()
+        self.budget = budget or Budget()
+        self.tracker = tracker or NullTracker()
+        self.mode, self.poll_interval_s = mode, poll_interval_s
+        self.max_failure_rate, self.on_interrupt = max_failure_rate, on_interrupt
+        self.progress = progress or Progress("none")
+        self.config = dict(config or {})
+        self.target_hardware = target_hardware
+        self.exps: dict[str, Experiment] = {}
+        self.requeue: list[Candidate] = []
+        self.stop_reason: str | None = None
+        self.status = "new"  # then finished | interrupted | failed
+        self.wave = 0
+        self._free_since: dict[str, float] = {}
+        self._session_start = time.time()
+        self._active_before = 0.0
+        self._last_tsv = 0.0
+
+    # ---- public ---------------------------------------------------------------------------
+    def run(self) -> Summary:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = self._lock()
+        try:
+            return self._run()
+        finally:
+            lock.close()
+
+    def _run(self) -> Summary:
+        self.store = Store(self.dir / "state.sqlite")
+        resumed = self.store.claim(self.name, self.objective.metric)
+        self.store.set_meta("config", self.config)
+        self.store.event("resume" if resumed else "start", f"pid {os.getpid()}")
+        self._active_before = float(self.store.get_meta("active_s", 0.0))
+        parent = self.tracker.start(CampaignInfo(self.name, self.dir, self.config, self.objective,
+                                                 self.store.get_meta("mlflow_parent_run_id")))
+        if parent:
+            self.store.set_meta("mlflow_parent_run_id", parent)
+        self.mirror = _Mirror(self.tracker, self.store)
+        self.mirror.start()
+        try:
+            self._restore(resumed)
+            self.progress.start(self._view())
+            reason = self._loop()
+            self.status = "finished"
+        except KeyboardInterrupt:
+            reason = self._interrupt()
+            self.status = "interrupted"
+        except BaseException:
+            # A bug or an unusable backend: leave running jobs alone, a resume re-attaches them.
+            self.backend.detach()
+            self.progress.stop()
+            self.mirror.stop()
+            self.store.event("error")
+            self.store.set_meta("active_s", self._progress().elapsed_s)
+            self.store.close()
+            raise
+        return self._finalize(reason, self.status)
+
+    def experiments(self) -> list[Experiment]:
+        """Every experiment recorded so far, read from the store (works after ``run``)."""
+        store = Store(self.dir / "state.sqlite")
+        try:
+            return store.experiments()
+        finally:
+            store.close()
+
+    # ---- startup --------------------------------------------------------------------------
+    def _lock(self):
+        f = open(self.dir / ".lock", "a+")  # noqa: SIM115 - held for the whole session
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ConfigError(f"campaign.name: campaign {self.name!r} is already running in another process "
+                              f"({self.dir}); wait for it, or pick another campaign.name") from None
+        return f
+
+    def _restore(self, resumed: bool) -> None:
+        for e in self.store.experiments():
+            self.exps[e.id] = e
+            self.wave = max(self.wave, e.wave)
+        if not resumed:
+            return
+        n_attached = 0
+        for e in list(self.exps.values()):
+            if e.state is ExperimentState.RUNNING and e.job_id:
+                if self.backend.attach(e.job_id, e) is not None:
+                    n_attached += 1
+                else:
+                    self._lose(e, LOST, ExperimentState.CRASHED)
+            elif e.state is ExperimentState.PENDING:
+                handle = self.backend.recover(e)
+                if handle is not None:
+                    self.store.mark_running(e.id, handle.job_id, handle.started)
+                    e.state, e.job_id, e.started = ExperimentState.RUNNING, handle.job_id, handle.started
+                    n_attached += 1
+                else:
+                    self._lose(e, NEVER_SUBMITTED, ExperimentState.CANCELLED)
+        # Lost experiments are re-run once; derived from the store, so a lost config whose re-run
+        # never got dispatched (another kill) is still re-queued on the next resume.
+        exps = list(self.exps.values())
+        for i, e in enumerate(exps):
+            key = self.space.key(e.params)
+            if e.extra.get("requeued") and not any(self.space.key(x.params) == key for x in exps[i + 1:]):
+                reason = e.result.reason if e.result else LOST
+                self.requeue.append(replace(e.candidate, rationale=f"re-run of {e.id} ({reason}). "
+                                            f"{e.candidate.rationale}".strip()))
+        for e in self.exps.values():
+            if e.result is not None and not e.extra.get("_mirrored"):
+                self.mirror.q.put((e, e.result))
+        n_done = sum(1 for e in self.exps.values() if e.result is not None)
+        self.progress.message(f"resumed campaign {self.name}: {n_done} results kept, {n_attached} running jobs "
+                              f"re-attached, {len(self.requeue)} lost experiments re-queued")
+
+    def _lose(self, e: Experiment, reason: str, state: ExperimentState) -> None:
+        """Record an experiment the orchestrator lost track of (``_restore`` queues it again)."""
+        result = Result(e.id, state, {}, e.hardware, 0.0, 0.0, "", reason)
+        self.store.record(result, extra={"requeued": True})
+        e.state, e.result = state, result
+        e.extra["requeued"] = True
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _loop(self) -> str:
+        while True:
+            busy = self._collect()
+            if self.stop_reason is None:
+                self.stop_reason = self._check_stop()
+            running = self.backend.running()
+            if self.stop_reason is not None and not running:
+                return self.stop_reason
+            if self.stop_reason is None:
+                dispatched = self._dispatch()
+                busy = dispatched or busy
+                if not dispatched and not self.backend.running():
+                    self.stop_reason = "search space exhausted: the proposers have no new configuration"
+                    self.progress.message(f"stopping: {self.stop_reason}")
+            self.progress.tick(self._view())
+            if not busy:
+                time.sleep(self.poll_interval_s)
+
+    def _collect(self) -> bool:
+        """Poll the backend; record each finished job (durable first), then mirror it."""
+        finished: list[Finished] = self.backend.poll()
+        for f in finished:
+            exp = self.exps[f.experiment_id]
+            result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
+                                       self.target.timeout_s)
+            if self.store.record(result, ended=f.ended):
+                exp.state, exp.result, exp.hardware = result.state, result, result.hardware
+                exp.extra["_ended"] = f.ended
+                self.mirror.q.put((exp, result))
+                self.progress.finished(exp, result, self._view())
+            self._free_since[f.worker.name] = f.ended
+        if finished:
+            self._write_tsv()
+            self.mirror.q.put(("update", self._summary_metrics()))
+        return bool(finished)
+
+    def _progress(self) -> CampaignProgress:
+        counted = [e for e in self.exps.values() if not e.extra.get("requeued")]
+        now = time.time()
+        spend = 0.0
+        for e in self.exps.values():
+            if e.result is not None:
+                spend += e.result.cost_usd
+        hourly = {w.name: w.hourly_usd for w in self.backend.workers()}
+        for h in self.backend.running():
+            spend += (now - h.started) / 3600.0 * hourly.get(h.worker.name, h.worker.hourly_usd)
+        return CampaignProgress(
+            n_created=len(counted),
+            n_finished=sum(1 for e in counted if e.result is not None),
+            n_failed=sum(1 for e in counted if e.state.is_failure()),
+            elapsed_s=self._active_before + (now - self._session_start),
+            spend_usd=spend,
+        )
+
+    def _check_stop(self) -> str | None:
+        p = self._progress()
+        reason = self.budget.reason(p) or failure_reason(p, self.max_failure_rate)
+        if reason:
+            self.progress.message(f"stopping: {reason}")
+        return reason
+
+    # ---- dispatch -------------------------------------------------------------------------
+    def _dispatch(self) -> bool:
+        free = self.backend.free_workers()
+        if not free or (self.mode == "sync" and self.backend.running()):
+            return False
+        remaining = self.budget.remaining_experiments(self._progress().n_created)
+        n = len(free) if remaining is None else min(len(free), remaining)
+        if n <= 0:
+            return False
+        history = list(self.exps.values())
+        fixed: list[Candidate] = []
+        if not history:  # experiment 1 is always the baseline: the target's defaults
+            fixed.append(Candidate(self.space.defaults(), "baseline", "the target's default configuration"))
+        while self.requeue and len(fixed) < n:
+            fixed.append(self.requeue.pop(0))
+        wave = list(zip(fixed, free, strict=False))
+        rest = free[len(fixed):n]
+        if rest:
+            pool = self._propose(history, self.ranker.pool_size(len(rest)), fixed)
+            running = [e for e in history if e.state is ExperimentState.RUNNING]
+            wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
+        if not wave:
+            return False
+        self.wave += 1
+        for cand, worker in wave:
+            self._submit(cand, worker, self.wave)
+        return True
+
+    def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:
+        seen = {self.space.key(e.params) for e in history} | {self.space.key(c.params) for c in taken}
+        out: list[Candidate] = []
+        for cand in self.proposer.propose(history, n):
+            try:
+                params = self.space.validate(cand.params)
+            except InvalidCandidateError as e:
+                self.progress.message(f"dropped an invalid {cand.source} proposal: {e}")
+                continue
+            key = self.space.key(params)
+            if key not in seen:
+                seen.add(key)
+                out.append(replace(cand, params=params))
+        return out
+
+    def _submit(self, cand: Candidate, worker: Worker, wave: int) -> None:
+        exp = self.store.create(cand, worker.name, worker.hardware, wave, self.dir / "experiments")
+        self.exps[exp.id] = exp
+        workdir = Path(exp.workdir)
+        try:
+            snapshot(self.target.workdir, workdir, self.target.exclude)
+            targets.write_params(workdir, cand.params)
+            spec = RunSpec(
+                command=targets.build_command(self.target.command, cand.params, exp.id, worker.hardware),
+                workdir=workdir,
+                env=targets.build_env(self.target.env, exp.id, worker.hardware, cand.params),
+                timeout_s=self.target.timeout_s,
+            )
+            handle = self.backend.submit(exp, spec)
+        except (BackendError, OSError) as err:
+            result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "", f"submit failed: {err}")
+            self.store.record(result)
+            exp.state, exp.result = result.state, result
+            self.mirror.q.put((exp, result))
+            self.progress.message(f"{exp.id}: submit to {worker.name} failed: {err}")
+            return
+        idle = max(0.0, handle.started - self._free_since.get(worker.name, self._session_start))
+        self.store.mark_running(exp.id, handle.job_id, handle.started, {"idle_before_s": idle})
+        exp.state, exp.job_id, exp.started = ExperimentState.RUNNING, handle.job_id, handle.started
+        exp.extra["idle_before_s"] = idle
+        self.progress.submitted(exp)
+
+    # ---- shutdown -------------------------------------------------------------------------
+    def _interrupt(self) -> str:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+        try:
+            if self.on_interrupt == "detach":
+                n = len(self.backend.running())
+                self.backend.detach()
+                return f"interrupted: {n} running experiments left running; re-run the same command to resume"
+            n = len(self.backend.running())
+            self.backend.cancel_all()
+            deadline = time.monotonic() + 30
+            while self.backend.running() and time.monotonic() < deadline:
+                self._collect()
+                time.sleep(0.05)
+            self._collect()
+            left = len(self.backend.running())
+            self.backend.detach()
+            extra = f" ({left} could not be confirmed stopped; a resume re-checks them)" if left else ""
+            return f"interrupted: {n} running experiments cancelled{extra}"
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+
+    def _view(self) -> View:
+        exps = list(self.exps.values())
+        p = self._progress()
+        base = baseline_experiment(exps)
+        return View(
+            name=self.name, objective=self.objective,
+            workers=[(w.name, w.hardware) for w in self.backend.workers()],
+            running={e.worker: e for e in exps if e.state is ExperimentState.RUNNING},
+            best=best_experiment(exps, self.objective, self.target_hardware) or best_experiment(exps, self.objective),
+            baseline=base.value(self.objective.metric) if base else None,
+            n_created=p.n_created, n_done=sum(1 for e in exps if e.state is ExperimentState.DONE),
+            n_failed=p.n_failed, spend_usd=p.spend_usd, elapsed_s=p.elapsed_s, stopping=self.stop_reason,
+        )
+
+    def _summary_metrics(self) -> dict[str, Any]:
+        return summarize(self.name, list(self.exps.values()), self.objective, self.stop_reason or "",
+                         self._progress().elapsed_s, self.target_hardware).as_metrics()
+
+    def _write_tsv(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_tsv > 2.0:
+            write_results_tsv(self.dir / "results.tsv", list(self.exps.values()), self.objective)
+            self._last_tsv = now
+
+    def _finalize(self, reason: str, status: str) -> Summary:
+        elapsed = self._progress().elapsed_s
+        self.store.set_meta("active_s", elapsed)
+        self.store.set_meta("stop_reason", reason)
+        self.store.set_meta("status", status)
+        self.store.event("stop", reason)
+        self._write_tsv(force=True)
+        exps = self.store.experiments()
+        summary = summarize(self.name, exps, self.objective, reason, elapsed, self.target_hardware)
+        (self.dir / "summary.txt").write_text(summary.text() + "\n")
+        self.progress.stop(self._view())
+        self.mirror.q.put(("update", summary.as_metrics()))
+        self.mirror.stop()
+        self.tracker.close(status, reason, summary.as_metrics(), [self.dir / "results.tsv", self.dir / "summary.txt"])
+        self.proposer.close()
+        self.backend.close()
+        self.store.close()
+        return summary
+

@@ -1,0 +1,185 @@
+"""The command line: ``hybrid [overrides]`` / ``python -m hybrid``. The only module importing Hydra.
+
+Bad input (an unknown config option, a malformed search space, a missing target command) is
+reported as one line, ``ConfigError: <field>: <what is wrong and the fix>``, with exit code 2
+and nothing started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hybrid.errors import ConfigError, HybridError
+
+ROOT = Path(__file__).resolve().parent.parent  # the project root: conf/, examples/, model/
+
+
+def _fail(kind: str, message: str) -> NoReturn:
+    one_line = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    print(f"{kind}: {one_line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _hydra_message(err: BaseException) -> str:
+    """Hydra/OmegaConf errors, rewritten as one actionable line."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        options = ", ".join(sorted(err.options or []))
+        if group:
+            return f"{group}={option}: no such option; available: {options or 'none'}"
+    text = str(err)
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        return f"{m.group(1)}: no such config field; check the spelling, or add a new key with +{m.group(1)}=..."
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause: BaseException | None = err
+    while cause is not None:  # a bad value: OmegaConf's error names the key and the value
+        key, msg = getattr(cause, "full_key", None), getattr(cause, "msg", None)
+        if isinstance(cause, OmegaConfBaseException) and key and msg:
+            return f"{key}: {str(msg).strip().splitlines()[0]}"
+        cause = cause.__cause__
+    m = re.search(r"full_key: (\S+)", text)
+    if m:
+        first = text.strip().splitlines()[0]
+        return f"{m.group(1)}: {first}"
+    return text
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """Hydra's instantiate wraps constructor errors; find the HybridError inside, if any."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, HybridError):
+            return seen
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return err
+
+
+def _campaign_name(cfg: Any) -> str:
+    """In a multirun, every swept key beyond proposer and seed goes into the campaign name, so
+    each job is its own campaign (``example-sobol-s0-budget.max_experiments=10``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    name = str(cfg.campaign.name)
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return name
+    job_overrides = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1] for o in hc.overrides.task}
+    if "campaign.name" in job_overrides:
+        return name
+    cli = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    swept = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(cli)
+             if o.is_sweep_override()]
+    extra = [f"{k}={job_overrides[k]}" for k in swept if k not in ("proposer", "campaign.seed") and k in job_overrides]
+    if extra:
+        name += "-" + re.sub(r"[^\w.=,+-]", "_", ",".join(extra))
+    return name
+
+
+def build_and_run(cfg: Any) -> Any:
+    """Validate the whole config, build every part, then run the campaign."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hybrid.campaign import Campaign
+    from hybrid.progress import Progress
+    from hybrid.space import SearchSpace
+    from hybrid.stopping import Budget
+    from hybrid.targets import TargetSpec
+    from hybrid.tracking import make_tracker
+
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    space = SearchSpace.from_config(container["space"].get("params") or {})
+    target = TargetSpec.from_config(container["target"])
+    budget = Budget.from_config(container["budget"])
+    camp = container["campaign"]
+    if container["stopping"].get("name") != "budget":
+        raise ConfigError(f"stopping={container['stopping'].get('name')}: needs surrogate=gp, not available yet; use stopping=budget")
+    name = _campaign_name(cfg)
+    campaign_dir = Path(camp["dir"])
+    if name != camp["name"]:
+        campaign_dir = campaign_dir.parent / name
+    campaign_dir = campaign_dir.resolve()
+    backend = instantiate(cfg.backend)
+    proposer = instantiate(cfg.proposer, space=space, objective=target.objective, seed=int(camp["seed"]))
+    ranker = instantiate(cfg.surrogate)
+    tracker = make_tracker(container["tracking"])
+    progress = Progress(str(camp["progress"]))
+    campaign = Campaign(
+        name=name, dir=campaign_dir, space=space, target=target, backend=backend, proposer=proposer,
+        ranker=ranker, budget=budget, tracker=tracker, mode=str(camp["mode"]),
+        poll_interval_s=float(camp["poll_interval_s"]), max_failure_rate=float(camp["max_failure_rate"]),
+        on_interrupt=str(camp["on_interrupt"]), progress=progress, config=container,
+        target_hardware=camp.get("target_hardware"),
+    )
+    summary = campaign.run()
+    print(summary.text(), flush=True)
+    print(f"results: {campaign_dir / 'results.tsv'}", flush=True)
+    if campaign.status == "interrupted":
+        sys.exit(130)
+    return summary.best_value
+
+
+def _register() -> None:
+    from omegaconf import OmegaConf
+
+    from hybrid.config import register_configs
+
+    register_configs()
+    if not OmegaConf.has_resolver("hybrid_root"):
+        OmegaConf.register_new_resolver("hybrid_root", lambda: str(ROOT))
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (e.g. from a scheduler) stops like Ctrl-C
+
+
+def main() -> None:
+    import hydra
+    from hydra.errors import HydraException, InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us: we print them as one line
+    _register()
+
+    @hydra.main(version_base=None, config_path=str(ROOT / "conf"), config_name="config")
+    def _app(cfg: Any) -> Any:
+        # Errors are turned into SystemExit here, inside the job: Hydra would otherwise log
+        # its own "Error executing job" line before ours.
+        try:
+            return build_and_run(cfg)
+        except InstantiationException as err:
+            inner = _unwrap(err)
+            if isinstance(inner, HybridError):
+                _fail(type(inner).__name__, str(inner))
+            _fail("ConfigError", str(err))
+        except HybridError as err:
+            _fail(type(err).__name__, str(err))
+        except OmegaConfBaseException as err:
+            _fail("ConfigError", _hydra_message(err))
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        _app()
+    except HybridError as err:
+        _fail(type(err).__name__, str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail("ConfigError", _hydra_message(err))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""A union of proposers, each filling its share of every batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hybrid.errors import ConfigError
+from hybrid.proposers.base import Proposer, seen_keys
+from hybrid.space import SearchSpace
+from hybrid.types import Candidate, Experiment, Objective
+
+DEFAULT_SOURCES: dict[str, float] = {"tpe": 0.5, "sobol": 0.25, "grid": 0.25}
+BUILTIN_SOURCES = ("tpe", "cmaes", "random", "sobol", "grid")
+
+
+def largest_remainder(n: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """Split n into integers proportional to ``shares`` (Hamilton's method).
+
+    Each name gets the floor of its exact quota; what is left goes one by one to the largest
+    fractional parts, earlier names first on ties. Zero shares get zero.
+    """
+    total = sum(shares.values())
+    if n <= 0 or total <= 0:
+        return dict.fromkeys(shares, 0)
+    exact = {k: n * s / total for k, s in shares.items()}
+    out = {k: math.floor(q) for k, q in exact.items()}
+    order = sorted(shares, key=lambda k: -(exact[k] - out[k]))  # stable sort keeps earlier first
+    for k in order[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def _check_share(where: str, share: Any) -> float:
+    if isinstance(share, bool) or not isinstance(share, int | float) or not math.isfinite(share) or share < 0:
+        raise ConfigError(f"{where}: expected a share >= 0, got {share!r}")
+    return float(share)
+
+
+class HybridProposer(Proposer):
+    """Asks several proposers for their share of each batch and merges the answers.
+
+    ``propose(history, n)`` splits n by largest-remainder quotas over the shares, asks each
+    source for its quota, and when a source comes up short (a grid design used up, a discrete
+    space nearly exhausted) or two sources propose the same configuration, fills the gap from
+    the others. Every candidate keeps the label its own proposer gave it. Sources with share 0
+    are never asked.
+
+    Args:
+        sources: name -> share (shares are normalised). Built-in names: tpe, cmaes, random
+            (OptunaProposer with that sampler), sobol, grid.
+        pool_factor: each source is asked for ceil(quota x pool_factor) candidates; the extra
+            ones are a reserve that fills shortfalls before any source is asked again.
+        options: name -> keyword arguments for that source's constructor,
+            e.g. ``{"grid": {"span": 0.2}, "tpe": {"n_startup_trials": 12}}``.
+        name: the config node's short name; accepted and ignored.
+
+    ``add_source(name, proposer, share)`` plugs in more sources (the LLM, GP-driven ones).
+    """
+
+    name = "hybrid"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: Objective,
+        seed: int = 0,
+        sources: Mapping[str, float] | None = None,
+        pool_factor: float = 1.0,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(space, objective, seed)
+        if isinstance(pool_factor, bool) or not isinstance(pool_factor, int | float) or not pool_factor >= 1:
+            raise ConfigError(f"proposer.pool_factor: expected a number >= 1, got {pool_factor!r}")
+        self.pool_factor = float(pool_factor)
+        sources = dict(DEFAULT_SOURCES if sources is None else sources)
+        options = {str(k): dict(v) for k, v in (options or {}).items()}
+        for src in options:
+            # options of an unused built-in source are harmless defaults (a YAML override that
+            # switches tpe off leaves its options behind); anything else is most likely a typo
+            if src not in sources and src not in BUILTIN_SOURCES:
+                raise ConfigError(f"proposer.options.{src}: not one of the sources ({', '.join(sources)})")
+        self._sources: dict[str, tuple[Proposer, float]] = {}
+        for src, share in sources.items():
+            share = _check_share(f"proposer.sources.{src}", share)
+            self.add_source(src, self._builtin(str(src), options.get(src, {})), share)
+        if not any(share > 0 for _, share in self._sources.values()):
+            raise ConfigError("proposer.sources: give at least one source a share > 0")
+
+    def _builtin(self, src: str, opts: dict[str, Any]) -> Proposer:
+        from hybrid.proposers.grid import GridProposer
+        from hybrid.proposers.optuna import OptunaProposer
+        from hybrid.proposers.sobol import SobolProposer
+
+        args = (self.space, self.objective, self.seed)
+        try:
+            if src in ("tpe", "cmaes", "random"):
+                if "sampler" in opts:
+                    raise ConfigError(f"proposer.options.{src}.sampler: the source name sets the sampler")
+                return OptunaProposer(*args, sampler=src, **opts)
+            if src == "sobol":
+                return SobolProposer(*args, **opts)
+            if src == "grid":
+                return GridProposer(*args, **opts)
+        except TypeError as e:  # an unknown option name
+            raise ConfigError(f"proposer.options.{src}: {e}") from None
+        raise ConfigError(f"proposer.sources: {src!r} is not one of {', '.join(BUILTIN_SOURCES)}")
+
+    @property
+    def sources(self) -> dict[str, float]:
+        """name -> share, as given (not normalised)."""
+        return {k: share for k, (_, share) in self._sources.items()}
+
+    def add_source(self, name: str, proposer: Proposer, share: float) -> None:
+        """Add a source (or replace the one of that name) with its share of every batch."""
+        share = _check_share(f"proposer.sources.{name}", share)
+        self._sources[name] = (proposer, share)
+
+    def quotas(self, n: int) -> dict[str, int]:
+        """How many of n candidates each source is asked for."""
+        return largest_remainder(n, self.sources)
+
+    def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
+        if n <= 0:
+            return []
+        seen = seen_keys(self.space, history)
+        taken: dict[str, list[Candidate]] = {k: [] for k in self._sources}
+        reserve: list[tuple[str, Candidate]] = []  # beyond a quota, kept to fill gaps
+        asked: dict[str, int] = {}
+
+        def accept(src: str, cands: Sequence[Candidate], limit: int, spill: list | None) -> None:
+            for c in cands:
+                key = self.space.key(c.params)
+                if key in seen:
+                    continue  # another source proposed it first
+                if len(taken[src]) < limit:
+                    seen.add(key)
+                    taken[src].append(c)
+                elif spill is not None:
+                    seen.add(key)
+                    spill.append((src, c))
+
+        quotas = self.quotas(n)
+        for src, quota in quotas.items():
+            if quota == 0:
+                continue
+            asked[src] = math.ceil(quota * self.pool_factor)
+            got = self._sources[src][0].propose(history, asked[src])
+            if len(got) < asked[src]:
+                asked[src] = -1  # exhausted for this history: asking again would bring nothing new
+            accept(src, got, quota, reserve)
+
+        short = n - sum(len(c) for c in taken.values())
+        # 1) the reserve (costs no call), in source order
+        for src, c in reserve[: max(short, 0)]:
+            taken[src].append(c)
+        short -= min(short, len(reserve))
+        # 2) ask again the sources that may have more: first those short of their own quota
+        #    (their offer collided with another source's), then the others, largest share first
+        def order(k: str) -> tuple[bool, float]:
+            return (len(taken[k]) >= quotas[k], -self._sources[k][1])
+
+        for src in sorted(self._sources, key=order):
+            if short <= 0:
+                break
+            proposer, share = self._sources[src]
+            if share <= 0 or asked.get(src, 0) < 0:
+                continue
+            before = len(taken[src])
+            got = proposer.propose(history, asked.get(src, 0) + short)
+            accept(src, got, before + short, None)
+            short -= len(taken[src]) - before
+        return [c for cands in taken.values() for c in cands]
+
+    def close(self) -> None:
+        for proposer, _ in self._sources.values():
+            proposer.close()

@@ -1,0 +1,229 @@
+"""Durable campaign state: one SQLite file per campaign, the source of truth.
+
+Every state change is one transaction, written *before* the side effect it describes (an
+experiment row exists before its job is submitted) or right *after* the fact it records (a
+result is committed before MLflow hears of it). ``kill -9`` at any moment therefore loses no
+recorded result and duplicates no experiment: a resume reads this file and re-attaches jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hybrid.errors import StoreError
+from hybrid.types import Candidate, Experiment, ExperimentState, Result
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    id         TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL UNIQUE,
+    wave       INTEGER NOT NULL,
+    params     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    rationale  TEXT NOT NULL DEFAULT '',
+    worker     TEXT NOT NULL,
+    hardware   TEXT NOT NULL,
+    state      INTEGER NOT NULL,
+    job_id     TEXT,
+    workdir    TEXT NOT NULL DEFAULT '',
+    created    REAL NOT NULL,
+    started    REAL,
+    ended      REAL,
+    metrics    TEXT,
+    duration_s REAL,
+    cost_usd   REAL,
+    log_tail   TEXT,
+    reason     TEXT,
+    mirrored   INTEGER NOT NULL DEFAULT 0,
+    extra      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    ts     REAL NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+def _json_metrics(metrics: Mapping[str, float]) -> str:
+    # JSON has no NaN/inf; keep them as strings so a crash's "nan" survives a round trip.
+    return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()})
+
+
+def _load_metrics(text: str | None) -> dict[str, float]:
+    return {k: float(v) for k, v in json.loads(text or "{}").items()}
+
+
+class Store:
+    """The campaign's SQLite database (``<campaign dir>/state.sqlite``)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the loop and the MLflow mirror thread: every use holds the lock.
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a usable campaign store ({e}); move it away or pick another campaign.name") from None
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+        elif int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}; use a new campaign.name")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    def _read(self, query: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(query, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ---- campaign metadata -----------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return default if not rows else json.loads(rows[0][0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def event(self, kind: str, detail: str = "") -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO events(ts, kind, detail) VALUES (?, ?, ?)", (time.time(), kind, detail))
+
+    def events(self, kind: str | None = None) -> list[tuple[float, str, str]]:
+        q = "SELECT ts, kind, detail FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY rowid"
+        return self._read(q, (kind,) if kind else ())
+
+    def claim(self, name: str, objective_metric: str) -> bool:
+        """Bind this store to a campaign. Returns True when it already held that campaign (resume).
+
+        A store created for another campaign or objective is refused, so two configurations
+        never mix their results by accident.
+        """
+        held = self.get_meta("campaign")
+        if held is None:
+            with self._tx() as c:
+                for k, v in (("campaign", name), ("metric", objective_metric), ("created", time.time())):
+                    c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
+            return False
+        if held != name:
+            raise StoreError(f"{self.path} belongs to campaign {held!r}, not {name!r}; set campaign.dir to a new folder")
+        metric = self.get_meta("metric")
+        if metric != objective_metric:
+            raise StoreError(
+                f"campaign {name!r} optimized {metric!r}, not {objective_metric!r}; "
+                "choose another campaign.name to start a new campaign"
+            )
+        return True
+
+    # ---- experiments -----------------------------------------------------------------------
+    def create(self, candidate: Candidate, worker: str, hardware: str, wave: int, workdir_root: Path) -> Experiment:
+        """Create the next experiment (state PENDING) before anything is submitted."""
+        now = time.time()
+        with self._tx() as c:
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM experiments").fetchone()[0]
+            exp_id = f"e{seq:04d}"
+            workdir = str(workdir_root / exp_id)
+            c.execute(
+                "INSERT INTO experiments(id, seq, wave, params, source, rationale, worker, hardware, state,"
+                " workdir, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (exp_id, seq, wave, json.dumps(dict(candidate.params)), candidate.source, candidate.rationale,
+                 worker, hardware, int(ExperimentState.PENDING), workdir, now),
+            )
+        return Experiment(exp_id, candidate, worker, hardware, wave, ExperimentState.PENDING, None, None, seq, workdir)
+
+    def mark_running(self, exp_id: str, job_id: str, started: float, extra: Mapping[str, Any] | None = None) -> None:
+        with self._tx() as c:
+            row = c.execute("SELECT extra FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            merged = {**json.loads(row[0] if row else "{}"), **(extra or {})}
+            c.execute(
+                "UPDATE experiments SET state = ?, job_id = ?, started = ?, extra = ? WHERE id = ?",
+                (int(ExperimentState.RUNNING), job_id, started, json.dumps(merged), exp_id),
+            )
+
+    def record(self, result: Result, ended: float | None = None, extra: Mapping[str, Any] | None = None) -> bool:
+        """Record a finished experiment. Returns False (and changes nothing) when it was already
+        finished: a result is recorded exactly once."""
+        if not result.state.is_finished():
+            raise ValueError(f"record() needs a finished state, got {result.state.name}")
+        with self._tx() as c:
+            row = c.execute("SELECT state, extra FROM experiments WHERE id = ?", (result.experiment_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no experiment {result.experiment_id} in {self.path}")
+            if ExperimentState(row[0]).is_finished():
+                return False
+            merged = {**json.loads(row[1] or "{}"), **(extra or {})}
+            c.execute(
+                "UPDATE experiments SET state = ?, ended = ?, metrics = ?, duration_s = ?, cost_usd = ?,"
+                " log_tail = ?, reason = ?, hardware = ?, extra = ? WHERE id = ?",
+                (int(result.state), ended if ended is not None else time.time(), _json_metrics(result.metrics),
+                 result.duration_s, result.cost_usd, result.log_tail, result.reason, result.hardware,
+                 json.dumps(merged), result.experiment_id),
+            )
+        return True
+
+    def mark_mirrored(self, exp_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE experiments SET mirrored = 1 WHERE id = ?", (exp_id,))
+
+    def unmirrored(self) -> list[Experiment]:
+        return [e for e in self.experiments() if e.result is not None and not e.extra.get("_mirrored")]
+
+    def experiments(self) -> list[Experiment]:
+        """Every experiment in creation order, finished ones with their Result."""
+        rows = self._read(
+            "SELECT id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir,"
+            " started, ended, metrics, duration_s, cost_usd, log_tail, reason, mirrored, extra"
+            " FROM experiments ORDER BY seq"
+        )
+        out = []
+        for (exp_id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir, started,
+             ended, metrics, duration_s, cost_usd, log_tail, reason, mirrored, extra) in rows:
+            st = ExperimentState(state)
+            result = None
+            if st.is_finished():
+                result = Result(exp_id, st, _load_metrics(metrics), hardware, duration_s or 0.0, cost_usd or 0.0,
+                                log_tail or "", reason or "")
+            extra_d = json.loads(extra or "{}")
+            extra_d["_mirrored"] = bool(mirrored)
+            if ended is not None:
+                extra_d["_ended"] = ended
+            out.append(Experiment(exp_id, Candidate(json.loads(params), source, rationale), worker, hardware, wave,
+                                  st, job_id, started, seq, workdir, result, extra_d))
+        return out
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM experiments")[0][0])

@@ -1,0 +1,150 @@
+"""The target contract: how a configuration becomes a command, and a finished job a Result.
+
+A target is a shell command run in the experiment's workdir snapshot. Parameters arrive three
+ways: dotted ``key=value`` arguments, ``params.json`` in the workdir, and the environment
+(``HYBRID_EXPERIMENT_ID``, ``HYBRID_HARDWARE``, ``HYBRID_PARAMS``). The command prints
+``name: value`` lines; the last occurrence of each name counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends.base import Finished, JobState
+from hybrid.errors import ConfigError
+from hybrid.types import ExperimentState, Objective, Result
+
+_METRIC_LINE = re.compile(
+    r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf(?:inity)?)\s*$",
+    re.IGNORECASE,
+)
+_OOM = re.compile(
+    r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc|MemoryError|oom-kill",
+    re.IGNORECASE,
+)
+LOG_TAIL_LINES = 40
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A validated ``target`` config node."""
+
+    name: str
+    command: str
+    workdir: Path
+    objective: Objective
+    timeout_s: float | None
+    env: Mapping[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> TargetSpec:
+        command = cfg.get("command")
+        if not command or not str(command).strip() or str(command) == "???":
+            raise ConfigError('target.command: missing; set it, e.g. target.command="python train.py"')
+        direction = cfg.get("direction", "minimize")
+        if direction not in ("minimize", "maximize"):
+            raise ConfigError(f"target.direction: {direction!r} is not minimize or maximize")
+        metric = str(cfg.get("metric") or "val_bpb")
+        if not re.fullmatch(r"[A-Za-z_][\w./-]*", metric):
+            raise ConfigError(f"target.metric: {metric!r} is not a metric name like val_bpb")
+        timeout = cfg.get("timeout_s")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise ConfigError(f"target.timeout_s: expected a positive number of seconds, got {timeout!r}")
+        workdir = Path(cfg.get("workdir") or ".").expanduser().resolve()
+        if not workdir.is_dir():
+            raise ConfigError(f"target.workdir: {workdir} is not a directory; point it at the target's code")
+        env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
+        return cls(str(cfg.get("name") or "target"), str(command), workdir, Objective(metric, direction),
+                   float(timeout) if timeout is not None else None, env, tuple(cfg.get("exclude") or ()))
+
+
+def format_value(v: Any) -> str:
+    """A parameter value as the target reads it back (OmegaConf dotlist syntax)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def command_args(params: Mapping[str, Any]) -> str:
+    return " ".join(shlex.quote(f"{k}={format_value(v)}") for k, v in params.items())
+
+
+def build_command(template: str, params: Mapping[str, Any], experiment_id: str, hardware: str) -> str:
+    """Fill the command template. Plain ``str.replace`` keeps shell braces (``${X}``) intact."""
+    args = command_args(params)
+    cmd = template.replace("{python}", shlex.quote(sys.executable))
+    cmd = cmd.replace("{experiment_id}", shlex.quote(experiment_id)).replace("{hardware}", shlex.quote(hardware))
+    if "{args}" in cmd:
+        return cmd.replace("{args}", args)
+    return f"{cmd} {args}" if args else cmd
+
+
+def build_env(target_env: Mapping[str, str], experiment_id: str, hardware: str, params: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        **target_env,
+        "HYBRID_EXPERIMENT_ID": experiment_id,
+        "HYBRID_HARDWARE": hardware,
+        "HYBRID_PARAMS": json.dumps(dict(params), sort_keys=True),
+    }
+
+
+def write_params(workdir: Path, params: Mapping[str, Any]) -> None:
+    (workdir / "params.json").write_text(json.dumps(dict(params), indent=2, sort_keys=True) + "\n")
+
+
+def parse_metrics(log: str) -> dict[str, float]:
+    """``name: value`` lines -> {name: value}; the last occurrence of a name wins."""
+    out: dict[str, float] = {}
+    for line in log.splitlines():
+        m = _METRIC_LINE.match(line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def log_tail(log: str) -> str:
+    tail = "\n".join(log.rstrip("\n").splitlines()[-LOG_TAIL_LINES:])
+    return tail[-LOG_TAIL_CHARS:]
+
+
+def to_result(finished: Finished, objective: Objective, hardware: str, hourly_usd: float,
+              timeout_s: float | None = None) -> Result:
+    """Classify a finished job: DONE only with exit code 0 and a finite objective metric."""
+    metrics = parse_metrics(finished.log)
+    oom = bool(_OOM.search(finished.log))
+    value = metrics.get(objective.metric)
+    state, reason = ExperimentState.DONE, ""
+    if finished.state is JobState.CANCELLED:
+        state, reason = ExperimentState.CANCELLED, finished.reason or "cancelled"
+    elif finished.state is JobState.TIMEOUT:
+        limit = f" after {timeout_s:g}s" if timeout_s else ""
+        state, reason = ExperimentState.TIMEOUT, f"timed out{limit}"
+    elif finished.state is JobState.LOST:
+        state, reason = ExperimentState.CRASHED, finished.reason or "orchestrator lost the job"
+    elif finished.exit_code != 0:
+        state, reason = ExperimentState.CRASHED, f"exit code {finished.exit_code}"
+        if oom or finished.exit_code in (137, -9):
+            reason += " (out of memory)" if oom else " (killed: SIGKILL, possibly out of memory)"
+    elif value is None:
+        state, reason = ExperimentState.CRASHED, f"no metric '{objective.metric}' printed"
+        if oom:
+            reason += " (out of memory)"
+    elif not math.isfinite(value):
+        state, reason = ExperimentState.CRASHED, f"{objective.metric} is {value}"
+    if oom and state is not ExperimentState.DONE:
+        metrics["oom"] = 1.0
+    cost = finished.duration_s / 3600.0 * hourly_usd
+    return Result(finished.experiment_id, state, metrics, hardware, finished.duration_s, cost,
+                  log_tail(finished.log), reason)

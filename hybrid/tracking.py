@@ -1,0 +1,490 @@
+"""Mirror a campaign into MLflow: one parent run per campaign, one child run per experiment.
+
+The campaign's SQLite store is the source of truth; MLflow is a *mirror* that is never read back
+for decisions. So a tracker never stops a campaign: every MLflow call is guarded, a failure is
+reported once per kind (what happened, how to fix or silence it) and the campaign goes on. After a
+few failures in a row the tracker stops trying, so an unreachable server cannot stall dispatch.
+
+``mlflow`` is imported inside the methods that need it: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import posixpath
+import re
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from hybrid.errors import ConfigError
+from hybrid.types import Experiment, ExperimentState, Objective, Result
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["CampaignInfo", "MLflowTracker", "NullTracker", "Tracker", "TrackingWarning", "make_tracker"]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REDACTED = "<redacted>"
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# `API_KEY=abc`, `token: abc` and `--api-key abc` inside string values (commands, env strings)
+_SECRET_ASSIGNMENT = re.compile(r"(?i)(\b\w*(?:key|token|secret|password)\w*\s*[=:]\s*)(['\"]?)[^\s'\",}]+")
+_SECRET_FLAG = re.compile(r"(?i)(--?[\w-]*(?:key|token|secret|password)[\w-]*[\s=]+)(['\"]?)[^\s'\"]+")
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+):[^/\s@]+@")
+
+# MLflow's limits (mlflow.utils.validation; tags: the stricter limit of older servers). A batch holds
+# at most 100 params, 100 tags and 1000 entities in all.
+_MAX_KEY, _MAX_PARAM, _MAX_TAG, _MAX_RATIONALE = 250, 6000, 5000, 2000
+_BATCH_PARAMS_TAGS, _BATCH_METRICS = 100, 800
+# consecutive failures after which the tracker gives up for the rest of the campaign
+_MAX_CONSECUTIVE_FAILURES = 3
+
+_RUN_STATUS = {ExperimentState.DONE: "FINISHED", ExperimentState.CRASHED: "FAILED",
+               ExperimentState.TIMEOUT: "FAILED", ExperimentState.CANCELLED: "KILLED"}
+_CAMPAIGN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
+
+
+class TrackingWarning(UserWarning):
+    """MLflow mirroring failed and the campaign went on. Silence with ``tracking=none``."""
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    """What a tracker needs to know about the campaign it mirrors."""
+
+    name: str  # campaign name
+    dir: Path  # the campaign dir (runs/<name>)
+    config: Mapping[str, Any]  # the resolved config as a nested dict (plain python types)
+    objective: Objective
+    parent_run_id: str | None = None  # from the store when resuming; reuse that run
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Mirrors a campaign somewhere. Implementations never raise out of these methods."""
+
+    def start(self, campaign: CampaignInfo) -> str | None:
+        """Open (or re-open on resume) the campaign's run; return its id for the store to persist."""
+
+    def log(self, exp: Experiment, result: Result) -> bool:
+        """Mirror one finished experiment; True once it is mirrored (False: retry on resume).
+        Idempotent by ``exp.id``: a resume may re-log them all."""
+
+    def update(self, summary: Mapping[str, Any]) -> None:
+        """Progress on the campaign run; numbers become metrics with step = ``n_finished``."""
+
+    def close(
+        self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
+    ) -> None:
+        """Final summary, artifacts (report files, plots) and end of the campaign run."""
+
+
+class NullTracker:
+    """Tracks nothing (``tracking=none``)."""
+
+    name = "none"
+
+    def start(self, campaign: CampaignInfo) -> str | None:
+        return None
+
+    def log(self, exp: Experiment, result: Result) -> bool:
+        return True
+
+    def update(self, summary: Mapping[str, Any]) -> None:
+        return None
+
+    def close(
+        self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
+    ) -> None:
+        return None
+
+
+class MLflowTracker:
+    """Mirror into MLflow through one ``MlflowClient`` (no fluent global state: several campaigns
+    may run in one process under Hydra multirun).
+
+    ``uri`` None: an SQLite store shared by the campaigns next to each other,
+    ``<campaign.dir.parent>/mlflow.db``, artifacts in ``<campaign.dir.parent>/mlartifacts``.
+    ``experiment`` None: one MLflow experiment per campaign name.
+    """
+
+    def __init__(self, uri: str | None = None, experiment: str | None = None, name: str = "mlflow") -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.name = name
+        self._client: MlflowClient | None = None
+        self._client_uri: str | None = None
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._campaign = ""
+        self._logged: set[str] = set()  # experiment ids mirrored by this tracker
+        self._warned: set[tuple[str, str]] = set()
+        self._failures = 0  # consecutive
+        self._disabled = False
+
+    # -- the Tracker protocol ------------------------------------------------------------------
+    def start(self, campaign: CampaignInfo) -> str | None:
+        self._campaign = campaign.name
+        self._disabled, self._failures, self._parent = False, 0, None
+        return self._guarded("start", lambda: self._start(campaign))
+
+    def log(self, exp: Experiment, result: Result) -> bool:
+        if self._active() and exp.id not in self._logged:
+            self._guarded(f"mirroring experiment {exp.id}", lambda: self._log(exp, result), kind="log")
+        return exp.id in self._logged
+
+    def update(self, summary: Mapping[str, Any]) -> None:
+        if self._active():
+            self._guarded("update", lambda: self._log_summary(summary))
+
+    def close(
+        self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
+    ) -> None:
+        if not self._active():
+            return
+        tags = {"status": status, "stop_reason": stop_reason}
+        self._guarded("close", lambda: self._log_summary(summary, extra_tags=tags))
+        for path in map(Path, artifacts):
+            if self._active():
+                self._guarded(f"uploading {path}", partial(self._log_artifact, path), kind="artifact")
+        if self._active():
+            end = _CAMPAIGN_STATUS.get(status, "FINISHED")
+            self._guarded("close", lambda: self._run()[0].set_terminated(self._run()[1], end))
+        self._parent = None
+
+    # -- MLflow calls --------------------------------------------------------------------------
+    def _start(self, campaign: CampaignInfo) -> str:
+        uri, artifact_root = self._store_location(campaign.dir)
+        _probe_server(uri)  # before importing mlflow (seconds)
+        if uri.startswith(("http://", "https://")):  # else every child run prints its URL to stdout
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        from mlflow.exceptions import MlflowException
+
+        client = self._connect(uri)
+        tags = {
+            "hybrid.campaign": campaign.name,
+            "hybrid.campaign_dir": str(campaign.dir),
+            "hybrid.objective.metric": campaign.objective.metric,
+            "hybrid.objective.direction": campaign.objective.direction,
+            "status": "running",
+        }
+        params = _to_params(campaign.config)
+        parent = None
+        if campaign.parent_run_id:
+            try:
+                parent = client.get_run(campaign.parent_run_id)
+            except MlflowException:
+                _log.info("MLflow run %s of campaign %s not found; starting a new one",
+                          campaign.parent_run_id, campaign.name)
+            if parent is not None and parent.info.lifecycle_stage != "active":
+                parent = None
+        if parent is None:
+            self._experiment_id = self._experiment(client, self.experiment or campaign.name, artifact_root)
+            run_id = client.create_run(self._experiment_id, run_name=campaign.name).info.run_id
+        else:  # resume: params are immutable in MLflow, so only add the new ones
+            run_id, self._experiment_id = parent.info.run_id, parent.info.experiment_id
+            old = parent.data.params
+            changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
+            params = {k: v for k, v in params.items() if k not in old}
+            if changed:
+                tags["hybrid.changed_on_resume"] = _truncate(", ".join(changed), _MAX_TAG)
+            client.update_run(run_id, status="RUNNING")
+        _log_batch(client, run_id, params=params, tags=tags)
+        self._parent = run_id
+        return run_id
+
+    def _log(self, exp: Experiment, result: Result) -> None:
+        (client, parent), experiment_id = self._run(), str(self._experiment_id)
+        if result.state not in _RUN_STATUS:
+            raise ValueError(f"result of {exp.id} is {result.state.name}, not a finished state")
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.experiment_id = {json.dumps(exp.id)} and tags.`mlflow.parentRunId` = '{parent}'",
+        )
+        for run in found:
+            if run.info.status != "RUNNING":  # mirrored already (e.g. before a resume)
+                self._logged.add(exp.id)
+                return
+            client.delete_run(run.info.run_id)  # a mirror interrupted halfway: redo it whole
+        start = exp.started if exp.started is not None else time.time() - result.duration_s
+        end = start + max(result.duration_s, 0.0)
+        tags = {
+            "mlflow.parentRunId": parent,
+            "hybrid.campaign": self._campaign,
+            "experiment_id": exp.id,
+            "wave": str(exp.wave),
+            "hardware": result.hardware or exp.hardware,
+            "source": exp.source,
+            "status": result.state.name.lower(),
+            "worker": exp.worker,
+        }
+        if exp.job_id:
+            tags["job_id"] = exp.job_id
+        if result.reason and result.state is not ExperimentState.DONE:
+            tags["reason"] = result.reason
+        if exp.candidate.rationale:
+            tags["rationale"] = _truncate(exp.candidate.rationale, _MAX_RATIONALE)
+            tags["mlflow.note.content"] = tags["rationale"]  # the run's description in the UI
+        run_id = client.create_run(experiment_id, start_time=_ms(start), tags=tags, run_name=exp.id).info.run_id
+        metrics = {k: v for k, v in result.metrics.items() if _number(v) is not None}
+        metrics.update(duration_s=result.duration_s, cost_usd=result.cost_usd)
+        _log_batch(client, run_id, params=_to_params(exp.params, by_key=False), metrics=metrics, timestamp=_ms(end))
+        if result.log_tail:
+            client.log_text(run_id, _scrub_env_secrets(result.log_tail), "log_tail.txt")
+        client.set_terminated(run_id, status=_RUN_STATUS[result.state], end_time=_ms(end))
+        self._logged.add(exp.id)
+
+    def _log_summary(self, summary: Mapping[str, Any], extra_tags: Mapping[str, str] | None = None) -> None:
+        flat: dict[str, Any] = {}
+        _flatten(summary, "", flat)
+        metrics = {k: v for k, v in flat.items() if _number(v) is not None}
+        tags = {k: _truncate(_scrub(_text(v)), _MAX_TAG) for k, v in flat.items()
+                if k not in metrics and v is not None}
+        tags.update(extra_tags or {})
+        step = int(_number(summary.get("n_finished")) or 0)
+        _log_batch(*self._run(), metrics=metrics, tags=tags, step=step)
+
+    def _log_artifact(self, path: Path) -> None:
+        client, parent = self._run()
+        if path.is_dir():
+            client.log_artifacts(parent, str(path), artifact_path=path.name)
+        elif path.is_file():
+            client.log_artifact(parent, str(path))
+        else:
+            _log.info("artifact %s does not exist; not uploaded to MLflow", path)
+
+    def _store_location(self, campaign_dir: Path) -> tuple[str, str | None]:
+        """(tracking URI, artifact root for a new experiment or None to let the server decide)."""
+        if self.uri is None:
+            root = Path(campaign_dir).resolve().parent
+            root.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+        if self.uri.startswith("sqlite:///"):  # keep artifacts next to the db, not in ./mlruns of the cwd
+            db = Path(self.uri.removeprefix("sqlite:///").split("?")[0])
+            return self.uri, (db.resolve().parent / "mlartifacts").as_uri()
+        return self.uri, None
+
+    def _connect(self, uri: str) -> MlflowClient:
+        if self._client is None or self._client_uri != uri:
+            from mlflow import MlflowClient
+
+            # a new SQLite store takes seconds to create its tables, and says so at INFO: keep quiet
+            chatty = logging.getLogger("mlflow.store.db.utils")
+            level = chatty.level
+            chatty.setLevel(logging.WARNING)
+            try:
+                self._client, self._client_uri = MlflowClient(tracking_uri=uri), uri
+            finally:
+                chatty.setLevel(level)
+        return self._client
+
+    @staticmethod
+    def _experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+        """Get or create the MLflow experiment; a deleted one is restored (its name stays taken)."""
+        from mlflow.exceptions import MlflowException
+
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_root)
+            except MlflowException:  # created meanwhile by another campaign of a multirun
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage != "active":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    # -- failure handling ----------------------------------------------------------------------
+    def _active(self) -> bool:
+        return not self._disabled and self._parent is not None
+
+    def _run(self) -> tuple[MlflowClient, str]:
+        assert self._client is not None and self._parent is not None, "MLflowTracker.start() was not called"
+        return self._client, self._parent
+
+    def _guarded(self, what: str, call: Callable[[], T], kind: str | None = None) -> T | None:
+        """Run one MLflow step; on failure warn once per kind of failure and carry on."""
+        try:
+            out = call()
+        except Exception as exc:
+            self._failures += 1
+            key = (kind or what, type(exc).__name__)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            where = self._client_uri or self.uri or "the default SQLite store"
+            if key not in self._warned:
+                self._warned.add(key)
+                self._warn(
+                    f"MLflow {what} failed for campaign {self._campaign!r} "
+                    f"({type(exc).__name__}: {first_line}). The campaign continues and its store keeps "
+                    f"every result{'; nothing is mirrored to MLflow' if what == 'start' else ''}. "
+                    f"Check tracking.uri ({where}), or turn mirroring off with tracking=none."
+                )
+            if what == "start":  # nothing to mirror into
+                self._disabled = True
+            elif self._failures >= _MAX_CONSECUTIVE_FAILURES:
+                self._disabled = True
+                self._warn(
+                    f"MLflow mirroring is off for the rest of campaign {self._campaign!r} after "
+                    f"{self._failures} failures in a row (the campaign's store still records every result)."
+                )
+            return None
+        self._failures = 0
+        return out
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        warnings.warn(message, TrackingWarning, stacklevel=4)
+
+
+def make_tracker(cfg: Mapping[str, Any]) -> Tracker:
+    """Build the tracker from the ``tracking`` config node: ``{name: mlflow|none, uri, experiment}``."""
+    name = cfg.get("name", "mlflow")
+    if name is None or str(name).lower() == "none":
+        return NullTracker()
+    if str(name).lower() != "mlflow":
+        raise ConfigError(f"tracking.name: unknown tracker {name!r}; use 'mlflow' or 'none'")
+    for field_name in ("uri", "experiment"):
+        value = cfg.get(field_name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"tracking.{field_name}: expected a string or null, got {type(value).__name__} {value!r}"
+            )
+    return MLflowTracker(uri=cfg.get("uri") or None, experiment=cfg.get("experiment") or None)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _is_secret(key: str) -> bool:
+    return any(word in key.upper() for word in _SECRET_WORDS)
+
+
+def _secret_env_values() -> list[str]:
+    """Values of environment variables named like secrets (long enough not to match by chance)."""
+    return [v for k, v in os.environ.items() if _is_secret(k) and len(v) >= 8]
+
+
+def _scrub_env_secrets(text: str) -> str:
+    for value in _secret_env_values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def _scrub(text: str) -> str:
+    """Redact secrets written inside a string value: ``API_KEY=...``, ``--token ...``, URL passwords."""
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
+    text = _SECRET_FLAG.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}:{REDACTED}@", text)
+    return _scrub_env_secrets(text)
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: REDACTED if _is_secret(str(k)) else _redact_nested(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_nested(v) for v in value]
+    return value
+
+
+def _flatten(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            _flatten(value, dotted, out)
+        else:
+            out[dotted] = value
+
+
+def _to_params(config: Mapping[str, Any], by_key: bool = True) -> dict[str, str]:
+    """Flattened dotted keys -> stringified, redacted, truncated values, with MLflow-safe keys.
+
+    ``by_key`` False (an experiment's hyperparameters, e.g. ``batch_tokens``): values are scrubbed
+    but a key that merely looks secret is not enough to hide the value.
+    """
+    flat: dict[str, Any] = {}
+    _flatten(config, "", flat)
+    if not by_key:
+        return {_safe_key(k): _truncate(_scrub_env_secrets(_text(v)), _MAX_PARAM) for k, v in flat.items()}
+    return {
+        _safe_key(k): REDACTED if _is_secret(k) else _truncate(_scrub(_text(_redact_nested(v))), _MAX_PARAM)
+        for k, v in flat.items()
+    }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _safe_key(key: str) -> str:
+    """MLflow keys: alphanumerics, ``_ - . space : /``, and no path tricks (``a//b``, ``../x``)."""
+    key = re.sub(r"[^/\w.\- :]", "_", key)[:_MAX_KEY]
+    if posixpath.normpath(key) != key or key.startswith(("/", "..")):
+        key = key.replace("/", "_").replace("..", "__")
+    return key or "_"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an http(s) tracking server is not even listening: MLflow's own retries
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7 with exponential backoff) take minutes."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return  # reached through a proxy: a direct connection proves nothing
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+        pass
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _log_batch(
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    step: int = 0,
+    timestamp: int | None = None,
+) -> None:
+    """One ``log_batch`` request (more only past MLflow's per-request limits); non-finite metrics dropped."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = timestamp if timestamp is not None else _ms(time.time())
+    p = [Param(k, v) for k, v in (params or {}).items()]
+    t = [RunTag(k if k.startswith("mlflow.") else _safe_key(k), _truncate(str(v), _MAX_TAG))
+         for k, v in (tags or {}).items()]
+    m = [Metric(_safe_key(k), x, now, step) for k, v in (metrics or {}).items() if (x := _number(v)) is not None]
+    n, k = _BATCH_PARAMS_TAGS, _BATCH_METRICS
+    for i in range(max(-(-len(p) // n), -(-len(t) // n), -(-len(m) // k))):
+        client.log_batch(run_id, metrics=m[i * k : (i + 1) * k], params=p[i * n : (i + 1) * n],
+                         tags=t[i * n : (i + 1) * n])

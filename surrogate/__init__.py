@@ -1,0 +1,1 @@
+"""Surrogate models that rank the candidate pool into the next wave."""

@@ -1,0 +1,1 @@
+"""Backend tests: a shared conformance suite (suite.py) and one subclass per backend."""

@@ -1,0 +1,316 @@
+"""The backend conformance suite: every backend passes the same user-visible checks.
+
+Subclass it once per backend (``class TestLocal(BackendSuite)``) and fill in the hooks:
+``make_backend`` (required), ``job_has_ended`` (required), and, for backends that are slow
+to start jobs or that run them elsewhere, the timing attributes, ``release`` and
+``process_alive``. The suite only uses the public Backend contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.base import Backend, Finished, JobHandle, JobState, RunSpec
+from backends.workdir import snapshot
+from hybrid.errors import BackendError
+from hybrid.types import Candidate, Experiment
+
+# Holds a job until the test creates `release` in its workdir (60 s at most, then it goes on).
+GATE = "touch started; i=0; until [ -e release ] || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done"
+# Records the shell's and a background child's pids, then sleeps: for process-tree checks.
+TREE = "sleep 30 & echo $! > child.pid; echo $$ > shell.pid; touch started; sleep 30"
+
+
+def make_experiment(workdir: Path, worker: str, exp_id: str | None = None, **params: Any) -> Experiment:
+    """An Experiment as the campaign creates it: with a workdir and params.json inside."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.json").write_text(json.dumps(params))
+    return Experiment(
+        id=exp_id or workdir.name,
+        candidate=Candidate(params=params, source="test"),
+        worker=worker,
+        hardware="test",
+        wave=0,
+        started=time.time(),
+        workdir=str(workdir),
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class BackendSuite:
+    """Conformance tests for a Backend. Not collected itself (no ``Test`` prefix)."""
+
+    job_timeout_s: float = 30.0  # how long a short job may take from submit to poll()
+    kill_timeout_s: float = 1.0  # RunSpec.timeout_s of the timeout test
+    supports_recover: bool = True  # recover(exp) finds a job whose id never reached the store
+
+    # ---- hooks -----------------------------------------------------------------------------
+    def make_backend(self, tmp_path: Path, n_workers: int) -> Backend:
+        """A fresh backend instance with ``n_workers`` workers. Called again with the same
+        arguments to play "the orchestrator restarted": names must be stable."""
+        raise NotImplementedError
+
+    def job_has_ended(self, job_id: str, exp: Experiment) -> bool:
+        """True once the job has ended on the backend side (without polling a backend)."""
+        raise NotImplementedError
+
+    def release(self, workdir: Path) -> None:
+        """Let a job running GATE go on."""
+        (workdir / "release").touch()
+
+    def process_alive(self, pid: int) -> bool:
+        """Whether a process of a job is still alive (a zombie counts as dead)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+    # ---- fixtures and helpers ------------------------------------------------------------------
+    @pytest.fixture
+    def new_backend(self, tmp_path: Path) -> Iterator[Callable[[int], Backend]]:
+        """Make backends; at the end every job still known to one is cancelled."""
+        made: list[Backend] = []
+
+        def make(n_workers: int = 2) -> Backend:
+            made.append(self.make_backend(tmp_path, n_workers))
+            return made[-1]
+
+        yield make
+        for b in made:
+            b.cancel_all()
+            b.close()
+
+    @pytest.fixture
+    def backend(self, new_backend: Callable[[int], Backend]) -> Backend:
+        return new_backend(2)
+
+    def job(
+        self,
+        backend: Backend,
+        tmp_path: Path,
+        name: str,
+        command: str,
+        worker: int = 0,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = 60.0,  # a safety net: no test job outlives a failed test long
+        workdir: Path | None = None,
+        **params: Any,
+    ) -> tuple[Experiment, RunSpec]:
+        workdir = workdir or tmp_path / "exps" / name
+        exp = make_experiment(workdir, backend.workers()[worker].name, name, **params)
+        return exp, RunSpec(command=command, workdir=workdir, env=dict(env or {}), timeout_s=timeout_s)
+
+    def finish(self, backend: Backend, n: int = 1) -> list[Finished]:
+        """Poll until ``n`` jobs have been reported; check nothing is reported twice."""
+        out: list[Finished] = []
+        deadline = time.monotonic() + self.job_timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            out.extend(backend.poll())
+            time.sleep(0.02)
+        assert len(out) == n, f"expected {n} finished jobs within {self.job_timeout_s} s, got {out}"
+        assert backend.poll() == []
+        return out
+
+    def started(self, spec: RunSpec) -> None:
+        wait_until(lambda: (spec.workdir / "started").exists(), self.job_timeout_s, "the job to start")
+
+    def assert_tree_gone(self, workdir: Path) -> None:
+        for name in ("shell.pid", "child.pid"):
+            pid = int((workdir / name).read_text())
+            # The kill is recorded before the job is reported, but allow the kernel a moment.
+            wait_until(lambda pid=pid: not self.process_alive(pid), 2.0, f"{name} {pid} to die")
+
+    # ---- the tests ----------------------------------------------------------------------------
+    def test_job_runs_to_completion(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "ok", "echo 'val_bpb: 0.9979'; echo 'num_steps: 12'")
+        handle = backend.submit(exp, spec)
+        assert handle.experiment_id == exp.id and handle.worker.name == exp.worker
+        [f] = self.finish(backend)
+        assert (f.job_id, f.experiment_id, f.state, f.exit_code) == (
+            handle.job_id,
+            exp.id,
+            JobState.EXITED,
+            0,
+        )
+        assert "val_bpb: 0.9979" in f.log and "num_steps: 12" in f.log
+        assert f.worker.name == exp.worker and f.ended >= f.started
+        assert backend.running() == []
+
+    def test_crash_reports_exit_code(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "crash", "echo 'Traceback: boom' >&2; exit 1")
+        backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert (f.state, f.exit_code) == (JobState.EXITED, 1)
+        assert "boom" in f.log  # stderr is in the log too
+
+    def test_timeout_kills_the_whole_tree(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "slow", TREE, timeout_s=self.kill_timeout_s)
+        backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert (f.state, f.exit_code) == (JobState.TIMEOUT, None)
+        assert f.duration_s < 25
+        self.assert_tree_gone(spec.workdir)
+
+    def test_cancel_stops_the_whole_tree(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "cancelled", TREE)
+        handle = backend.submit(exp, spec)
+        self.started(spec)
+        backend.cancel(handle.job_id)
+        [f] = self.finish(backend)
+        assert (f.state, f.exit_code) == (JobState.CANCELLED, None)
+        self.assert_tree_gone(spec.workdir)
+        assert len(backend.free_workers()) == len(backend.workers())
+        backend.cancel("no-such-job")  # unknown ids are ignored
+
+    def test_each_experiment_sees_its_own_snapshot(self, backend: Backend, tmp_path: Path) -> None:
+        src = tmp_path / "target"
+        src.mkdir()
+        (src / "value.txt").write_text("one")
+        first = snapshot(src, tmp_path / "exps" / "first")
+        (src / "value.txt").write_text("two")  # the researcher edits code mid-campaign
+        second = snapshot(src, tmp_path / "exps" / "second")
+        cmd = GATE + '; echo "value=$(cat value.txt)"'
+        jobs = [
+            self.job(backend, tmp_path, d.name, cmd, worker=i, workdir=d)
+            for i, d in enumerate((first, second))
+        ]
+        for exp, spec in jobs:
+            backend.submit(exp, spec)
+        (src / "value.txt").write_text("three")  # edited again while they run
+        for _, spec in jobs:
+            self.release(spec.workdir)
+        logs = {f.experiment_id: f.log for f in self.finish(backend, 2)}
+        assert "value=one" in logs["first"] and "value=two" in logs["second"]
+
+    def test_env_and_params_reach_the_command(self, backend: Backend, tmp_path: Path) -> None:
+        env = {"HYBRID_EXPERIMENT_ID": "exp-7", "MY_SETTING": "hello world"}
+        cmd = 'echo "id=$HYBRID_EXPERIMENT_ID"; echo "setting=$MY_SETTING"; echo; cat params.json'
+        exp, spec = self.job(backend, tmp_path, "env", cmd, env=env, lr=0.01, depth=4)
+        backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert f.exit_code == 0, f.log
+        assert "id=exp-7" in f.log and "setting=hello world" in f.log
+        assert json.loads(f.log.rsplit("\n\n", 1)[-1]) == {"lr": 0.01, "depth": 4}
+
+    def test_awkward_workdir_path(self, backend: Backend, tmp_path: Path) -> None:
+        workdir = tmp_path / "with space" / "a'; echo INJECTED; '$(x)"
+        exp, spec = self.job(backend, tmp_path, "quoted", "echo 'val_bpb: 1.5'", workdir=workdir)
+        backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert f.exit_code == 0 and "val_bpb: 1.5" in f.log and "INJECTED" not in f.log
+
+    def test_free_workers_shrink_and_recover(self, backend: Backend, tmp_path: Path) -> None:
+        everyone = backend.workers()
+        assert backend.free_workers() == everyone
+        a_exp, a = self.job(backend, tmp_path, "a", GATE, worker=0)
+        backend.submit(a_exp, a)
+        assert backend.free_workers() == everyone[1:]
+        b_exp, b = self.job(backend, tmp_path, "b", GATE, worker=1)
+        backend.submit(b_exp, b)
+        assert backend.free_workers() == []
+        self.release(a.workdir)
+        self.finish(backend, 1)
+        assert backend.free_workers() == everyone[:1]
+        self.release(b.workdir)
+        self.finish(backend, 1)
+        assert backend.free_workers() == everyone
+
+    def test_submit_to_a_busy_worker_is_refused(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "busy", GATE, worker=0)
+        backend.submit(exp, spec)
+        again, again_spec = self.job(backend, tmp_path, "again", "true", worker=0)
+        with pytest.raises(BackendError, match="busy"):
+            backend.submit(again, again_spec)
+        again.worker = "no-such-worker"
+        with pytest.raises(BackendError, match="no worker named"):
+            backend.submit(again, again_spec)
+        self.release(spec.workdir)
+        assert [f.experiment_id for f in self.finish(backend)] == ["busy"]
+
+    def test_a_new_instance_reattaches_a_running_job(
+        self, new_backend: Callable[[int], Backend], tmp_path: Path
+    ) -> None:
+        first = new_backend(1)
+        exp, spec = self.job(first, tmp_path, "survivor", GATE + "; echo 'val_bpb: 0.97'")
+        handle = first.submit(exp, spec)
+        self.started(spec)
+        first.detach()  # the orchestrator goes away, the job does not
+        first.close()
+        second = new_backend(1)
+        attached = second.attach(handle.job_id, exp)
+        assert attached is not None and attached.job_id == handle.job_id
+        assert second.free_workers() == []
+        self.release(spec.workdir)
+        [f] = self.finish(second)
+        assert (f.state, f.exit_code, f.experiment_id) == (JobState.EXITED, 0, exp.id)
+        assert "val_bpb: 0.97" in f.log
+
+    def test_a_job_that_ended_unwatched_is_reported_once(
+        self, new_backend: Callable[[int], Backend], tmp_path: Path
+    ) -> None:
+        first = new_backend(1)
+        exp, spec = self.job(first, tmp_path, "unwatched", "echo 'val_bpb: 0.95'; exit 3")
+        handle = first.submit(exp, spec)
+        first.detach()
+        first.close()
+        wait_until(lambda: self.job_has_ended(handle.job_id, exp), self.job_timeout_s, "the job to end")
+        second = new_backend(1)
+        assert second.attach(handle.job_id, exp) is not None
+        [f] = self.finish(second)
+        assert (f.state, f.exit_code) == (JobState.EXITED, 3) and "val_bpb: 0.95" in f.log
+
+    def test_recover_finds_a_job_whose_id_was_never_stored(
+        self, new_backend: Callable[[int], Backend], tmp_path: Path
+    ) -> None:
+        if not self.supports_recover:
+            pytest.skip("this backend cannot find jobs without their id")
+        first = new_backend(1)
+        exp, spec = self.job(first, tmp_path, "unrecorded", GATE + "; echo 'val_bpb: 0.99'")
+        handle = first.submit(exp, spec)
+        self.started(spec)
+        first.detach()
+        first.close()
+        second = new_backend(1)
+        never_submitted, _ = self.job(second, tmp_path, "never", "true")
+        assert second.recover(never_submitted) is None
+        recovered = second.recover(exp)
+        assert recovered is not None and recovered.job_id == handle.job_id
+        self.release(spec.workdir)
+        [f] = self.finish(second)
+        assert (f.job_id, f.state, f.exit_code) == (handle.job_id, JobState.EXITED, 0)
+
+    def test_close_leaves_unrelated_processes_alone(self, backend: Backend, tmp_path: Path) -> None:
+        unrelated = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        try:
+            exp, spec = self.job(backend, tmp_path, "done", "echo 'val_bpb: 1.0'")
+            backend.submit(exp, spec)
+            self.finish(backend)
+            backend.cancel_all()
+            backend.close()
+            assert unrelated.poll() is None and self.process_alive(unrelated.pid)
+        finally:
+            unrelated.kill()
+            unrelated.wait()
+
+    def test_handles_are_plain_data(self, backend: Backend, tmp_path: Path) -> None:
+        exp, spec = self.job(backend, tmp_path, "plain", "true")
+        handle = backend.submit(exp, spec)
+        assert isinstance(handle, JobHandle) and isinstance(handle.job_id, str) and handle.job_id
+        assert os.path.samefile(handle.workdir, spec.workdir)
+        self.finish(backend)

@@ -1,0 +1,1 @@
+"""Tests of the classical proposers: a shared conformance suite plus per-proposer behaviour."""

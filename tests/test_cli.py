@@ -1,0 +1,191 @@
+"""The command line for real, in subprocesses: bad input, kill -9 + resume, Ctrl-C, multirun."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybrid.store import Store
+from hybrid.types import ExperimentState
+
+FAST = ["target.env.EXAMPLE_SECONDS=0.3", "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
+
+
+def hybrid(args: list[str], cwd: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hybrid", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hybrid", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def runners_alive(campaign_dir: Path) -> list[int]:
+    """Local job runners still alive for this campaign (orphans, if the campaign is over)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if "backends._runner" in cmd and str(campaign_dir) in cmd and ") Z" not in stat:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["proposer=nope"], r"ConfigError: proposer=nope: no such option; available: .*sobol"),
+        (["backend=cloud"], r"ConfigError: backend=cloud: no such option; available: .*local"),
+        (["campaign.nope=1"], r"ConfigError: campaign.nope: no such config field"),
+        (["+space.params.wd={type:float,low:0.5,high:0.1}"], r"ConfigError: space.params.wd: low \(0.5\) must be < high \(0.1\)"),
+        (["+space.params.wd={type:float,low:zero,high:1}"], r"ConfigError: space.params.wd.low: expected a number, got 'zero'"),
+        (["+space.params.wd={type:real,low:0,high:1}"], r"ConfigError: space.params.wd.type: 'real' is not one of"),
+        (["target=command"], r"ConfigError: target.command: missing"),
+        (["campaign.seed=abc"], r"ConfigError: campaign.seed: .*abc"),
+        (["budget.max_experiments=-3"], r"ConfigError: budget.max_experiments: expected a positive number"),
+        (["backend.workers=[{name:a,hardware:cpu,price:1}]"], r"ConfigError: backend.workers\[0\]"),
+        (["campaign.mode=fast"], r"ConfigError: campaign.mode: 'fast' is not async or sync"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, args, message):
+    p = hybrid(args, tmp_path, timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert re.match(message, lines[0]), lines[0]
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not list(tmp_path.rglob("state.sqlite"))  # nothing started
+
+
+def test_main_job_runs_a_real_campaign(tmp_path):
+    p = hybrid([*FAST, "budget.max_experiments=4", "backend.workers=2", "proposer=sobol"], tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "stopped: budget.max_experiments reached (4)" in p.stdout
+    campaign = tmp_path / "runs" / "example-sobol-s0"
+    assert len((campaign / "results.tsv").read_text().splitlines()) == 5
+    assert (tmp_path / "runs" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_kill_minus_9_at_random_moments_then_resume_loses_nothing(tmp_path):
+    args = [*FAST, "budget.max_experiments=14", "backend.workers=4", "proposer=optuna", "tracking=none"]
+    campaign = tmp_path / "runs" / "example-optuna-s0"
+    rng = random.Random(1234)
+    for _ in range(4):
+        proc = start(args, tmp_path)
+        time.sleep(rng.uniform(1.5, 3.5))  # python + hydra start takes ~1 s, then dispatch goes on
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait()
+    p = hybrid(args, tmp_path, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "resumed campaign" in p.stdout
+
+    store = Store(campaign / "state.sqlite")
+    exps = store.experiments()
+    counted = [e for e in exps if not e.extra.get("requeued")]
+    assert len(counted) == 14, [(e.id, e.state, e.result and e.result.reason) for e in exps]
+    # every counted experiment ran to its own end: DONE, or the example's real out-of-memory crash
+    assert [(e.id, e.state.name, e.result and e.result.reason) for e in counted
+            if e.state is not ExperimentState.DONE and "out of memory" not in e.result.reason] == []
+    assert len({e.id for e in exps}) == len(exps)
+    for e in exps:
+        log = (Path(e.workdir) / "run.log").read_text() if e in counted else ""
+        if e.state is ExperimentState.DONE:  # the recorded result is the one the job printed
+            assert f"val_bpb: {e.value('val_bpb'):.6f}" in log
+        elif e in counted:
+            assert "CUDA out of memory" in log
+    for e in exps:  # every lost experiment was re-run exactly once
+        if e.extra.get("requeued"):
+            reruns = [x for x in counted if x.params == e.params]
+            assert len(reruns) == 1
+    tsv = (campaign / "results.tsv").read_text().splitlines()[1:]
+    assert sorted(line.split("\t")[0] for line in tsv) == sorted(e.id for e in exps)
+    assert runners_alive(campaign) == []  # no job left orphaned
+
+
+def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 60) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if re.search(pattern, seen):
+            return seen
+    raise AssertionError(f"never saw {pattern!r} in:\n{seen}")
+
+
+@pytest.mark.parametrize("on_interrupt", ["cancel", "detach"])
+def test_ctrl_c_cancels_or_detaches(tmp_path, on_interrupt):
+    seconds = "30" if on_interrupt == "cancel" else "2"
+    args = ["campaign.progress=plain", f"target.env.EXAMPLE_SECONDS={seconds}", "backend.workers=2",
+            "budget.max_experiments=2", "proposer=sobol", "tracking=none", f"campaign.on_interrupt={on_interrupt}"]
+    campaign = tmp_path / "runs" / "example-sobol-s0"
+    proc = start(args, tmp_path)
+    _wait_for(proc, r"e0002 -> ")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    store = Store(campaign / "state.sqlite")
+    states = [e.state for e in store.experiments()]
+    store.close()
+    if on_interrupt == "cancel":
+        assert states == [ExperimentState.CANCELLED] * 2
+        assert "running experiments cancelled" in out
+        assert runners_alive(campaign) == []
+    else:
+        assert states == [ExperimentState.RUNNING] * 2  # left running for a resume
+        assert len(runners_alive(campaign)) == 2
+        p = hybrid(args, tmp_path)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "2 running jobs re-attached" in p.stdout
+        store = Store(campaign / "state.sqlite")
+        assert [e.state for e in store.experiments()] == [ExperimentState.DONE] * 2
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_campaign_and_parent_run_per_job(tmp_path):
+    from mlflow import MlflowClient
+
+    p = hybrid(["-m", "proposer=sobol,optuna", "campaign.seed=0,1", "budget.max_experiments=3", *FAST,
+                "target.env.EXAMPLE_SECONDS=0.1"], tmp_path, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = sorted(f"example-{prop}-s{seed}" for prop in ("sobol", "optuna") for seed in (0, 1))
+    assert sorted(d.name for d in (tmp_path / "runs").iterdir() if (d / "state.sqlite").exists()) == names
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None, name
+        runs = client.search_runs([exp.experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parents) == 1 and len(children) == 3
+        assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+def test_help_is_instant_and_lists_groups(tmp_path):
+    p = hybrid(["--help"], tmp_path, timeout=60)
+    assert p.returncode == 0
+    for group in ("target", "space", "backend", "proposer", "surrogate", "stopping", "tracking"):
+        assert f"{group}:" in p.stdout
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(tmp_path):
+    yield
+    for pid in runners_alive(tmp_path):
+        os.killpg(pid, signal.SIGKILL)
