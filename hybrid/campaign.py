@@ -77,7 +77,7 @@ class Campaign:
         budget: Budget | None = None,
         tracker: Tracker | None = None,
         mode: str = "async",
-        poll_interval_s: float = 0.2,
+        poll_interval_s: float = 0.1,
         max_failure_rate: float = 0.5,
         on_interrupt: str = "cancel",
         progress: Progress | None = None,

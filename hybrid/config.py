@@ -112,7 +112,7 @@ class CampaignSection:
     # async: a freed worker gets work at once. sync: strict waves of one experiment per worker
     mode: str = "async"
     # seconds between backend polls when nothing happens
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 0.1
     # stop when more than this fraction of finished experiments failed (after 5 finished)
     max_failure_rate: float = 0.5
     # Ctrl-C: cancel running jobs, or detach (leave them running; a resume re-attaches them)

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from hybrid.types import Experiment, ExperimentState, Objective, Result
 
@@ -42,7 +43,7 @@ def improvement(best: float | None, baseline: float | None, objective: Objective
 class Progress:
     """``mode``: auto | rich | plain | none."""
 
-    def __init__(self, mode: str = "auto") -> None:
+    def __init__(self, mode: str = "auto", console: Any = None) -> None:
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
         if mode not in ("rich", "plain", "none"):
@@ -50,6 +51,7 @@ class Progress:
 
             raise ConfigError(f"campaign.progress: {mode!r} is not one of auto, rich, plain, none")
         self.mode = mode
+        self._console = console  # a rich Console (tests); None: the terminal
         self._live = None
         self._last_refresh = 0.0
 
@@ -58,7 +60,7 @@ class Progress:
         if self.mode == "rich":
             from rich.live import Live
 
-            self._live = Live(self._render(view), auto_refresh=False, transient=False)
+            self._live = Live(self._render(view), console=self._console, auto_refresh=False, transient=False)
             self._live.start()
 
     def stop(self, view: View | None = None) -> None:

@@ -194,3 +194,42 @@ def test_sobol_campaign_on_the_example_target(tmp_path):
     sources = [e.source for e in c.experiments()]
     assert sources == ["baseline"] + ["sobol"] * 4
     assert all(e.state is ExperimentState.DONE for e in c.experiments())
+
+
+def test_live_view_shows_workers_best_and_spend(tmp_path, target_dir):
+    import io
+
+    from rich.console import Console
+
+    from hybrid.progress import Progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, color_system=None)
+    c = make(tmp_path, target_dir, ListProposer([{"x": 1.0, "sleep": 0.4}, {"x": 2.0, "sleep": 0.4}]),
+             max_experiments=3, progress=Progress("rich", console=console))
+    c.run()
+    out = buf.getvalue()
+    assert "campaign c" in out and "w00" in out and "w01" in out and "running" in out
+    assert "best val_bpb 1" in out and "spend $" in out and "-80.00% vs baseline" not in out
+    assert "+80.00% vs baseline 5" in out
+
+
+class _BadThenGood(ListProposer):
+    """Returns an out-of-range and an unknown-param proposal before valid ones."""
+
+    def propose(self, history, n):
+        bad = [Candidate({**SPACE.defaults(), "x": 50.0}, "list"), Candidate({"x": 1.0, "lr": 3}, "list")]
+        return bad + super().propose(history, n)
+
+
+def test_invalid_proposals_are_dropped_with_a_reason(tmp_path, target_dir):
+    from hybrid.progress import Progress
+
+    messages: list[str] = []
+    progress = Progress("none")
+    progress.message = messages.append  # type: ignore[method-assign]
+    c = make(tmp_path, target_dir, _BadThenGood([{"x": 1.0}, {"x": 2.0}]), max_experiments=3, progress=progress)
+    summary = c.run()
+    assert summary.n_done == 3 and summary.best_value == 1.0
+    assert any("dropped an invalid list proposal: x: 50 is outside [0, 10]" in m for m in messages)
+    assert any("lr: unknown parameter" in m for m in messages)

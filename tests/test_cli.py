@@ -54,6 +54,7 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["+space.params.wd={type:float,low:0.5,high:0.1}"], r"ConfigError: space.params.wd: low \(0.5\) must be < high \(0.1\)"),
         (["+space.params.wd={type:float,low:zero,high:1}"], r"ConfigError: space.params.wd.low: expected a number, got 'zero'"),
         (["+space.params.wd={type:real,low:0,high:1}"], r"ConfigError: space.params.wd.type: 'real' is not one of"),
+        (["+space.params.wd={type:float,low:0,high:1,lo:0.5}"], r"ConfigError: space.params.wd: unknown field\(s\) \['lo'\]"),
         (["target=command"], r"ConfigError: target.command: missing"),
         (["campaign.seed=abc"], r"ConfigError: campaign.seed: .*abc"),
         (["budget.max_experiments=-3"], r"ConfigError: budget.max_experiments: expected a positive number"),
