@@ -16,7 +16,8 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,25 @@ class _Mirror(threading.Thread):
     def stop(self) -> None:
         self.q.put(None)
         self.join()
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until the block ends, so that a job is never started without its id
+    reaching the store and the backend's bookkeeping (it could not be cancelled otherwise)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            raise KeyboardInterrupt
 
 
 class Campaign:
@@ -301,7 +321,8 @@ class Campaign:
             return False
         self.wave += 1
         for cand, worker in wave:
-            self._submit(cand, worker, self.wave)
+            with _deferred_interrupts():
+                self._submit(cand, worker, self.wave)
         return True
 
     def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:

@@ -121,7 +121,8 @@ class Progress:
             f"   spend ${view.spend_usd:.2f}   elapsed {view.elapsed_s / 60:.1f} min",
         )
         if view.stopping:
-            head.append(f"\nstopping: {view.stopping} (waiting for running experiments)", style="yellow")
+            wait = " (waiting for running experiments)" if view.running else ""
+            head.append(f"\nstopping: {view.stopping}{wait}", style="yellow")
         table = Table(box=None, pad_edge=False)
         for col in ("worker", "hardware", "state", "experiment", "source", "elapsed"):
             table.add_column(col)
