@@ -118,9 +118,31 @@ class HybridProposer(Proposer):
         share = _check_share(f"proposer.sources.{name}", share)
         self._sources[name] = (proposer, share)
 
-    def quotas(self, n: int) -> dict[str, int]:
-        """How many of n candidates each source is asked for."""
-        return largest_remainder(n, self.sources)
+    def quotas(self, n: int, history: Sequence[Experiment] = ()) -> dict[str, int]:
+        """How many of n candidates each source is asked for.
+
+        Shares hold over the whole campaign, not per call: each of the n slots goes to the
+        source furthest below its share of everything these sources proposed so far (counted
+        from ``history`` by source label). An async campaign asks for one candidate at a time;
+        per-call rounding would then give every slot to the largest share.
+        """
+        shares = self.sources
+        total_share = sum(shares.values())
+        if n <= 0 or total_share <= 0:
+            return dict.fromkeys(shares, 0)
+        counts = {k: 0 for k in shares}
+        for e in history:
+            if e.source in counts:
+                counts[e.source] += 1
+        base = sum(counts.values())
+        out = dict.fromkeys(shares, 0)
+        for i in range(n):
+            def deficit(k: str, i: int = i) -> float:
+                return shares[k] / total_share * (base + i + 1) - counts[k] - out[k]
+
+            best = max((k for k in shares if shares[k] > 0), key=deficit)  # max keeps the first on ties
+            out[best] += 1
+        return out
 
     def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
         if n <= 0:
@@ -142,7 +164,7 @@ class HybridProposer(Proposer):
                     seen.add(key)
                     spill.append((src, c))
 
-        quotas = self.quotas(n)
+        quotas = self.quotas(n, history)
         for src, quota in quotas.items():
             if quota == 0:
                 continue

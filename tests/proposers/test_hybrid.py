@@ -14,7 +14,7 @@ from hybrid.proposers.hybrid import HybridProposer, largest_remainder
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
-from .suite import MINIMIZE, ProposerSuite, baseline, cube_space, mixed_space
+from .suite import MINIMIZE, ProposerSuite, baseline, cube_space, extend, mixed_space
 
 
 class TestHybrid(ProposerSuite):
@@ -144,3 +144,15 @@ def test_close_reaches_every_source() -> None:
 def test_config_errors_name_the_field(kwargs: dict, where: str) -> None:
     with pytest.raises(ConfigError, match=where):
         HybridProposer(cube_space(2), MINIMIZE, **kwargs)
+
+
+def test_one_at_a_time_proposals_follow_the_shares_over_the_campaign() -> None:
+    # An async campaign asks for one candidate per freed worker: the shares must still hold.
+    space = cube_space(3)
+    p = HybridProposer(space, MINIMIZE, seed=0, sources={"tpe": 0.5, "sobol": 0.25, "grid": 0.25})
+    history = [baseline(space)]
+    for _ in range(12):
+        cands = p.propose(history, 1)
+        assert len(cands) == 1
+        history = extend(history, cands, f=lambda params: sum(params.values()))
+    assert Counter(e.source for e in history[1:]) == {"tpe": 6, "sobol": 3, "grid": 3}
