@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import model.prepare as prep
+import model.sources as sources
 from hybrid.errors import ConfigError, HybridError
 from model.data import load_tokenizer, make_loader
 from model.prepare import DataConfig, data_dir, offline_documents, prepare, split_of
@@ -251,7 +251,7 @@ def shard_server() -> Iterator[ShardServer]:
 
 def test_climbmix_downloads_resume_and_refetch_what_is_truncated(shard_server: ShardServer, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prep, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(sources, "RETRY_BACKOFF_S", 0.0)
     cfg = {"source": "climbmix", "num_shards": 2, "base_url": shard_server.url, "cache_dir": str(tmp_path),
            "vocab_size": 300}
     shards = tmp_path / "climbmix-shards"
