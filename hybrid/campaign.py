@@ -30,7 +30,7 @@ from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
 from hybrid.report import Summary, baseline_experiment, best_experiment, summarize, write_results_tsv
 from hybrid.space import SearchSpace
-from hybrid.stopping import Budget, CampaignProgress, failure_reason
+from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, failure_reason, money_saved
 from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.tracking import CampaignInfo, NullTracker, Tracker
@@ -103,6 +103,7 @@ class Campaign:
         progress: Progress | None = None,
         config: Mapping[str, Any] | None = None,
         target_hardware: str | None = None,
+        cost_stop: CostAwareStop | None = None,
     ) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
@@ -121,6 +122,7 @@ class Campaign:
         self.progress = progress or Progress("none")
         self.config = dict(config or {})
         self.target_hardware = target_hardware
+        self.cost_stop = cost_stop
         self.exps: dict[str, Experiment] = {}
         self.requeue: list[Candidate] = []
         self.stop_reason: str | None = None
@@ -246,7 +248,7 @@ class Campaign:
             if self.stop_reason is None:
                 dispatched = self._dispatch()
                 busy = dispatched or busy
-                if not dispatched and not self.backend.running():
+                if not dispatched and not self.backend.running() and self.stop_reason is None:
                     self.stop_reason = "search space exhausted: the proposers have no new configuration"
                     self.progress.message(f"stopping: {self.stop_reason}")
             self.progress.tick(self._view())
@@ -317,12 +319,33 @@ class Campaign:
             pool = self._propose(history, self.ranker.pool_size(len(rest)), fixed)
             running = [e for e in history if e.state is ExperimentState.RUNNING]
             wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
+            if self._cost_stop_fires():
+                return False
         if not wave:
             return False
         self.wave += 1
         for cand, worker in wave:
             with _deferred_interrupts():
                 self._submit(cand, worker, self.wave)
+        return True
+
+    def _cost_stop_fires(self) -> bool:
+        """Feed the ranker's decision to the cost-aware rule; True when it says stop."""
+        if self.cost_stop is None:
+            return False
+        decision = getattr(self.ranker, "last_decision", None)
+        gain = decision.best_gain_per_usd if decision is not None and decision.fitted else None
+        p = self._progress()
+        reason = self.cost_stop.observe(gain, p.n_finished)
+        if reason is None:
+            return False
+        fleet_hourly = sum(w.hourly_usd for w in self.backend.workers())
+        saved = money_saved(self.budget, p, fleet_hourly)
+        if saved is not None:
+            reason += f"; about ${saved:.2f} of the budget left unspent"
+        self.stop_reason = reason
+        self.store.event("cost_stop", reason)
+        self.progress.message(f"stopping: {reason}")
         return True
 
     def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:

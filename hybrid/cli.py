@@ -94,7 +94,7 @@ def build_and_run(cfg: Any) -> Any:
     from hybrid.campaign import Campaign
     from hybrid.progress import Progress
     from hybrid.space import SearchSpace
-    from hybrid.stopping import Budget
+    from hybrid.stopping import Budget, CostAwareStop
     from hybrid.targets import TargetSpec
     from hybrid.tracking import make_tracker
 
@@ -104,8 +104,14 @@ def build_and_run(cfg: Any) -> Any:
     target = TargetSpec.from_config(container["target"])
     budget = Budget.from_config(container["budget"])
     camp = container["campaign"]
-    if container["stopping"].get("name") != "budget":
-        raise ConfigError(f"stopping={container['stopping'].get('name')}: needs surrogate=gp, not available yet; use stopping=budget")
+    stopping = container["stopping"]
+    cost_stop = None
+    if stopping.get("name") == "cost_aware":
+        if container["surrogate"].get("name") != "gp":
+            raise ConfigError("stopping=cost_aware: needs surrogate=gp (the GP estimates the gain per dollar)")
+        cost_stop = CostAwareStop.from_config(stopping)
+    elif stopping.get("name") != "budget":
+        raise ConfigError(f"stopping.name: {stopping.get('name')!r} is not budget or cost_aware")
     name = _campaign_name(cfg)
     campaign_dir = Path(camp["dir"])
     if name != camp["name"]:
@@ -113,7 +119,8 @@ def build_and_run(cfg: Any) -> Any:
     campaign_dir = campaign_dir.resolve()
     backend = instantiate(cfg.backend)
     proposer = instantiate(cfg.proposer, space=space, objective=target.objective, seed=int(camp["seed"]))
-    ranker = instantiate(cfg.surrogate)
+    ranker = instantiate(cfg.surrogate, space=space, objective=target.objective, seed=int(camp["seed"]),
+                         target_hardware=camp.get("target_hardware"))
     tracker = make_tracker(container["tracking"])
     progress = Progress(str(camp["progress"]))
     campaign = Campaign(
@@ -121,7 +128,7 @@ def build_and_run(cfg: Any) -> Any:
         ranker=ranker, budget=budget, tracker=tracker, mode=str(camp["mode"]),
         poll_interval_s=float(camp["poll_interval_s"]), max_failure_rate=float(camp["max_failure_rate"]),
         on_interrupt=str(camp["on_interrupt"]), progress=progress, config=container,
-        target_hardware=camp.get("target_hardware"),
+        target_hardware=camp.get("target_hardware"), cost_stop=cost_stop,
     )
     summary = campaign.run()
     print(summary.text(), flush=True)

@@ -78,8 +78,14 @@ class SurrogateConfig:
 
 @dataclass
 class StoppingConfig:
-    # budget | cost_aware (the latter needs surrogate=gp)
+    # budget | cost_aware (the latter needs surrogate=gp); budget.* caps apply in both
     name: str = "budget"
+    # cost_aware: judge only after this many finished experiments
+    min_experiments: int = 20
+    # cost_aware: stop when the best candidate's expected improvement of the metric per USD is below this
+    min_gain_per_usd: float = 0.001
+    # cost_aware: ... for this many consecutive dispatch decisions
+    patience: int = 3
 
 
 @dataclass

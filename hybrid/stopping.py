@@ -64,3 +64,58 @@ def failure_reason(p: CampaignProgress, max_failure_rate: float, min_finished: i
         return (f"campaign.max_failure_rate exceeded: {p.n_failed} of {p.n_finished} experiments failed "
                 f"(> {max_failure_rate:.0%}); look at the run.log of a failed experiment")
     return None
+
+
+@dataclass
+class CostAwareStop:
+    """Stop when more experiments are no longer worth their price.
+
+    After ``min_experiments`` finished experiments, every dispatch decision reports the best
+    candidate's expected improvement of the objective per dollar (from the GP ranker). When it
+    stays below ``min_gain_per_usd`` for ``patience`` consecutive decisions the campaign stops
+    dispatching. Unlike an improvement-based rule this does not need the fleet to be idle: the
+    GP accounts for running experiments as pending points.
+    """
+
+    min_experiments: int = 20
+    min_gain_per_usd: float = 0.001
+    patience: int = 3
+    _streak: int = 0
+    last_gain_per_usd: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> CostAwareStop:
+        min_exp = cfg.get("min_experiments", 20)
+        gain = cfg.get("min_gain_per_usd", 0.001)
+        patience = cfg.get("patience", 3)
+        if isinstance(min_exp, bool) or not isinstance(min_exp, int) or min_exp < 1:
+            raise ConfigError(f"stopping.min_experiments: expected a positive integer, got {min_exp!r}")
+        if isinstance(gain, bool) or not isinstance(gain, int | float) or gain < 0:
+            raise ConfigError(f"stopping.min_gain_per_usd: expected a number >= 0, got {gain!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"stopping.patience: expected a positive integer, got {patience!r}")
+        return cls(min_exp, float(gain), patience)
+
+    def observe(self, gain_per_usd: float | None, n_finished: int) -> str | None:
+        """One dispatch decision: returns the stop reason, or None to go on."""
+        self.last_gain_per_usd = gain_per_usd
+        if gain_per_usd is None or n_finished < self.min_experiments:
+            self._streak = 0  # no fitted model yet, or too early to judge
+            return None
+        self._streak = self._streak + 1 if gain_per_usd < self.min_gain_per_usd else 0
+        if self._streak >= self.patience:
+            return (f"stopping.cost_aware: expected gain {gain_per_usd:.3g} per USD stayed below "
+                    f"{self.min_gain_per_usd:g} for {self.patience} decisions")
+        return None
+
+
+def money_saved(budget: Budget, p: CampaignProgress, fleet_hourly_usd: float) -> float | None:
+    """What a cap would still have let the campaign spend, had it not stopped early (USD)."""
+    left = []
+    if budget.max_cost_usd is not None:
+        left.append(max(0.0, budget.max_cost_usd - p.spend_usd))
+    if budget.max_hours is not None:
+        left.append(max(0.0, budget.max_hours * 3600 - p.elapsed_s) / 3600 * fleet_hourly_usd)
+    if budget.max_experiments is not None and p.n_finished:
+        left.append(max(0, budget.max_experiments - p.n_created) * p.spend_usd / p.n_finished)
+    return min(left) if left else None

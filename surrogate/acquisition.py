@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from backends.base import Worker
-from hybrid.types import Candidate, Experiment
+from hybrid.space import SearchSpace
+from hybrid.types import Candidate, Experiment, Objective
 
 
 class Ranker(ABC):
@@ -38,7 +39,8 @@ class Ranker(ABC):
 class InOrderRanker(Ranker):
     """No model: the first candidates go to the free workers in order."""
 
-    def __init__(self, name: str = "none") -> None:
+    def __init__(self, space: SearchSpace | None = None, objective: Objective | None = None, seed: int = 0,
+                 target_hardware: str | None = None, name: str = "none") -> None:
         self.name = name
 
     def pool_size(self, n_free: int) -> int:

@@ -60,6 +60,7 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["budget.max_experiments=-3"], r"ConfigError: budget.max_experiments: expected a positive number"),
         (["backend.workers=[{name:a,hardware:cpu,price:1}]"], r"ConfigError: backend.workers\[0\]"),
         (["campaign.mode=fast"], r"ConfigError: campaign.mode: 'fast' is not async or sync"),
+        (["stopping=cost_aware"], r"ConfigError: stopping=cost_aware: needs surrogate=gp"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, args, message):
