@@ -19,7 +19,7 @@ def test_budget_caps_give_their_reason():
     assert Budget(max_hours=0.01).reason(progress(elapsed_s=36.0)) == "budget.max_hours reached (0.01 h)"
     assert Budget(max_cost_usd=5).reason(progress()) == "budget.max_cost_usd reached ($5.00 of $5.00)"
     assert Budget(max_experiments=11, max_hours=1, max_cost_usd=6).reason(progress()) is None
-    with pytest.raises(ConfigError, match="budget.max_hours: expected a positive number"):
+    with pytest.raises(ConfigError, match=r"budget.max_hours: expected a positive number"):
         Budget.from_config({"max_hours": 0})
 
 
@@ -49,9 +49,9 @@ def test_cost_aware_needs_consecutive_low_decisions_and_enough_results():
 def test_cost_aware_config_errors():
     assert CostAwareStop.from_config({"min_experiments": 5, "min_gain_per_usd": 0.5, "patience": 2}) == \
         CostAwareStop(5, 0.5, 2)
-    with pytest.raises(ConfigError, match="stopping.patience: expected a positive integer"):
+    with pytest.raises(ConfigError, match=r"stopping.patience: expected a positive integer"):
         CostAwareStop.from_config({"patience": 0})
-    with pytest.raises(ConfigError, match="stopping.min_gain_per_usd: expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"stopping.min_gain_per_usd: expected a number >= 0"):
         CostAwareStop.from_config({"min_gain_per_usd": -1})
 
 
@@ -72,9 +72,8 @@ class Decision:
 
 def test_campaign_stops_on_cost_aware_rule(tmp_path):
     """The campaign consults the rule at each decision and stops dispatching, with the reason."""
-    from tests.test_campaign import SPACE, ListProposer, make
-
     from surrogate.acquisition import InOrderRanker
+    from tests.test_campaign import SPACE, ListProposer, make
 
     class DecayingGain(InOrderRanker):
         """In-order ranking that reports a shrinking expected gain per dollar, as a GP would."""
