@@ -341,8 +341,11 @@ class Campaign:
             return False
         fleet_hourly = sum(w.hourly_usd for w in self.backend.workers())
         saved = money_saved(self.budget, p, fleet_hourly)
-        if saved is not None:
+        if saved is not None and fleet_hourly > 0:
             reason += f"; about ${saved:.2f} of the budget left unspent"
+        left = self.budget.remaining_experiments(p.n_created)
+        if left:
+            reason += f"; {left} of budget.max_experiments={self.budget.max_experiments} not run"
         self.stop_reason = reason
         self.store.event("cost_stop", reason)
         self.progress.message(f"stopping: {reason}")

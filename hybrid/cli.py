@@ -118,9 +118,12 @@ def build_and_run(cfg: Any) -> Any:
         campaign_dir = campaign_dir.parent / name
     campaign_dir = campaign_dir.resolve()
     backend = instantiate(cfg.backend)
-    proposer = instantiate(cfg.proposer, space=space, objective=target.objective, seed=int(camp["seed"]))
-    ranker = instantiate(cfg.surrogate, space=space, objective=target.objective, seed=int(camp["seed"]),
-                         target_hardware=camp.get("target_hardware"))
+    # _partial_: runtime objects (space, objective) are passed as they are, not turned into config
+    proposer = instantiate(cfg.proposer, _partial_=True)(space=space, objective=target.objective,
+                                                         seed=int(camp["seed"]))
+    ranker = instantiate(cfg.surrogate, _partial_=True)(space=space, objective=target.objective,
+                                                        seed=int(camp["seed"]),
+                                                        target_hardware=camp.get("target_hardware"))
     tracker = make_tracker(container["tracking"])
     progress = Progress(str(camp["progress"]))
     campaign = Campaign(

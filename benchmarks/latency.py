@@ -1,0 +1,126 @@
+"""Decision latency of the GP ranker: a worker frees up -> the wave is chosen.
+
+A 6-d mixed space (3 floats, one log float, an int, a 3-way categorical) with a synthetic noisy
+objective, 3% crashes and a peak-memory metric. For each history size n the ranker is warmed up
+with one decision on the first n results, then ``--decisions`` consecutive decisions follow as
+the campaign would make them: between two decisions ``--arrivals`` new results arrive (so full
+hyperparameter refits happen every ``refit_every`` new results, cheap updates in between), and
+every decision ranks a fresh pool of ``--pool`` candidates for ``--q`` free workers with ``--q``
+experiments still running (pending). Timed: the whole ``rank`` call (fit/condition + rank), in
+wall-clock and in process CPU seconds (the GP runs on one thread, so CPU time is what the wall
+time would be on an unshared core).
+
+    python benchmarks/latency.py [--sizes 100,300,1000,2000] [--decisions 12] [--pool 256] [--q 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backends.base import Worker  # noqa: E402
+from hybrid.space import SearchSpace  # noqa: E402
+from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result  # noqa: E402
+from surrogate.acquisition import GPRanker  # noqa: E402
+
+SPACE = SearchSpace.from_config({
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "warmup": {"type": "float", "low": 0.0, "high": 0.3},
+    "wd": {"type": "float", "low": 0.0, "high": 0.2},
+    "beta2": {"type": "float", "low": 0.9, "high": 0.999},
+    "depth": {"type": "int", "low": 4, "high": 12, "step": 2},
+    "window": {"type": "categorical", "choices": ["L", "SL", "SSSL"]},
+})
+OBJECTIVE = Objective("val_bpb", "minimize")
+
+
+def simulate(params: dict, rng: np.random.Generator) -> tuple[ExperimentState, dict[str, float]]:
+    u = SPACE.encode(params)
+    if u[0] > 0.95 and rng.random() < 0.7:  # learning rates near the top diverge
+        return ExperimentState.CRASHED, {}
+    bpb = 1.0 + 0.3 * (u[0] - 0.6) ** 2 + 0.1 * (u[1] - 0.2) ** 2 + 0.05 * u[2] + 0.02 * (u[3] - 0.7) ** 2
+    bpb += -0.03 * u[4] + {"L": 0.02, "SL": 0.0, "SSSL": 0.01}[params["window"]] + 0.003 * rng.standard_normal()
+    return ExperimentState.DONE, {"val_bpb": bpb, "peak_vram_mb": 20000.0 * (1 + params["depth"] / 4)}
+
+
+def random_params(rng: np.random.Generator) -> dict:
+    return SPACE.validate(SPACE.decode(rng.random(len(SPACE))))
+
+
+def finished(seq: int, params: dict, rng: np.random.Generator) -> Experiment:
+    state, metrics = simulate(params, rng)
+    exp = Experiment(f"e{seq:05d}", Candidate(params, "sobol"), "w0", "h100", wave=seq, state=state, seq=seq)
+    exp.result = Result(exp.id, state, metrics, "h100", duration_s=300.0 + 10 * rng.random(), cost_usd=0.2,
+                        reason="" if state is ExperimentState.DONE else "exit code 1")
+    return exp
+
+
+def running(seq: int, params: dict) -> Experiment:
+    return Experiment(f"e{seq:05d}", Candidate(params, "sobol"), "w1", "h100", wave=seq,
+                      state=ExperimentState.RUNNING, seq=seq)
+
+
+def bench(n: int, decisions: int, arrivals: int, pool_size: int, q: int, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    history = [finished(i + 1, random_params(rng), rng) for i in range(n)]
+    ranker = GPRanker(SPACE, OBJECTIVE, seed=seed, pool_size=pool_size, worker_memory_mb={"h100": 80000})
+    workers = [Worker(f"w{i}", "h100", 2.5) for i in range(q)]
+
+    def decide() -> float:
+        pool = [Candidate(random_params(rng), "sobol") for _ in range(pool_size)]
+        pending = [running(len(history) + 1 + i, random_params(rng)) for i in range(q)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        wave = ranker.rank(pool, history, pending, workers)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        assert len(wave) == q and ranker.last_decision is not None and ranker.last_decision.fitted
+        return dt, dc
+
+    decide()  # warm-up: the first, cold fit is paid once per campaign
+    times, cpu, fits, ranks = [], [], [], []
+    for _ in range(decisions):
+        for _ in range(arrivals):
+            history.append(finished(len(history) + 1, random_params(rng), rng))
+        dt, dc = decide()
+        times.append(dt)
+        cpu.append(dc)
+        fits.append(ranker.last_decision.fit_seconds)
+        ranks.append(ranker.last_decision.rank_seconds)
+    times.sort()
+    cpu.sort()
+    p90 = min(len(times) - 1, int(0.9 * len(times)))
+    return {"median": statistics.median(times), "p90": times[p90], "max": times[-1],
+            "cpu_median": statistics.median(cpu), "cpu_p90": cpu[p90],
+            "fit_median": statistics.median(fits), "rank_median": statistics.median(ranks)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,300,1000,2000")
+    ap.add_argument("--decisions", type=int, default=12)
+    ap.add_argument("--arrivals", type=int, default=4, help="results arriving between two decisions")
+    ap.add_argument("--pool", type=int, default=256)
+    ap.add_argument("--q", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    import torch
+
+    print(f"pool={args.pool} q={args.q} pending={args.q} arrivals/decision={args.arrivals} "
+          f"decisions={args.decisions} GP threads=1 (GPRanker.threads) of {torch.get_num_threads()}")
+    print("wall-clock seconds per decision; cpu = process CPU seconds (= wall when the cores are not shared)")
+    print(f"{'n':>6} {'median':>7} {'p90':>6} {'max':>6} {'cpu med':>8} {'cpu p90':>8} {'fit med':>8} {'rank med':>9}")
+    for n in (int(s) for s in args.sizes.split(",")):
+        r = bench(n, args.decisions, args.arrivals, args.pool, args.q, args.seed)
+        print(f"{n:>6} {r['median']:>7.3f} {r['p90']:>6.3f} {r['max']:>6.3f} {r['cpu_median']:>8.3f} "
+              f"{r['cpu_p90']:>8.3f} {r['fit_median']:>8.3f} {r['rank_median']:>9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Sample efficiency of the hybrid (benchmark 1) and where cost-aware stopping would stop (benchmark 4).
+
+A discrete-event simulation of an ASYNC campaign: ``--workers`` workers (default 8), lognormal
+durations (median 1 h, sigma 0.5) at ``HOURLY_USD`` per worker-hour; a freed worker at once gets the
+next candidate. No processes, but the product's real proposers and rankers, called as
+``Campaign._dispatch`` calls them (in-flight experiments are RUNNING in the history, and the
+ranker's ``pending``). For one seed every method sees the same durations (own random stream).
+
+Methods:
+  hybrid       HybridProposer (conf/proposer/hybrid.yaml) + GPRanker (conf/surrogate/gp.yaml):
+               the product's ``proposer=hybrid surrogate=gp``
+  hybrid-nogp  the same proposer + InOrderRanker (``surrogate=none``)
+  tpe, cmaes, random  OptunaProposer with that sampler (Optuna's sampler via ask on a study rebuilt
+               from history, running experiments as RUNNING trials)
+  gpsampler    optuna.samplers.GPSampler on one persistent study, ask/tell, pending trials RUNNING
+               (a peer only: not a product proposer)
+Unlike a product campaign, no method gets the baseline (defaults) first: all start from nothing.
+
+Simple regret after k finished evaluations = (best TRUE value among them) - optimum, so curves
+are non-increasing and noise never flatters a method. Per problem the table shows median
+[q25, q75] over seeds, and how many evaluations each method's median curve needs to reach the
+reference's (hybrid's) final median regret, and the ratio to the reference's own count.
+
+--stopping: every hybrid decision records GPRanker.last_decision's gain per USD (what the campaign
+feeds CostAwareStop), then CostAwareStop is replayed over them per threshold. The rule changes a run
+only by dispatching nothing after it fires, so the stop point, the money saved and the regret given
+up (best of the experiments dispatched before the stop vs all at the cap) are exact for every
+threshold from one set of runs. --stop-gain thresholds are fractions of the problem's scale (median
+regret of random configs) per mean experiment cost, so one setting means the same on every problem.
+
+    python benchmarks/sample_efficiency.py --quick --problems hartmann6,fcnet-protein
+    python benchmarks/sample_efficiency.py [--problems ...] [--methods ...] [--seeds 10] [--evals 100]
+        [--workers 8] [--jobs 2] [--stopping [--stop-gain 0.001,0.003,0.01] [--patience 3]]
+Results: benchmarks/results/sample_efficiency-<stamp>.json (every run) and .csv (median curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import json
+import statistics
+import sys
+import time
+import warnings
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backends.base import Worker  # noqa: E402
+from benchmarks.problems import PROBLEMS, Problem, make_problem  # noqa: E402
+from hybrid.proposers.base import Proposer  # noqa: E402
+from hybrid.space import CategoricalParam, FloatParam, SearchSpace  # noqa: E402
+from hybrid.stopping import CostAwareStop  # noqa: E402
+from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result  # noqa: E402
+from surrogate.acquisition import InOrderRanker, Ranker  # noqa: E402
+
+METHODS = ("hybrid", "hybrid-nogp", "tpe", "cmaes", "random", "gpsampler")
+DEFAULT_PROBLEMS = ("hartmann6", "ackley10", "fcnet-protein", "fcnet-naval", "fcnet-parkinsons", "fcnet-slice")
+OBJECTIVE = Objective("loss", "minimize")
+HOURLY_USD = 2.5  # simulated price of one worker-hour
+DURATION_MEDIAN_S, DURATION_SIGMA = 3600.0, 0.5
+MEAN_COST_USD = HOURLY_USD * DURATION_MEDIAN_S / 3600 * float(np.exp(DURATION_SIGMA**2 / 2))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# ---- methods ---------------------------------------------------------------------------------
+class Method(ABC):
+    """One optimizer as the simulated campaign drives it."""
+
+    @abstractmethod
+    def ask(self, history: Sequence[Experiment], free: Sequence[Worker]) -> list[tuple[Candidate, Worker]]:
+        """Candidates for (some of) the free workers, given every experiment so far."""
+
+    def tell(self, exp: Experiment) -> None:  # noqa: B027 - only stateful methods listen
+        """An experiment finished (``exp.result`` is set)."""
+
+    def gain_per_usd(self) -> float | None:
+        """The ranker's expected gain per USD at the last decision (None: no fitted model)."""
+        return None
+
+
+class ProductMethod(Method):
+    """A product proposer + ranker, called the way ``Campaign._dispatch`` calls them."""
+
+    def __init__(self, space: SearchSpace, proposer: Proposer, ranker: Ranker) -> None:
+        self.space, self.proposer, self.ranker = space, proposer, ranker
+        self.propose_s: list[float] = []  # the proposers' share of each decision
+
+    def ask(self, history, free):
+        t0 = time.perf_counter()
+        proposed = self.proposer.propose(history, self.ranker.pool_size(len(free)))
+        self.propose_s.append(time.perf_counter() - t0)
+        seen, pool = {self.space.key(e.params) for e in history}, []
+        for c in proposed:  # the campaign drops duplicates of the history and of each other
+            if self.space.key(c.params) not in seen:
+                seen.add(self.space.key(c.params))
+                pool.append(c)
+        running = [e for e in history if e.state is ExperimentState.RUNNING]
+        return self.ranker.rank(pool, history, running, list(free))[: len(free)]
+
+    def gain_per_usd(self) -> float | None:
+        decision = getattr(self.ranker, "last_decision", None)
+        return decision.best_gain_per_usd if decision is not None and decision.fitted else None
+
+
+class OptunaGPMethod(Method):
+    """Optuna's own GPSampler: one study for the whole run, asked trials stay RUNNING until told."""
+
+    def __init__(self, space: SearchSpace, seed: int) -> None:
+        import optuna
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        self.dists: dict[str, Any] = {}
+        for p in space:
+            if isinstance(p, CategoricalParam):
+                self.dists[p.name] = CategoricalDistribution(p.choices)
+            elif isinstance(p, FloatParam):
+                self.dists[p.name] = FloatDistribution(p.low, p.high, log=p.log)
+            else:
+                self.dists[p.name] = IntDistribution(p.low, p.high, log=p.log and p.step == 1, step=p.step)
+        self.study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=seed))
+
+    def ask(self, history, free):
+        trials = [self.study.ask(self.dists) for _ in free]
+        return [(Candidate(dict(t.params), "gpsampler", f"trial {t.number}"), w) for t, w in zip(trials, free, strict=True)]
+
+    def tell(self, exp: Experiment) -> None:
+        self.study.tell(int(exp.candidate.rationale.split()[-1]), exp.value(OBJECTIVE.metric))
+
+
+@cache
+def _note(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr)  # once per message (cached)
+
+
+def _yaml(rel: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    path = ROOT / "conf" / rel
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else {}
+    return {k: v for k, v in cfg.items() if k not in ("_target_", "defaults", "name")}
+
+
+def gp_ranker(space: SearchSpace, seed: int) -> Ranker | None:
+    """The product's GP ranker with conf/surrogate/gp.yaml's settings, or None (noted) if absent."""
+    try:
+        from surrogate.acquisition import GPRanker  # type: ignore[attr-defined]
+    except ImportError as e:
+        _note(f"surrogate.acquisition.GPRanker is not importable yet ({e}); skipping 'hybrid'")
+        return None
+    return GPRanker(space=space, objective=OBJECTIVE, seed=seed, **_yaml("surrogate/gp.yaml"))
+
+
+def make_method(name: str, space: SearchSpace, seed: int) -> Method | None:
+    from hybrid.proposers.hybrid import HybridProposer
+    from hybrid.proposers.optuna import OptunaProposer
+
+    if name in ("hybrid", "hybrid-nogp"):
+        ranker = gp_ranker(space, seed) if name == "hybrid" else InOrderRanker()
+        if ranker is None:
+            return None
+        return ProductMethod(space, HybridProposer(space, OBJECTIVE, seed, **_yaml("proposer/hybrid.yaml")), ranker)
+    if name in ("tpe", "cmaes", "random"):
+        return ProductMethod(space, OptunaProposer(space, OBJECTIVE, seed, sampler=name), InOrderRanker())
+    if name == "gpsampler":
+        return OptunaGPMethod(space, seed)
+    raise SystemExit(f"--methods: {name!r} is not one of {', '.join(METHODS)}")
+
+
+# ---- one simulated campaign ------------------------------------------------------------------
+@dataclass
+class Run:
+    problem: str
+    method: str
+    seed: int
+    regret: list[float]  # simple regret after k = 1, 2, ... finished evaluations
+    decision_s: list[float]  # wall time of every dispatch decision
+    propose_s: list[float]  # of which the proposers took (product methods; empty otherwise)
+    wall_s: float
+    # for the stopping replay: (gain per USD or None, finished, created) at every decision, and
+    # (true value, cost USD, end hour) of every experiment in creation order
+    decisions: list[tuple[float | None, int, int]] = field(default_factory=list)
+    experiments: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+@lru_cache(maxsize=8)
+def _problem(name: str) -> Problem:
+    return make_problem(name)
+
+
+def simulate(problem_name: str, method_name: str, seed: int, evals: int, n_workers: int) -> Run | None:
+    """Run one async campaign of ``evals`` evaluations; None when the method is unavailable."""
+    t_start = time.perf_counter()
+    problem = _problem(problem_name)
+    method = make_method(method_name, problem.space, seed)
+    if method is None:
+        return None
+    streams = np.random.SeedSequence([seed, zlib.crc32(problem.name.encode())]).spawn(2)
+    durations, noise = np.random.default_rng(streams[0]), np.random.default_rng(streams[1])
+    free = [Worker(f"w{i}", "sim", HOURLY_USD) for i in range(n_workers)]
+    history: list[Experiment] = []
+    events: list[tuple[float, int, Experiment, Worker]] = []
+    t, best, regret, decision_s, decisions = 0.0, float("inf"), [], [], []
+    n_finished = 0
+    while True:
+        if free and len(history) < evals:
+            t0 = time.perf_counter()
+            wave = method.ask(history, free[: evals - len(history)])
+            decision_s.append(time.perf_counter() - t0)
+            decisions.append((method.gain_per_usd(), n_finished, len(history)))
+            for cand, worker in wave:
+                exp = Experiment(f"e{len(history) + 1:04d}", cand, worker.name, worker.hardware, len(decision_s),
+                                 ExperimentState.RUNNING, started=t, seq=len(history) + 1)
+                history.append(exp)
+                free.remove(worker)
+                duration = DURATION_MEDIAN_S * float(np.exp(DURATION_SIGMA * durations.standard_normal()))
+                heapq.heappush(events, (t + duration, exp.seq, exp, worker))
+            if not wave and not events:
+                break  # the space is used up
+        if not events:
+            break
+        t, _, exp, worker = heapq.heappop(events)
+        duration = t - (exp.started or 0.0)
+        value = problem.evaluate(exp.params, noise)
+        exp.result = Result(exp.id, ExperimentState.DONE, {OBJECTIVE.metric: value}, worker.hardware,
+                            duration, duration / 3600 * worker.hourly_usd)
+        exp.state = ExperimentState.DONE
+        exp.extra["ended"] = t
+        n_finished += 1
+        method.tell(exp)
+        free.append(worker)
+        best = min(best, problem.true_value(exp.params))
+        regret.append(best - problem.optimum)
+    run = Run(problem.name, method_name, seed, regret, decision_s, getattr(method, "propose_s", []),
+              time.perf_counter() - t_start)
+    if method_name == "hybrid":
+        run.decisions = decisions
+        run.experiments = [(problem.true_value(e.params) - problem.optimum, e.result.cost_usd if e.result else 0.0,
+                            e.extra["ended"] / 3600) for e in history]
+    return run
+
+
+def stop_point(run: Run, rule: CostAwareStop) -> dict[str, Any]:
+    """Replay ``rule`` over the run's decisions: where it stops, what that saves and gives up."""
+    k = len(run.experiments)
+    fired = False
+    for gain, n_finished, n_created in run.decisions:
+        if rule.observe(gain, n_finished):
+            k, fired = max(n_created, 1), True
+            break
+
+    def outcome(exps: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:
+        return min(r for r, _, _ in exps), sum(c for _, c, _ in exps), max(h for _, _, h in exps)
+
+    (r_cap, usd_cap, h_cap), (r_stop, usd_stop, h_stop) = outcome(run.experiments), outcome(run.experiments[:k])
+    return {"stopped": fired, "evals_stop": k, "evals_cap": len(run.experiments), "usd_stop": usd_stop,
+            "usd_cap": usd_cap, "hours_stop": h_stop, "hours_cap": h_cap, "regret_stop": r_stop, "regret_cap": r_cap}
+
+
+# ---- many runs, tables, files ----------------------------------------------------------------
+def _job(args: tuple) -> Run | None:
+    import torch
+
+    torch.set_num_threads(1)  # --jobs processes share the cores
+    return simulate(*args)
+
+
+def run_all(problems: Sequence[str], methods: Sequence[str], seeds: int, evals: int, workers: int,
+            jobs: int = 1) -> list[Run]:
+    tasks = [(p, m, s, evals, workers) for p in problems for m in methods for s in range(seeds)]
+    for p in problems:  # fail fast on a bad name or a missing package, and warm the data cache
+        _problem(p)
+    if "hybrid" in methods and gp_ranker(_problem(problems[0]).space, 0) is not None:
+        import surrogate.gp  # noqa: F401 - imported once here, so every --jobs process runs the same code
+    if jobs <= 1:
+        out = [simulate(*a) for a in tasks]
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            out = list(pool.map(_job, tasks))
+    return [r for r in out if r is not None]
+
+
+def curves(runs: Sequence[Run], evals: int) -> np.ndarray:
+    """(seeds, evals) regrets; a run that ended early (space used up) keeps its last value."""
+    return np.array([r.regret + [r.regret[-1]] * (evals - len(r.regret)) for r in runs])
+
+
+def evals_to_reach(median: np.ndarray, target: float) -> int | None:
+    hit = np.flatnonzero(median <= target + 1e-12)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
+def table(problem: str, runs: Sequence[Run], evals: int) -> tuple[str, list[dict[str, Any]]]:
+    """The printed table of one problem, and its median curves as CSV rows."""
+    by_method: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.problem == problem:
+            by_method.setdefault(r.method, []).append(r)
+    if not by_method:
+        return f"== {problem}: no runs", []
+    ref = "hybrid" if "hybrid" in by_method else next(iter(by_method))
+    stats = {}
+    for m, rs in by_method.items():
+        c = curves(rs, evals)
+        stats[m] = (np.median(c, 0), np.quantile(c, 0.25, 0), np.quantile(c, 0.75, 0), len(rs))
+    target = float(stats[ref][0][-1])
+    k_ref = evals_to_reach(stats[ref][0], target) or evals
+    marks = sorted({k for k in (10, 20, 40, 70, 100, 150, 200) if k < evals} | {evals})
+    head = f"{'method':<12}" + "".join(f"{'@' + str(k):>24}" for k in marks)
+    head += f"{'to reach':>10}{'ratio':>8}{'s/decision':>12}{'p90':>8}"
+    lines = [f"== {problem}: simple regret, median [q25, q75] over seeds; reference {ref} reaches its final "
+             f"median {_fmt(target)} at {k_ref} evaluations", head]
+    rows = []
+    for m, (med, q25, q75, n) in stats.items():
+        k = evals_to_reach(med, target)
+        reach, ratio = (str(k), f"{k / k_ref:.2f}") if k else (f">{evals}", f">{evals / k_ref:.2f}")
+        dec = [d for r in by_method[m] for d in r.decision_s]
+        cells = "".join(" " + f"{_fmt(med[i - 1]) + ' [' + _fmt(q25[i - 1]) + ', ' + _fmt(q75[i - 1]) + ']':>23}"
+                        for i in marks)
+        lines.append(f"{m:<12}{cells}{reach:>10}{ratio:>8}{statistics.median(dec):>12.3f}"
+                     f"{float(np.quantile(dec, 0.9)):>8.3f}")
+        rows += [{"problem": problem, "method": m, "evals": i + 1, "median": med[i], "q25": q25[i],
+                  "q75": q75[i], "seeds": n} for i in range(evals)]
+    return "\n".join(lines), rows
+
+
+def stop_table(problem: Problem, runs: Sequence[Run], stop_gains: Sequence[float], min_experiments: int,
+               patience: int) -> tuple[str, list[dict[str, Any]]]:
+    """Benchmark 4 for one problem: the hybrid's stop point per threshold (medians over seeds)."""
+    hybrid = [r for r in runs if r.problem == problem.name and r.method == "hybrid"]
+    if not hybrid:
+        return "", []
+    lines = [f"-- {problem.name}: cost-aware stop of hybrid (min_experiments {min_experiments}, patience {patience}, "
+             f"${HOURLY_USD:g}/h per worker); medians over {len(hybrid)} seeds",
+             f"{'stop-gain':>10}{'$/USD thr':>11}{'fired':>7}{'evals':>12}{'USD':>14}{'saved':>9}{'hours':>13}"
+             f"{'regret stop':>13}{'at cap':>9}{'given up':>10}"]
+    rows = []
+    for frac in stop_gains:
+        thr = frac * problem.scale / MEAN_COST_USD
+        pts = [stop_point(r, CostAwareStop(min_experiments, thr, patience)) for r in hybrid]
+
+        def med(key: str, pts: list[dict[str, Any]] = pts) -> float:
+            return float(statistics.median(p[key] for p in pts))
+
+        saved = statistics.median(p["usd_cap"] - p["usd_stop"] for p in pts)
+        given_up = statistics.median(p["regret_stop"] - p["regret_cap"] for p in pts)
+        lines.append(f"{frac:>10g}{_fmt(thr):>11}{sum(p['stopped'] for p in pts):>4}/{len(pts):<2}"
+                     f"{med('evals_stop'):>6.0f}/{med('evals_cap'):<5.0f}{med('usd_stop'):>7.0f}/{med('usd_cap'):<6.0f}"
+                     f"{saved:>9.0f}{med('hours_stop'):>6.1f}/{med('hours_cap'):<6.1f}{_fmt(med('regret_stop')):>13}"
+                     f"{_fmt(med('regret_cap')):>9}{_fmt(given_up):>10}")
+        rows += [{"problem": problem.name, "stop_gain": frac, "threshold_gain_per_usd": thr, "seed": r.seed, **p}
+                 for r, p in zip(hybrid, pts, strict=True)]
+    return "\n".join(lines), rows
+
+
+def report(runs: Sequence[Run], problems: Sequence[str], evals: int, stop_gains: Sequence[float] = (),
+           min_experiments: int = 20, patience: int = 3) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The printed tables, the median-curve CSV rows and the stop-point rows."""
+    texts, rows, stops = [], [], []
+    for p in problems:
+        problem = _problem(p)
+        text, r = table(problem.name, runs, evals)
+        texts.append(text)
+        rows += r
+        if stop_gains:
+            text, r = stop_table(problem, runs, stop_gains, min_experiments, patience)
+            texts.append(text)
+            stops += r
+    return "\n".join(t for t in texts if t), rows, stops
+
+
+def timings(runs: Sequence[Run]) -> str:
+    """Per method: seconds per decision (median, p90, max), the proposers' median share, seconds per run."""
+    lines = ["seconds per decision on this machine: median / p90 / max (proposers' median part), median s per run"]
+    for m in dict.fromkeys(r.method for r in runs):
+        rs = [r for r in runs if r.method == m]
+        dec, prop = [d for r in rs for d in r.decision_s], [d for r in rs for d in r.propose_s]
+        part = f" ({statistics.median(prop):.3f})" if prop else ""
+        if m == "hybrid":  # a GP that failed to fit (or to rank) silently measures the proposers' order
+            n_gp = sum(g is not None for r in rs for g, _, _ in r.decisions)
+            part += f", GP used in {n_gp}/{sum(len(r.decisions) for r in rs)} decisions"
+        lines.append(f"  {m:<12}{statistics.median(dec):.3f} / {float(np.quantile(dec, 0.9)):.3f} / {max(dec):.3f}"
+                     f"{part}, {statistics.median(r.wall_s for r in rs):.1f} s per run")
+    return "\n".join(lines)
+
+
+def save(runs: Sequence[Run], rows: Sequence[dict[str, Any]], stops: Sequence[dict[str, Any]],
+         config: dict[str, Any], tag: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"sample_efficiency-{tag}"
+    with open(stem.with_suffix(".json"), "w") as f:
+        json.dump({"config": config, "runs": [asdict(r) for r in runs], "stops": list(stops)}, f)
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["problem", "method", "evals", "median", "q25", "q75", "seeds"])
+        w.writeheader()
+        w.writerows(rows)
+    return stem
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS), help=f"comma list of {', '.join(PROBLEMS)}")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--evals", type=int, default=100, help="evaluations per run (up to 200)")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    ap.add_argument("--quick", action="store_true", help="3 seeds, 40 evaluations")
+    ap.add_argument("--stopping", action="store_true", help="benchmark 4: where CostAwareStop would stop the hybrid")
+    ap.add_argument("--min-experiments", type=int, default=20)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--stop-gain", default="0.001,0.003,0.01",
+                    help="comma list of thresholds, each a fraction of the problem's scale (median regret of "
+                         "random configs) per mean experiment cost")
+    ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    ap.add_argument("--report", metavar="JSON", help="only print the tables of a saved run (e.g. other --stop-gain)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds, a.evals = 3, 40
+    if not 1 <= a.evals <= 200:
+        ap.error("--evals: between 1 and 200")
+    problems, methods = a.problems.split(","), a.methods.split(",")
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"--methods: {m!r} is not one of {', '.join(METHODS)}")
+    stop_gains = [float(x) for x in a.stop_gain.split(",")] if a.stopping else []
+    if a.stopping and "hybrid" not in methods:
+        ap.error("--stopping: needs the hybrid method")
+    t0 = time.perf_counter()
+    if a.report:
+        saved = json.loads(Path(a.report).read_text())
+        runs = [Run(**r) for r in saved["runs"] if r["problem"] in problems and r["method"] in methods]
+        text, _, _ = report(runs, problems, saved["config"]["evals"], stop_gains, a.min_experiments, a.patience)
+        print(text + "\n" + timings(runs))
+        return 0
+    runs = run_all(problems, methods, a.seeds, a.evals, a.workers, a.jobs)
+    text, rows, stops = report(runs, problems, a.evals, stop_gains, a.min_experiments, a.patience)
+    print(text)
+    print(timings(runs))
+    stem = save(runs, rows, stops, vars(a), a.tag)
+    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; wrote {stem}.json and {stem}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of the GP surrogate, the feasibility models and the GP ranker."""
