@@ -8,6 +8,7 @@ to start jobs or that run them elsewhere, the timing attributes, ``release`` and
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import subprocess
@@ -52,7 +53,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.02)
 
 
-class BackendSuite:
+class BackendSuite(abc.ABC):
     """Conformance tests for a Backend. Not collected itself (no ``Test`` prefix)."""
 
     job_timeout_s: float = 30.0  # how long a short job may take from submit to poll()
@@ -60,14 +61,16 @@ class BackendSuite:
     supports_recover: bool = True  # recover(exp) finds a job whose id never reached the store
 
     # ---- hooks -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def make_backend(self, tmp_path: Path, n_workers: int) -> Backend:
         """A fresh backend instance with ``n_workers`` workers. Called again with the same
         arguments to play "the orchestrator restarted": names must be stable."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def job_has_ended(self, job_id: str, exp: Experiment) -> bool:
         """True once the job has ended on the backend side (without polling a backend)."""
-        raise NotImplementedError
+        ...
 
     def release(self, workdir: Path) -> None:
         """Let a job running GATE go on."""

@@ -10,6 +10,7 @@ A proposer's tests subclass ``ProposerSuite`` and fill in ``make_proposer``::
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -118,7 +119,7 @@ def sequential_best(proposer: Proposer, space: SearchSpace, f: Callable, steps: 
     return min(e.value(METRIC) for e in history if e.value(METRIC) is not None)
 
 
-class ProposerSuite:
+class ProposerSuite(abc.ABC):
     """Behaviour every proposer shares. Subclasses set the class attributes and the hook."""
 
     #: the Candidate.source labels this proposer may write
@@ -128,8 +129,9 @@ class ProposerSuite:
     #: candidates depend on the results (so the objective's direction must matter)
     uses_values: bool = True
 
+    @abc.abstractmethod
     def make_proposer(self, space: SearchSpace, objective: Objective, seed: int) -> Proposer:
-        raise NotImplementedError
+        ...
 
     @pytest.fixture
     def space(self) -> SearchSpace:
