@@ -1,4 +1,4 @@
-"""Decision latency of the GP ranker: a worker frees up -> the wave is chosen.
+"""Decision latency of ``surrogate=gp``: a worker frees up -> the wave is chosen.
 
 A 6-d mixed space (3 floats, one log float, an int, a 3-way categorical) with a synthetic noisy
 objective, 3% crashes and a peak-memory metric. For each history size n the ranker is warmed up
@@ -6,9 +6,17 @@ with one decision on the first n results, then ``--decisions`` consecutive decis
 the campaign would make them: between two decisions ``--arrivals`` new results arrive (so full
 hyperparameter refits happen every ``refit_every`` new results, cheap updates in between), and
 every decision ranks a fresh pool of ``--pool`` candidates for ``--q`` free workers with ``--q``
-experiments still running (pending). Timed: the whole ``rank`` call (fit/condition + rank), in
-wall-clock and in process CPU seconds (the GP runs on one thread, so CPU time is what the wall
-time would be on an unshared core).
+experiments still running (pending).
+
+``--pool-from hybrid`` (default): the pool is the product's ``proposer=hybrid``
+(conf/proposer/hybrid.yaml: TPE, local perturbations, Sobol, grid) as the campaign makes it: the
+PoolPrefetcher generates it on a background thread right after the previous wave is dispatched,
+while results are awaited. Timed per decision, as the campaign's dispatch path runs it: take the
+prepared pool, drop what was tried or started since, rank (GP fit/condition + qLogNEI wave) -- in
+wall-clock and in process CPU seconds. Reported beside it: how long the pool took to generate
+off the path ("pool gen"), and what a decision would cost with the pool made on the path
+("cold" = pool gen + decision, what ``campaign.prefetch_pool=false`` gives).
+``--pool-from random``: uniform random pools (the ranker alone).
 
     python benchmarks/latency.py [--sizes 100,300,1000,2000] [--decisions 12] [--pool 256] [--q 16]
 """
@@ -27,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.base import Worker  # noqa: E402
+from hybrid.pool import PoolPrefetcher  # noqa: E402
+from hybrid.proposers.hybrid import HybridProposer  # noqa: E402
 from hybrid.space import SearchSpace  # noqa: E402
 from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result  # noqa: E402
 from surrogate.acquisition import GPRanker  # noqa: E402
@@ -68,37 +78,71 @@ def running(seq: int, params: dict) -> Experiment:
                       state=ExperimentState.RUNNING, seq=seq)
 
 
-def bench(n: int, decisions: int, arrivals: int, pool_size: int, q: int, seed: int) -> dict[str, float]:
+def hybrid_proposer(seed: int) -> HybridProposer:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "proposer" / "hybrid.yaml"))
+    cfg = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+    return HybridProposer(SPACE, OBJECTIVE, seed, **cfg)
+
+
+def bench(n: int, decisions: int, arrivals: int, pool_size: int, q: int, seed: int, pool_from: str) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     history = [finished(i + 1, random_params(rng), rng) for i in range(n)]
     ranker = GPRanker(SPACE, OBJECTIVE, seed=seed, pool_size=pool_size, worker_memory_mb={"h100": 80000})
     workers = [Worker(f"w{i}", "h100", 2.5) for i in range(q)]
+    prefetch = PoolPrefetcher(hybrid_proposer(seed)) if pool_from == "hybrid" else None
+    pending: list[Experiment] = [running(len(history) + 1 + i, random_params(rng)) for i in range(q)]
 
-    def decide() -> float:
-        pool = [Candidate(random_params(rng), "sobol") for _ in range(pool_size)]
-        pending = [running(len(history) + 1 + i, random_params(rng)) for i in range(q)]
+    def decide() -> tuple[float, float, float]:
+        """One decision for q free workers; returns (wall s, CPU s, off-path pool generation s)."""
+        nonlocal pending
+        gen = 0.0
+        if prefetch is not None:
+            prefetch.wait()  # the pool was made while the campaign waited for these results
+            gen = prefetch.last_seconds
+        everything = history + pending
         t0, c0 = time.perf_counter(), time.process_time()
-        wave = ranker.rank(pool, history, pending, workers)
+        if prefetch is not None:
+            ready = prefetch.take()
+            pool = ready if ready is not None else prefetch.propose(everything, pool_size)
+            seen = {SPACE.key(e.params) for e in everything}
+            pool = [c for c in pool if SPACE.key(c.params) not in seen]
+        else:
+            pool = [Candidate(random_params(rng), "sobol") for _ in range(pool_size)]
+        wave = ranker.rank(pool, everything, pending, workers)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         assert len(wave) == q and ranker.last_decision is not None and ranker.last_decision.fitted
-        return dt, dc
+        # the wave starts; the oldest running experiments are the ones that finish next
+        pending = pending[len(wave):] + [running(len(everything) + 1 + i, dict(c.params))
+                                         for i, (c, _) in enumerate(wave)]
+        if prefetch is not None:
+            prefetch.prepare(history + pending, pool_size)
+        return dt, dc, gen
 
-    decide()  # warm-up: the first, cold fit is paid once per campaign
-    times, cpu, fits, ranks = [], [], [], []
+    decide()  # warm-up: the first, cold fit (and first pool) is paid once per campaign
+    times, cpu, fits, ranks, gens = [], [], [], [], []
     for _ in range(decisions):
-        for _ in range(arrivals):
-            history.append(finished(len(history) + 1, random_params(rng), rng))
-        dt, dc = decide()
+        for _ in range(arrivals):  # the oldest running experiments finish, new results arrive
+            done = pending.pop(0) if pending else None
+            params = dict(done.params) if done is not None else random_params(rng)
+            history.append(finished(len(history) + 1, params, rng))
+        dt, dc, gen = decide()
         times.append(dt)
         cpu.append(dc)
+        gens.append(gen)
         fits.append(ranker.last_decision.fit_seconds)
         ranks.append(ranker.last_decision.rank_seconds)
+    if prefetch is not None:
+        prefetch.close()
     times.sort()
     cpu.sort()
     p90 = min(len(times) - 1, int(0.9 * len(times)))
+    cold = sorted(t + g for t, g in zip(times, gens, strict=True))
     return {"median": statistics.median(times), "p90": times[p90], "max": times[-1],
             "cpu_median": statistics.median(cpu), "cpu_p90": cpu[p90],
-            "fit_median": statistics.median(fits), "rank_median": statistics.median(ranks)}
+            "fit_median": statistics.median(fits), "rank_median": statistics.median(ranks),
+            "gen_median": statistics.median(gens), "cold_median": statistics.median(cold)}
 
 
 def main() -> None:
@@ -109,17 +153,21 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=256)
     ap.add_argument("--q", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool-from", choices=("hybrid", "random"), default="hybrid")
     args = ap.parse_args()
     import torch
 
-    print(f"pool={args.pool} q={args.q} pending={args.q} arrivals/decision={args.arrivals} "
+    print(f"pool={args.pool} from {args.pool_from} q={args.q} pending={args.q} arrivals/decision={args.arrivals} "
           f"decisions={args.decisions} GP threads=1 (GPRanker.threads) of {torch.get_num_threads()}")
-    print("wall-clock seconds per decision; cpu = process CPU seconds (= wall when the cores are not shared)")
-    print(f"{'n':>6} {'median':>7} {'p90':>6} {'max':>6} {'cpu med':>8} {'cpu p90':>8} {'fit med':>8} {'rank med':>9}")
+    print("wall-clock seconds per decision (free worker -> wave chosen); cpu = process CPU seconds; "
+          "pool gen = off-path pool generation; cold = pool gen + decision")
+    print(f"{'n':>6} {'median':>7} {'p90':>6} {'max':>6} {'cpu med':>8} {'cpu p90':>8} {'fit med':>8} "
+          f"{'rank med':>9} {'pool gen':>9} {'cold med':>9}")
     for n in (int(s) for s in args.sizes.split(",")):
-        r = bench(n, args.decisions, args.arrivals, args.pool, args.q, args.seed)
+        r = bench(n, args.decisions, args.arrivals, args.pool, args.q, args.seed, args.pool_from)
         print(f"{n:>6} {r['median']:>7.3f} {r['p90']:>6.3f} {r['max']:>6.3f} {r['cpu_median']:>8.3f} "
-              f"{r['cpu_p90']:>8.3f} {r['fit_median']:>8.3f} {r['rank_median']:>9.3f}", flush=True)
+              f"{r['cpu_p90']:>8.3f} {r['fit_median']:>8.3f} {r['rank_median']:>9.3f} {r['gen_median']:>9.3f} "
+              f"{r['cold_median']:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":

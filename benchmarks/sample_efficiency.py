@@ -40,6 +40,7 @@ import argparse
 import csv
 import heapq
 import json
+import os
 import statistics
 import sys
 import time
@@ -151,7 +152,7 @@ def _note(msg: str) -> None:
 def _yaml(rel: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    path = ROOT / "conf" / rel
+    path = Path(rel) if Path(rel).is_absolute() else ROOT / "conf" / rel
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else {}
     return {k: v for k, v in cfg.items() if k not in ("_target_", "defaults", "name")}
 
@@ -174,7 +175,8 @@ def make_method(name: str, space: SearchSpace, seed: int) -> Method | None:
         ranker = gp_ranker(space, seed) if name == "hybrid" else InOrderRanker()
         if ranker is None:
             return None
-        return ProductMethod(space, HybridProposer(space, OBJECTIVE, seed, **_yaml("proposer/hybrid.yaml")), ranker)
+        cfg = _yaml(os.environ.get("HYBRID_BENCH_HYBRID_YAML", "proposer/hybrid.yaml"))
+        return ProductMethod(space, HybridProposer(space, OBJECTIVE, seed, **cfg), ranker)
     if name in ("tpe", "cmaes", "random"):
         return ProductMethod(space, OptunaProposer(space, OBJECTIVE, seed, sampler=name), InOrderRanker())
     if name == "gpsampler":
@@ -425,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     ap.add_argument("--quick", action="store_true", help="3 seeds, 40 evaluations")
+    ap.add_argument("--hybrid-yaml", metavar="PATH",
+                    help="an alternative to conf/proposer/hybrid.yaml for the hybrid methods (ablations)")
     ap.add_argument("--stopping", action="store_true", help="benchmark 4: where CostAwareStop would stop the hybrid")
     ap.add_argument("--min-experiments", type=int, default=20)
     ap.add_argument("--patience", type=int, default=3)
@@ -434,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     ap.add_argument("--report", metavar="JSON", help="only print the tables of a saved run (e.g. other --stop-gain)")
     a = ap.parse_args(argv)
+    if a.hybrid_yaml:  # read by make_method, in this process and the --jobs ones
+        os.environ["HYBRID_BENCH_HYBRID_YAML"] = str(Path(a.hybrid_yaml).resolve())
     if a.quick:
         a.seeds, a.evals = 3, 40
     if not 1 <= a.evals <= 200:

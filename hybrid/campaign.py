@@ -26,6 +26,7 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import targets
 from hybrid.errors import BackendError, ConfigError, InvalidCandidateError
+from hybrid.pool import PoolPrefetcher
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
 from hybrid.report import Summary, baseline_experiment, best_experiment, summarize, write_results_tsv
@@ -104,6 +105,7 @@ class Campaign:
         config: Mapping[str, Any] | None = None,
         target_hardware: str | None = None,
         cost_stop: CostAwareStop | None = None,
+        prefetch_pool: bool | str = True,
     ) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
@@ -123,6 +125,13 @@ class Campaign:
         self.config = dict(config or {})
         self.target_hardware = target_hardware
         self.cost_stop = cost_stop
+        if prefetch_pool not in (True, False, "inline"):
+            raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
+        # A ranker that chooses from a pool larger than the free workers (the GP) gets its next
+        # pool generated off the dispatch path (hybrid/pool.py); the classical in-order path is
+        # left exactly as it was.
+        self._prefetch = (PoolPrefetcher(proposer, background=prefetch_pool is True)
+                          if prefetch_pool and self.ranker.pool_size(1) > 1 else None)
         self.exps: dict[str, Experiment] = {}
         self.requeue: list[Candidate] = []
         self.stop_reason: str | None = None
@@ -164,6 +173,8 @@ class Campaign:
             self.status = "interrupted"
         except BaseException:
             # A bug or an unusable backend: leave running jobs alone, a resume re-attaches them.
+            if self._prefetch is not None:
+                self._prefetch.close()
             self.backend.detach()
             self.progress.stop()
             self.mirror.stop()
@@ -316,7 +327,7 @@ class Campaign:
         wave = list(zip(fixed, free, strict=False))
         rest = free[len(fixed):n]
         if rest:
-            pool = self._propose(history, self.ranker.pool_size(len(rest)), fixed)
+            pool = self._pool(history, len(rest), fixed)
             running = [e for e in history if e.state is ExperimentState.RUNNING]
             wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
             if self._cost_stop_fires():
@@ -327,6 +338,8 @@ class Campaign:
         for cand, worker in wave:
             with _deferred_interrupts():
                 self._submit(cand, worker, self.wave)
+        if self._prefetch is not None:
+            self._prefetch.prepare(list(self.exps.values()), self.ranker.pool_size(1))
         return True
 
     def _cost_stop_fires(self) -> bool:
@@ -351,10 +364,28 @@ class Campaign:
         self.progress.message(f"stopping: {reason}")
         return True
 
+    def _pool(self, history: Sequence[Experiment], n_free: int, taken: Sequence[Candidate]) -> list[Candidate]:
+        """The candidates the ranker chooses from: the prefetched pool when there is one (less
+        what was tried or started since), topped up now if fewer than ``n_free`` are left."""
+        n = self.ranker.pool_size(n_free)
+        ready = self._prefetch.take() if self._prefetch is not None else None
+        if ready is None:
+            return self._propose(history, n, taken)
+        pool = self._usable(ready, history, taken)
+        if len(pool) < n_free:
+            pool += self._propose(history, n - len(pool), [*taken, *pool])
+        return pool
+
     def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:
+        ask = self._prefetch.propose if self._prefetch is not None else self.proposer.propose
+        return self._usable(ask(history, n), history, taken)
+
+    def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
+                taken: Sequence[Candidate]) -> list[Candidate]:
+        """Valid candidates, each new: not in the history, not taken, not twice."""
         seen = {self.space.key(e.params) for e in history} | {self.space.key(c.params) for c in taken}
         out: list[Candidate] = []
-        for cand in self.proposer.propose(history, n):
+        for cand in cands:
             try:
                 params = self.space.validate(cand.params)
             except InvalidCandidateError as e:
@@ -454,6 +485,8 @@ class Campaign:
         self.mirror.q.put(("update", summary.as_metrics()))
         self.mirror.stop()
         self.tracker.close(status, reason, summary.as_metrics(), [self.dir / "results.tsv", self.dir / "summary.txt"])
+        if self._prefetch is not None:
+            self._prefetch.close()
         self.proposer.close()
         self.backend.close()
         self.store.close()

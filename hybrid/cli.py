@@ -104,6 +104,11 @@ def build_and_run(cfg: Any) -> Any:
     target = TargetSpec.from_config(container["target"])
     budget = Budget.from_config(container["budget"])
     camp = container["campaign"]
+    top_k = camp.get("validate_top_k") or 0
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"campaign.validate_top_k: expected an integer >= 0, got {top_k!r}")
+    if top_k and camp.get("target_hardware") is None:
+        raise ConfigError("campaign.validate_top_k: set campaign.target_hardware too (the hardware that validates)")
     stopping = container["stopping"]
     cost_stop = None
     if stopping.get("name") == "cost_aware":
@@ -123,7 +128,8 @@ def build_and_run(cfg: Any) -> Any:
                                                          seed=int(camp["seed"]))
     ranker = instantiate(cfg.surrogate, _partial_=True)(space=space, objective=target.objective,
                                                         seed=int(camp["seed"]),
-                                                        target_hardware=camp.get("target_hardware"))
+                                                        target_hardware=camp.get("target_hardware"),
+                                                        validate_top_k=top_k)
     tracker = make_tracker(container["tracking"])
     progress = Progress(str(camp["progress"]))
     campaign = Campaign(
@@ -132,6 +138,7 @@ def build_and_run(cfg: Any) -> Any:
         poll_interval_s=float(camp["poll_interval_s"]), max_failure_rate=float(camp["max_failure_rate"]),
         on_interrupt=str(camp["on_interrupt"]), progress=progress, config=container,
         target_hardware=camp.get("target_hardware"), cost_stop=cost_stop,
+        prefetch_pool=camp.get("prefetch_pool", True),
     )
     summary = campaign.run()
     print(summary.text(), flush=True)

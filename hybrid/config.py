@@ -127,6 +127,13 @@ class CampaignSection:
     progress: str = "auto"
     # hardware label on which "best" is judged (None: every label counts)
     target_hardware: Any = None
+    # screening/validation: the k best configs seen on other hardware re-run on free
+    # target-hardware workers before anything new goes there (0: off; needs target_hardware)
+    validate_top_k: int = 0
+    # with surrogate=gp: generate the next candidate pool on a background thread right after a
+    # wave is dispatched, so a freed worker waits only for the ranking (inline: same pool,
+    # generated synchronously at the same moment; false: asked when the worker frees)
+    prefetch_pool: Any = True
 
 
 @dataclass

@@ -23,7 +23,7 @@ from backends.base import Worker
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
-__all__ = ["GPRanker", "InOrderRanker", "RankDecision", "Ranker", "WaveChoice", "select_wave"]
+__all__ = ["GPRanker", "InOrderRanker", "RankDecision", "Ranker", "WaveChoice", "select_wave", "validation_picks"]
 
 
 class Ranker(ABC):
@@ -49,17 +49,58 @@ class Ranker(ABC):
 
 
 class InOrderRanker(Ranker):
-    """No model: the first candidates go to the free workers in order."""
+    """No model: the first candidates go to the free workers in order (after the validations of
+    ``validate_top_k``, when a target hardware is set: see :func:`validation_picks`)."""
 
     def __init__(self, space: SearchSpace | None = None, objective: Objective | None = None, seed: int = 0,
-                 target_hardware: str | None = None, name: str = "none") -> None:
+                 target_hardware: str | None = None, validate_top_k: int = 0, name: str = "none") -> None:
+        self.space, self.objective, self.target_hardware = space, objective, target_hardware
+        self.validate_top_k = int(validate_top_k)
+        if self.validate_top_k and (space is None or objective is None):
+            raise ValueError("InOrderRanker: validate_top_k needs the space and the objective")
         self.name = name
 
     def pool_size(self, n_free: int) -> int:
         return n_free
 
     def rank(self, pool, history, pending, workers):
-        return list(zip(pool, workers, strict=False))
+        picks, workers = [], list(workers)
+        if self.validate_top_k and self.space is not None and self.objective is not None:
+            picks, workers = validation_picks(self.space, self.objective, self.validate_top_k, history, pending,
+                                              workers, self.target_hardware)
+        return picks + list(zip(pool, workers, strict=False))
+
+
+def validation_picks(space: SearchSpace, objective: Objective, k: int, history: Sequence[Experiment],
+                     pending: Sequence[Experiment], workers: Sequence[Worker],
+                     target: str | None) -> tuple[list[tuple[Candidate, Worker]], list[Worker]]:
+    """The screening/validation workflow: the ``k`` best configs seen on other hardware that have
+    not run (and are not running) on the ``target`` hardware yet go to its free workers first.
+
+    Returns the validation picks and the workers left for the pool.
+    """
+    free_target = [w for w in workers if target is not None and w.hardware == target]
+    if k <= 0 or not free_target:
+        return [], list(workers)
+    on_target = {space.key(e.params) for e in [*history, *pending] if e.hardware == target}
+    metric, sign = objective.metric, objective.sign()
+    done = [(e, e.value(metric)) for e in history if e.hardware != target]
+    ranked = sorted(((e, v) for e, v in done if v is not None), key=lambda ev: sign * ev[1])
+    top, seen = [], set()
+    for e, v in ranked:
+        key = space.key(e.params)
+        if key not in seen:
+            seen.add(key)
+            top.append((e, v))
+        if len(top) == k:
+            break
+    todo = [(e, v) for e, v in top if space.key(e.params) not in on_target]
+    picks = []
+    for (e, v), w in zip(todo, free_target, strict=False):
+        why = f"validate {e.id} ({metric}={v:.6g} on {e.hardware}) on {target}"
+        picks.append((Candidate(dict(e.params), "validate", why), w))
+    used = {w.name for _, w in picks}
+    return picks, [w for w in workers if w.name not in used]
 
 
 # ---- the GP ranker ---------------------------------------------------------------------------
@@ -196,7 +237,7 @@ class GPRanker(Ranker):
     def __init__(self, space: SearchSpace, objective: Objective, seed: int = 0, target_hardware: str | None = None,
                  pool_size: int = 256, refit_every: int = 10, validate_top_k: int = 0, min_observations: int = 3,
                  worker_memory_mb: Mapping[str, float] | None = None, min_feasibility: float = 0.02,
-                 n_samples: int = 128, threads: int | None = 1, name: str = "gp") -> None:
+                 n_samples: int = 128, threads: int | None = 1, hardware: str = "task", name: str = "gp") -> None:
         if not isinstance(objective, Objective):  # hydra.utils.instantiate turns a dataclass kwarg into a DictConfig
             objective = Objective(str(objective.metric), objective.direction)
         self.space, self.objective, self.seed = space, objective, seed
@@ -209,6 +250,11 @@ class GPRanker(Ranker):
         self.min_feasibility = float(min_feasibility)
         self.n_samples = int(n_samples)
         self.threads = threads
+        if hardware not in ("task", "noise"):
+            from hybrid.errors import ConfigError
+
+            raise ConfigError(f"surrogate.hardware: {hardware!r} is not task or noise")
+        self.hardware = hardware
         self.name = name
         self.last_decision: RankDecision | None = None
         self._gp: Any = None  # surrogate.gp.GPSurrogate, built on first use (imports torch)
@@ -226,7 +272,7 @@ class GPRanker(Ranker):
 
             if self._gp is None:
                 self._gp = GPSurrogate(self.space, self.objective, self.target_hardware, self.refit_every,
-                                       self.min_observations, seed=self.seed)
+                                       self.min_observations, seed=self.seed, hardware=self.hardware)
             with torch_threads(self.threads):
                 wave = self._rank_gp(pool, history, pending, workers, t0)
         if wave is None:  # too few successes, or the fit/ranking failed: the proposers' order
@@ -261,7 +307,8 @@ class GPRanker(Ranker):
         # assignment follows the configured target even before it has results of its own (the
         # model then predicts on the most frequent hardware: fit.target_hardware)
         target = self.target_hardware or fit.target_hardware
-        validations, workers = self._validations(history, pending, workers, target)
+        validations, workers = validation_picks(self.space, self.objective, self.validate_top_k, history, pending,
+                                                workers, target)
         if not pool or not workers:  # nothing to score: no stopping signal from this decision
             return validations, RankDecision(fit.n_observations, False)
         # feasibility and cost, per (candidate, worker)
@@ -311,29 +358,3 @@ class GPRanker(Ranker):
             cand = pool[c]
             wave.append((replace(cand, rationale=f"{cand.rationale} {note}".strip()), workers[w]))
         return wave, decision
-
-    def _validations(self, history: Sequence[Experiment], pending: Sequence[Experiment], workers: list[Worker],
-                     target: str) -> tuple[list[tuple[Candidate, Worker]], list[Worker]]:
-        """Top configs seen on other hardware, re-run on free target-hardware workers."""
-        free_target = [w for w in workers if w.hardware == target]
-        if self.validate_top_k <= 0 or not free_target:
-            return [], workers
-        on_target = {self.space.key(e.params) for e in [*history, *pending] if e.hardware == target}
-        metric, sign = self.objective.metric, self.objective.sign()
-        done = [(e, e.value(metric)) for e in history if e.hardware != target]
-        ranked = sorted(((e, v) for e, v in done if v is not None), key=lambda ev: sign * ev[1])
-        top, seen = [], set()
-        for e, v in ranked:
-            key = self.space.key(e.params)
-            if key not in seen:
-                seen.add(key)
-                top.append((e, v))
-            if len(top) == self.validate_top_k:
-                break
-        todo = [(e, v) for e, v in top if self.space.key(e.params) not in on_target]
-        picks = []
-        for (e, v), w in zip(todo, free_target, strict=False):
-            why = f"validate {e.id} ({metric}={v:.6g} on {e.hardware}) on {target}"
-            picks.append((Candidate(dict(e.params), "validate", why), w))
-        used = {w.name for _, w in picks}
-        return picks, [w for w in workers if w.name not in used]

@@ -37,6 +37,7 @@ from gpytorch.distributions import MultivariateNormal
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
+from hybrid.errors import ConfigError
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, Objective
 
@@ -206,7 +207,11 @@ class GPSurrogate:
 
     def __init__(self, space: SearchSpace, objective: Objective, target_hardware: str | None = None,
                  refit_every: int = 10, min_observations: int = 3, max_fit: int = 300,
-                 max_train: int = 1500, fit_maxiter: int = 60, seed: int = 0, threads: int | None = 1) -> None:
+                 max_train: int = 1500, fit_maxiter: int = 60, seed: int = 0, threads: int | None = 1,
+                 hardware: str = "task") -> None:
+        if hardware not in ("task", "noise"):
+            raise ConfigError(f"surrogate.hardware: {hardware!r} is not task or noise")
+        self.hardware = hardware  # task: a MultiTaskGP over labels; noise: one GP, labels ignored
         self.encoder = OneHotEncoder(space)
         self.objective = objective
         self.target_hardware = target_hardware
@@ -238,9 +243,11 @@ class GPSurrogate:
         n = len(data.y)
         if n < self.min_observations or n == 0:
             return None
-        labels = sorted(set(data.hardware))
         target = self.effective_target(data.hardware)
-        tasks = np.array([labels.index(h) for h in data.hardware])
+        # hardware as noise (the ablation of benchmarks/hardware.py): one task, every result
+        # taken as if run on the target
+        labels = sorted(set(data.hardware)) if self.hardware == "task" else [target]
+        tasks = np.array([labels.index(h) for h in data.hardware] if self.hardware == "task" else [0] * n)
         signature = tuple(labels)
         refit = (self._state is None or signature != self._signature
                  or n - self._n_at_fit >= self.refit_every)

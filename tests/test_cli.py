@@ -61,6 +61,9 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["backend.workers=[{name:a,hardware:cpu,price:1}]"], r"ConfigError: backend.workers\[0\]"),
         (["campaign.mode=fast"], r"ConfigError: campaign.mode: 'fast' is not async or sync"),
         (["stopping=cost_aware"], r"ConfigError: stopping=cost_aware: needs surrogate=gp"),
+        (["campaign.validate_top_k=2"], r"ConfigError: campaign.validate_top_k: set campaign.target_hardware too"),
+        (["campaign.prefetch_pool=maybe"], r"ConfigError: campaign.prefetch_pool: 'maybe' is not true, false or inline"),
+        (["surrogate=gp", "surrogate.hardware=pooled"], r"ConfigError: surrogate.hardware: 'pooled' is not task or noise"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, args, message):

@@ -7,12 +7,14 @@ them, not by these modules.
 from hybrid.proposers.base import Proposer, completed, incumbent, seen_keys
 from hybrid.proposers.grid import GridProposer
 from hybrid.proposers.hybrid import HybridProposer
+from hybrid.proposers.local import LocalProposer
 from hybrid.proposers.optuna import OptunaProposer
 from hybrid.proposers.sobol import SobolProposer
 
 __all__ = [
     "GridProposer",
     "HybridProposer",
+    "LocalProposer",
     "OptunaProposer",
     "Proposer",
     "SobolProposer",

@@ -12,7 +12,7 @@ from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
 DEFAULT_SOURCES: dict[str, float] = {"tpe": 0.5, "sobol": 0.25, "grid": 0.25}
-BUILTIN_SOURCES = ("tpe", "cmaes", "random", "sobol", "grid")
+BUILTIN_SOURCES = ("tpe", "cmaes", "random", "sobol", "grid", "local")
 
 
 def largest_remainder(n: int, shares: Mapping[str, float]) -> dict[str, int]:
@@ -49,11 +49,15 @@ class HybridProposer(Proposer):
 
     Args:
         sources: name -> share (shares are normalised). Built-in names: tpe, cmaes, random
-            (OptunaProposer with that sampler), sobol, grid.
+            (OptunaProposer with that sampler), sobol, grid, local (LocalProposer: perturbations
+            of the incumbents, a trust region).
         pool_factor: each source is asked for ceil(quota x pool_factor) candidates; the extra
             ones are a reserve that fills shortfalls before any source is asked again.
         options: name -> keyword arguments for that source's constructor,
             e.g. ``{"grid": {"span": 0.2}, "tpe": {"n_startup_trials": 12}}``.
+        max_per_call: name -> at most this many candidates from that source per call; what a
+            capped source cannot give goes to the others. For sources that are slow per
+            candidate (a TPE ask costs milliseconds) when a surrogate asks for a large pool.
         name: the config node's short name; accepted and ignored.
 
     ``add_source(name, proposer, share)`` plugs in more sources (the LLM, GP-driven ones).
@@ -69,6 +73,7 @@ class HybridProposer(Proposer):
         sources: Mapping[str, float] | None = None,
         pool_factor: float = 1.0,
         options: Mapping[str, Mapping[str, Any]] | None = None,
+        max_per_call: Mapping[str, int] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(space, objective, seed)
@@ -88,9 +93,15 @@ class HybridProposer(Proposer):
             self.add_source(src, self._builtin(str(src), options.get(src, {})), share)
         if not any(share > 0 for _, share in self._sources.values()):
             raise ConfigError("proposer.sources: give at least one source a share > 0")
+        self.max_per_call: dict[str, int] = {}
+        for src, cap in (max_per_call or {}).items():
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ConfigError(f"proposer.max_per_call.{src}: expected an integer >= 1, got {cap!r}")
+            self.max_per_call[str(src)] = cap
 
     def _builtin(self, src: str, opts: dict[str, Any]) -> Proposer:
         from hybrid.proposers.grid import GridProposer
+        from hybrid.proposers.local import LocalProposer
         from hybrid.proposers.optuna import OptunaProposer
         from hybrid.proposers.sobol import SobolProposer
 
@@ -104,6 +115,8 @@ class HybridProposer(Proposer):
                 return SobolProposer(*args, **opts)
             if src == "grid":
                 return GridProposer(*args, **opts)
+            if src == "local":
+                return LocalProposer(*args, **opts)
         except TypeError as e:  # an unknown option name
             raise ConfigError(f"proposer.options.{src}: {e}") from None
         raise ConfigError(f"proposer.sources: {src!r} is not one of {', '.join(BUILTIN_SOURCES)}")
@@ -165,10 +178,13 @@ class HybridProposer(Proposer):
                     spill.append((src, c))
 
         quotas = self.quotas(n, history)
+        for src, cap in self.max_per_call.items():
+            if src in quotas:
+                quotas[src] = min(quotas[src], cap)
         for src, quota in quotas.items():
             if quota == 0:
                 continue
-            asked[src] = math.ceil(quota * self.pool_factor)
+            asked[src] = min(math.ceil(quota * self.pool_factor), self.max_per_call.get(src, n * 2 + 1))
             got = self._sources[src][0].propose(history, asked[src])
             if len(got) < asked[src]:
                 asked[src] = -1  # exhausted for this history: asking again would bring nothing new
@@ -191,8 +207,11 @@ class HybridProposer(Proposer):
             if share <= 0 or asked.get(src, 0) < 0:
                 continue
             before = len(taken[src])
-            got = proposer.propose(history, asked.get(src, 0) + short)
-            accept(src, got, before + short, None)
+            room = self.max_per_call.get(src, n) - before
+            if room <= 0:
+                continue
+            got = proposer.propose(history, asked.get(src, 0) + min(short, room))
+            accept(src, got, before + min(short, room), None)
             short -= len(taken[src]) - before
         return [c for cands in taken.values() for c in cands]
 

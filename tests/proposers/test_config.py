@@ -11,12 +11,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hybrid.config import register_configs
-from hybrid.proposers import GridProposer, HybridProposer, OptunaProposer, Proposer, SobolProposer
+from hybrid.proposers import (
+    GridProposer,
+    HybridProposer,
+    LocalProposer,
+    OptunaProposer,
+    Proposer,
+    SobolProposer,
+)
 
 from .suite import MINIMIZE, baseline, mixed_space
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-CLASSES = {"sobol": SobolProposer, "optuna": OptunaProposer, "grid": GridProposer, "hybrid": HybridProposer}
+CLASSES = {
+    "sobol": SobolProposer, "optuna": OptunaProposer, "grid": GridProposer, "hybrid": HybridProposer,
+    "local": LocalProposer,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
@@ -59,4 +69,4 @@ def test_a_hybrid_source_is_switched_off_by_a_zero_share() -> None:
         cfg = compose("config", overrides=["proposer=hybrid", "proposer.sources.tpe=0"])
     space = mixed_space()
     proposer = instantiate(cfg.proposer, space=space, objective=MINIMIZE, seed=0)
-    assert {c.source for c in proposer.propose([baseline(space)], 6)} == {"sobol", "grid"}
+    assert {c.source for c in proposer.propose([baseline(space)], 10)} == {"local", "sobol", "grid"}

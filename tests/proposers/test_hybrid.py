@@ -156,3 +156,16 @@ def test_one_at_a_time_proposals_follow_the_shares_over_the_campaign() -> None:
         assert len(cands) == 1
         history = extend(history, cands, f=lambda params: sum(params.values()))
     assert Counter(e.source for e in history[1:]) == {"tpe": 6, "sobol": 3, "grid": 3}
+
+
+def test_max_per_call_caps_a_source_and_the_others_fill_in() -> None:
+    space = mixed_space()
+    p = HybridProposer(space, MINIMIZE, seed=0, sources={"tpe": 0.5, "sobol": 0.5}, max_per_call={"tpe": 3})
+    cands = p.propose([baseline(space)], 20)
+    by = {s: sum(c.source == s for c in cands) for s in ("tpe", "sobol")}
+    assert by == {"tpe": 3, "sobol": 17}
+
+
+def test_max_per_call_must_be_a_positive_integer() -> None:
+    with pytest.raises(ConfigError, match=r"proposer.max_per_call.tpe: expected an integer >= 1"):
+        HybridProposer(mixed_space(), MINIMIZE, max_per_call={"tpe": 0})

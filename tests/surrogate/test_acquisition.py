@@ -14,7 +14,7 @@ from scipy.stats import norm
 
 from backends.base import Worker
 from hybrid.types import Candidate, ExperimentState
-from surrogate.acquisition import GPRanker, RankDecision, select_wave
+from surrogate.acquisition import GPRanker, InOrderRanker, RankDecision, select_wave
 from surrogate.feasibility import DurationModel, MemoryModel, SuccessClassifier
 
 from ..proposers.suite import MINIMIZE, cube_space, random_configs
@@ -195,6 +195,20 @@ def test_validate_top_k_reruns_the_best_screened_config_on_the_target() -> None:
     assert by_worker["big"].source == "validate" and by_worker["big"].params == best.params
     assert by_worker["cheap"].source in ("sobol", "tpe", "grid")
     assert ranker.last_decision.fitted
+
+
+def test_validation_without_a_surrogate() -> None:
+    """surrogate=none keeps the screening/validation workflow: validations first, then the pool."""
+    screened = history_of(random_configs(SPACE, 6, seed=0), hardware="a")
+    best = min(screened, key=lambda e: e.value("val_bpb"))
+    ranker = InOrderRanker(SPACE, MINIMIZE, target_hardware="b", validate_top_k=1)
+    workers = [Worker("cheap", "a", 1.0), Worker("big", "b", 8.0)]
+    wave_ = ranker.rank(POOL, screened, [], workers)
+    assert [(c.source, w.name) for c, w in wave_] == [("validate", "big"), ("sobol", "cheap")]
+    assert wave_[0][0].params == best.params and "on b" in wave_[0][0].rationale
+    # once it ran (or runs) on the target, it is not validated again
+    again = ranker.rank(POOL, screened, [history_of([best.params], hardware="b", start=7)[0]], workers)
+    assert [c.source for c, _ in again] == ["sobol", "tpe"]
 
 
 def test_multi_hardware_history_ranks_on_the_target() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hybrid.errors import ConfigError
 from hybrid.space import CategoricalParam
 from hybrid.types import Candidate, Experiment, ExperimentState, Result
 from surrogate.gp import GPSurrogate, OneHotEncoder, training_data
@@ -142,6 +143,22 @@ def test_multitask_recovers_hardware_offset() -> None:
     fit_a = GPSurrogate(space, MINIMIZE, target_hardware="a").update(a + b)
     mu_a, _ = fit_a.marginal(gp.encoder.encode_many(probe))
     assert np.mean(-mu - -mu_a) == pytest.approx(offset, abs=0.1)
+
+
+def test_hardware_as_noise_pools_the_labels_and_misses_the_offset() -> None:
+    """The ablation of benchmarks/hardware.py: one GP over every label, no offset learned."""
+    space = cube_space(2)
+    a = history_of(random_configs(space, 30, seed=0), hardware="a")
+    b = history_of(random_configs(space, 8, seed=5), lambda p: quadratic(p) + 0.5, hardware="b", start=31)
+    gp = GPSurrogate(space, MINIMIZE, target_hardware="b", hardware="noise")
+    fit = gp.update(a + b)
+    assert type(fit.model).__name__ == "SingleTaskGP" and fit.n_observations == 38
+    probe = random_configs(space, 10, seed=9)
+    mu, _ = fit.marginal(gp.encoder.encode_many(probe))
+    truth = np.array([quadratic(p) + 0.5 for p in probe])
+    assert np.mean(truth - -mu) > 0.3  # predicted as if on hardware a: most of the offset is lost
+    with pytest.raises(ConfigError, match=r"surrogate\.hardware"):
+        GPSurrogate(space, MINIMIZE, hardware="pooled")
 
 
 def test_target_defaults_to_most_frequent_hardware() -> None:

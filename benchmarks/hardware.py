@@ -1,0 +1,164 @@
+"""Benchmark 2: hardware as a GP task vs hardware as noise, on a simulated two-hardware fleet.
+
+The reference run used 13 H100s and 3 H200s, and the same configuration scored better on an
+H200 (more optimizer steps in the same time budget) by an amount that depended on the config.
+Here the target hardware is ``h100`` (where the final model will train, and where "best" is
+judged) and the rest of the fleet is ``h200``:
+
+    value on h100 = Hartmann6(x)                        (minimized; optimum -3.32237)
+    value on h200 = Hartmann6(x) - (0.5 + 1.5 * x0)     (better everywhere, more so for large x0)
+
+plus Gaussian noise (std 0.05). The config-dependent offset moves the h200 optimum away from the
+h100 one (the h100 optimum has x0 = 0.20), so a model that pools both as if they were the same
+measurement (hardware as noise) is pulled toward large x0 on the target too; the multi-task GP
+(``surrogate.hardware=task``) learns the offset and predicts on h100.
+
+Each simulated ASYNC campaign: ``--h100`` target workers and ``--h200`` others (lognormal
+durations, median 1 h), the product's ``proposer=hybrid`` + ``surrogate=gp`` with
+``campaign.target_hardware=h100``; the only difference between the two arms is
+``surrogate.hardware`` (task | noise). Reported per arm: the h100 regret of the best config
+*run on h100* after k target-hardware runs (median [q25, q75] over seeds), and how many h100 runs
+each arm needs to reach the task arm's final median regret.
+
+    python benchmarks/hardware.py [--seeds 10] [--evals 120] [--h100 3] [--h200 5] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backends.base import Worker  # noqa: E402
+from benchmarks.problems import hartmann6  # noqa: E402
+from hybrid.proposers.hybrid import HybridProposer  # noqa: E402
+from hybrid.types import Experiment, ExperimentState, Objective, Result  # noqa: E402
+from surrogate.acquisition import GPRanker  # noqa: E402
+
+OBJECTIVE = Objective("loss", "minimize")
+TARGET, OTHER = "h100", "h200"
+PRICE = {TARGET: 2.5, OTHER: 3.5}  # $/h
+ARMS = ("task", "noise")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _yaml(rel: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / rel), resolve=True)
+    return {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+
+
+def offset(u: np.ndarray) -> float:
+    """How much better the same config scores on h200 (config-dependent)."""
+    return 0.5 + 1.5 * float(u[0])
+
+
+def simulate(arm: str, seed: int, evals: int, n_target: int, n_other: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    problem = hartmann6(noise_std=0.05)
+    space = problem.space
+    proposer = HybridProposer(space, OBJECTIVE, seed, **_yaml("proposer/hybrid.yaml"))
+    gp_cfg = {**_yaml("surrogate/gp.yaml"), "hardware": arm}
+    ranker = GPRanker(space, OBJECTIVE, seed=seed, target_hardware=TARGET, **gp_cfg)
+    rng = np.random.default_rng([seed, 2])
+    noise = np.random.default_rng([seed, 3])
+    free = ([Worker(f"t{i}", TARGET, PRICE[TARGET]) for i in range(n_target)]
+            + [Worker(f"o{i}", OTHER, PRICE[OTHER]) for i in range(n_other)])
+    history: list[Experiment] = []
+    events: list[tuple[float, int, Experiment, Worker]] = []
+    t, best_target, target_regret = 0.0, float("inf"), []
+    while True:
+        if free and len(history) < evals:
+            running = [e for e in history if e.state is ExperimentState.RUNNING]
+            seen, pool = {space.key(e.params) for e in history}, []
+            for c in proposer.propose(history, ranker.pool_size(len(free))):
+                if space.key(c.params) not in seen:
+                    seen.add(space.key(c.params))
+                    pool.append(c)
+            wave = ranker.rank(pool, history, running, list(free[: evals - len(history)]))
+            for cand, worker in wave:
+                exp = Experiment(f"e{len(history) + 1:04d}", cand, worker.name, worker.hardware, 0,
+                                 ExperimentState.RUNNING, started=t, seq=len(history) + 1)
+                history.append(exp)
+                free.remove(worker)
+                heapq.heappush(events, (t + 3600.0 * float(np.exp(0.5 * rng.standard_normal())), exp.seq, exp, worker))
+        if not events:
+            break
+        t, _, exp, worker = heapq.heappop(events)
+        true = problem.true_value(exp.params)
+        value = true + float(noise.normal(0.0, 0.05))
+        if worker.hardware == OTHER:
+            value -= offset(space.encode(exp.params))
+        exp.result = Result(exp.id, ExperimentState.DONE, {OBJECTIVE.metric: value}, worker.hardware,
+                            t - exp.started, (t - exp.started) / 3600 * worker.hourly_usd)
+        exp.state = ExperimentState.DONE
+        free.append(worker)
+        if worker.hardware == TARGET:
+            best_target = min(best_target, true)
+            target_regret.append(best_target - problem.optimum)
+    return {"arm": arm, "seed": seed, "target_regret": target_regret,
+            "n_target": len(target_regret), "n_total": len(history)}
+
+
+def _job(args: tuple) -> dict[str, Any]:
+    return simulate(*args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--evals", type=int, default=120, help="experiments per campaign, all hardware")
+    ap.add_argument("--h100", type=int, default=3, help="target-hardware workers")
+    ap.add_argument("--h200", type=int, default=5, help="other-hardware workers")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    a = ap.parse_args(argv)
+    tasks = [(arm, s, a.evals, a.h100, a.h200) for arm in ARMS for s in range(a.seeds)]
+    t0 = time.perf_counter()
+    if a.jobs <= 1:
+        runs = [_job(x) for x in tasks]
+    else:
+        with ProcessPoolExecutor(a.jobs) as pool:
+            runs = list(pool.map(_job, tasks))
+    k = min(r["n_target"] for r in runs)
+    curves = {arm: np.array([r["target_regret"][:k] for r in runs if r["arm"] == arm]) for arm in ARMS}
+    med = {arm: np.median(c, axis=0) for arm, c in curves.items()}
+    goal = med["task"][-1]
+    print(f"hartmann6 on a {a.h100} x {TARGET} (target) + {a.h200} x {OTHER} fleet, {a.evals} experiments, "
+          f"{a.seeds} seeds; h100 regret of the best config run on h100 after k h100 runs")
+    marks = [m for m in (5, 10, 20, 30, 40, 50) if m <= k]
+    print(f"{'arm':<8}" + "".join(f"{'@' + str(m):>22}" for m in marks) + f"{'to reach':>10}{'ratio':>8}")
+    need_task = int(np.argmax(med["task"] <= goal)) + 1
+    for arm in ARMS:
+        c = curves[arm]
+        cells = "".join(f"{f'{np.median(c[:, m - 1]):.3g} [{np.quantile(c[:, m - 1], .25):.3g}, {np.quantile(c[:, m - 1], .75):.3g}]':>22}"
+                        for m in marks)
+        reached = np.flatnonzero(med[arm] <= goal)
+        need = f"{reached[0] + 1}" if len(reached) else f">{k}"
+        ratio = f"{(reached[0] + 1) / need_task:.2f}" if len(reached) else f">{k / need_task:.2f}"
+        print(f"{arm:<8}{cells}{need:>10}{ratio:>8}")
+    print(f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s; h100 runs per campaign: "
+          f"{min(r['n_target'] for r in runs)}..{max(r['n_target'] for r in runs)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"hardware-{a.tag}.json"
+    out.write_text(json.dumps({"args": vars(a), "runs": runs}))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The candidate pool of the next decision, generated while the campaign waits for results.
+
+With ``surrogate=gp`` every decision ranks a pool of a few hundred candidates, and asking the
+proposers for it (TPE asks, grid designs, the LLM's queue) takes longer than the ranking itself.
+A freed worker should not wait for that. So right after a wave is dispatched, the next pool is
+generated from the history as it is then (the new wave in flight), on a background thread. At
+the next decision the campaign takes it, drops what has meanwhile been tried or started, tops
+it up if fewer candidates are left than free workers, and the GP ranks it with the *current*
+history: the results that arrived in between steer the choice, they just did not steer which
+candidates were offered. ``background=False`` generates the same pool synchronously at the same
+moment (deterministic, for tests and simulations).
+
+Only one thread ever calls the proposer at a time (a lock), and the history the background
+thread reads is a snapshot: experiments are copied, so the campaign may update its own freely.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+
+from hybrid.proposers.base import Proposer
+from hybrid.types import Candidate, Experiment
+
+
+class PoolPrefetcher:
+    """Prepares the proposer's next pool ahead of the decision that needs it."""
+
+    def __init__(self, proposer: Proposer, background: bool = True) -> None:
+        self.proposer = proposer
+        self.background = background
+        self._lock = threading.Lock()  # one proposer call at a time
+        self._thread: threading.Thread | None = None
+        self._ready: list[Candidate] | None = None
+        self._error: BaseException | None = None
+        self.last_seconds = 0.0  # how long the last prepared pool took to generate
+
+    def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
+        """Ask the proposer now (the synchronous path: a first decision, a top-up)."""
+        with self._lock:
+            return self.proposer.propose(history, n)
+
+    def prepare(self, history: Sequence[Experiment], n: int) -> None:
+        """Start generating a pool of ``n`` from (a snapshot of) ``history``."""
+        self.wait()
+        self._ready, self._error = None, None
+        snapshot = [copy.copy(e) for e in history]
+        if not self.background:
+            self._generate(snapshot, n)
+            return
+        self._thread = threading.Thread(target=self._generate, args=(snapshot, n), name="hybrid-pool", daemon=True)
+        self._thread.start()
+
+    def _generate(self, history: list[Experiment], n: int) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            self._ready = self.propose(history, n)
+        except BaseException as e:  # handed to the campaign's thread by take()
+            self._error = e
+        self.last_seconds = time.perf_counter() - t0
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def take(self) -> list[Candidate] | None:
+        """The prepared pool (waiting for it if it is still being made), or None if none was
+        prepared. A proposer error raised while preparing is raised here."""
+        self.wait()
+        ready, error = self._ready, self._error
+        self._ready, self._error = None, None
+        if error is not None:
+            raise error
+        return ready
+
+    def close(self) -> None:
+        self.wait()
