@@ -1,7 +1,8 @@
-"""Smoke test of the sample-efficiency harness: one seed, a dozen evaluations, two fast methods."""
+"""Smoke tests of the benchmark harnesses: one seed, a dozen evaluations."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -43,3 +44,17 @@ def test_tabular_problem_noise_and_optimum() -> None:
     assert len(draws) > 1  # observations are recorded seeds, not the mean
     assert min(draws) <= p.true_value(params) <= max(draws)
     assert p.optimum <= p.true_value(params)
+
+
+def test_hardware_benchmark_runs_both_arms(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.hardware as hw
+
+    monkeypatch.setattr(hw, "RESULTS", tmp_path)
+    assert hw.main(["--seeds", "1", "--evals", "12", "--h100", "2", "--h200", "2", "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntask " in out and "\nnoise " in out
+    runs = json.loads((tmp_path / "hardware-t.json").read_text())["runs"]
+    assert {r["arm"] for r in runs} == {"task", "noise"}
+    for r in runs:  # regret of the best h100 config, after each h100 run: finite, non-increasing
+        assert r["n_total"] == 12 and 0 < r["n_target"] < 12
+        assert all(b <= a for a, b in zip(r["target_regret"], r["target_regret"][1:], strict=False))
