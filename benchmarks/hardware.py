@@ -42,9 +42,8 @@ if str(ROOT) not in sys.path:
 
 from backends.base import Worker  # noqa: E402
 from benchmarks.problems import hartmann6  # noqa: E402
-from hybrid.proposers.hybrid import HybridProposer  # noqa: E402
+from benchmarks.product import build  # noqa: E402
 from hybrid.types import Experiment, ExperimentState, Objective, Result  # noqa: E402
-from surrogate.acquisition import GPRanker  # noqa: E402
 
 OBJECTIVE = Objective("loss", "minimize")
 TARGET, OTHER = "h100", "h200"
@@ -57,7 +56,7 @@ def _yaml(rel: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / rel), resolve=True)
-    return {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+    return {k: v for k, v in cfg.items() if k not in ("_target_", "defaults", "name")}
 
 
 def offset(u: np.ndarray) -> float:
@@ -71,9 +70,9 @@ def simulate(arm: str, seed: int, evals: int, n_target: int, n_other: int) -> di
     torch.set_num_threads(1)
     problem = hartmann6(noise_std=0.05)
     space = problem.space
-    proposer = HybridProposer(space, OBJECTIVE, seed, **_yaml("proposer/hybrid.yaml"))
-    gp_cfg = {**_yaml("surrogate/gp.yaml"), "hardware": arm}
-    ranker = GPRanker(space, OBJECTIVE, seed=seed, target_hardware=TARGET, **gp_cfg)
+    proposer, ranker = build(space, OBJECTIVE, seed, ["proposer=hybrid", "surrogate=gp", f"surrogate.hardware={arm}"],
+                             target_hardware=TARGET)
+    assert ranker.hardware == arm
     rng = np.random.default_rng([seed, 2])
     noise = np.random.default_rng([seed, 3])
     free = ([Worker(f"t{i}", TARGET, PRICE[TARGET]) for i in range(n_target)]

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.base import Worker  # noqa: E402
+from benchmarks.product import build  # noqa: E402
 from hybrid.pool import PoolPrefetcher  # noqa: E402
-from hybrid.proposers.hybrid import HybridProposer  # noqa: E402
+from hybrid.proposers.base import Proposer  # noqa: E402
 from hybrid.space import SearchSpace  # noqa: E402
 from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result  # noqa: E402
 from surrogate.acquisition import GPRanker  # noqa: E402
@@ -78,12 +79,9 @@ def running(seq: int, params: dict) -> Experiment:
                       state=ExperimentState.RUNNING, seq=seq)
 
 
-def hybrid_proposer(seed: int) -> HybridProposer:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "proposer" / "hybrid.yaml"))
-    cfg = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
-    return HybridProposer(SPACE, OBJECTIVE, seed, **cfg)
+def hybrid_proposer(seed: int) -> Proposer:
+    """``proposer=hybrid`` as the CLI builds it (benchmarks/product.py)."""
+    return build(SPACE, OBJECTIVE, seed, ["proposer=hybrid", "surrogate=gp"])[0]
 
 
 def bench(n: int, decisions: int, arrivals: int, pool_size: int, q: int, seed: int, pool_from: str) -> dict[str, float]:

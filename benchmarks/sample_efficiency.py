@@ -50,7 +50,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:
 
 from backends.base import Worker  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem, make_problem  # noqa: E402
+from benchmarks.product import build  # noqa: E402
 from hybrid.proposers.base import Proposer  # noqa: E402
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace  # noqa: E402
 from hybrid.stopping import CostAwareStop  # noqa: E402
@@ -144,39 +145,23 @@ class OptunaGPMethod(Method):
         self.study.tell(int(exp.candidate.rationale.split()[-1]), exp.value(OBJECTIVE.metric))
 
 
-@cache
-def _note(msg: str) -> None:
-    print(f"note: {msg}", file=sys.stderr)  # once per message (cached)
-
-
-def _yaml(rel: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    path = Path(rel) if Path(rel).is_absolute() else ROOT / "conf" / rel
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else {}
-    return {k: v for k, v in cfg.items() if k not in ("_target_", "defaults", "name")}
-
-
-def gp_ranker(space: SearchSpace, seed: int) -> Ranker | None:
-    """The product's GP ranker with conf/surrogate/gp.yaml's settings, or None (noted) if absent."""
-    try:
-        from surrogate.acquisition import GPRanker  # type: ignore[attr-defined]
-    except ImportError as e:
-        _note(f"surrogate.acquisition.GPRanker is not importable yet ({e}); skipping 'hybrid'")
-        return None
-    return GPRanker(space=space, objective=OBJECTIVE, seed=seed, **_yaml("surrogate/gp.yaml"))
-
-
 def make_method(name: str, space: SearchSpace, seed: int) -> Method | None:
-    from hybrid.proposers.hybrid import HybridProposer
     from hybrid.proposers.optuna import OptunaProposer
 
     if name in ("hybrid", "hybrid-nogp"):
-        ranker = gp_ranker(space, seed) if name == "hybrid" else InOrderRanker()
-        if ranker is None:
-            return None
-        cfg = _yaml(os.environ.get("HYBRID_BENCH_HYBRID_YAML", "proposer/hybrid.yaml"))
-        return ProductMethod(space, HybridProposer(space, OBJECTIVE, seed, **cfg), ranker)
+        # the product as `hybrid proposer=hybrid surrogate=gp|none` builds it (benchmarks/product.py);
+        # --hybrid-yaml swaps in another proposer node for ablations
+        overrides = ["proposer=hybrid", "surrogate=gp" if name == "hybrid" else "surrogate=none"]
+        proposer, ranker = build(space, OBJECTIVE, seed, overrides)
+        alt = os.environ.get("HYBRID_BENCH_HYBRID_YAML")
+        if alt:
+            from hydra.utils import instantiate
+            from omegaconf import OmegaConf
+
+            node = OmegaConf.load(alt)
+            node.pop("defaults", None)
+            proposer = instantiate(node, _partial_=True)(space=space, objective=OBJECTIVE, seed=seed)
+        return ProductMethod(space, proposer, ranker)
     if name in ("tpe", "cmaes", "random"):
         return ProductMethod(space, OptunaProposer(space, OBJECTIVE, seed, sampler=name), InOrderRanker())
     if name == "gpsampler":
@@ -287,7 +272,7 @@ def run_all(problems: Sequence[str], methods: Sequence[str], seeds: int, evals: 
     tasks = [(p, m, s, evals, workers) for p in problems for m in methods for s in range(seeds)]
     for p in problems:  # fail fast on a bad name or a missing package, and warm the data cache
         _problem(p)
-    if "hybrid" in methods and gp_ranker(_problem(problems[0]).space, 0) is not None:
+    if "hybrid" in methods:
         import surrogate.gp  # noqa: F401 - imported once here, so every --jobs process runs the same code
     if jobs <= 1:
         out = [simulate(*a) for a in tasks]
