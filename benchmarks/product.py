@@ -31,11 +31,14 @@ def compose(overrides: Sequence[str] = ()) -> Any:
 
 
 def build(space: SearchSpace, objective: Objective, seed: int, overrides: Sequence[str] = (),
-          target_hardware: str | None = None) -> tuple[Any, Any]:
-    """(proposer, ranker) for e.g. ``["proposer=hybrid", "surrogate=gp"]``."""
+          target_hardware: str | None = None, llm: bool = False) -> tuple[Any, Any]:
+    """(proposer, ranker) for e.g. ``["proposer=hybrid", "surrogate=gp"]``. Without ``llm`` the
+    LLM source is off (``proposer.llm_share=0``): a benchmark never spends on the API, key or not."""
     from hydra.utils import instantiate
 
     cfg = compose(overrides)
+    if not llm and "llm_share" in cfg.proposer:
+        cfg.proposer.llm_share = 0
     proposer = instantiate(cfg.proposer, _partial_=True)(space=space, objective=objective, seed=seed)
     ranker = instantiate(cfg.surrogate, _partial_=True)(space=space, objective=objective, seed=seed,
                                                         target_hardware=target_hardware)

@@ -11,8 +11,8 @@ duplicates nothing. MLflow is fed from a background thread (a mirror never slows
 from __future__ import annotations
 
 import fcntl
+import json
 import os
-import queue
 import signal
 import threading
 import time
@@ -26,10 +26,18 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import targets
 from hybrid.errors import BackendError, ConfigError, InvalidCandidateError
+from hybrid.mirror import TrackerMirror
 from hybrid.pool import PoolPrefetcher
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
-from hybrid.report import Summary, baseline_experiment, best_experiment, summarize, write_results_tsv
+from hybrid.report import (
+    Summary,
+    baseline_experiment,
+    best_experiment,
+    summarize,
+    write_hypotheses_md,
+    write_results_tsv,
+)
 from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, failure_reason, money_saved
 from hybrid.store import Store
@@ -40,29 +48,6 @@ from surrogate.acquisition import InOrderRanker, Ranker
 
 LOST = "orchestrator lost the job"
 NEVER_SUBMITTED = "never submitted (the orchestrator stopped before submitting it)"
-
-
-class _Mirror(threading.Thread):
-    """Feeds finished experiments to the tracker off the dispatch path, then marks them mirrored."""
-
-    def __init__(self, tracker: Tracker, store: Store) -> None:
-        super().__init__(name="hybrid-mirror", daemon=True)
-        self.tracker, self.store = tracker, store
-        self.q: queue.Queue[tuple[Experiment, Result] | tuple[str, Mapping[str, Any]] | None] = queue.Queue()
-
-    def run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if isinstance(item[0], Experiment):
-                exp, result = item
-                # Trackers never raise: they warn and go on. An unmirrored result is retried on resume.
-                if self.tracker.log(exp, result):
-                    self.store.mark_mirrored(exp.id)
-            else:
-                self.tracker.update(item[1])  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        self.q.put(None)
-        self.join()
 
 
 @contextmanager
@@ -130,6 +115,8 @@ class Campaign:
         # A ranker that chooses from a pool larger than the free workers (the GP) gets its next
         # pool generated off the dispatch path (hybrid/pool.py); the classical in-order path is
         # left exactly as it was.
+        if hasattr(self.ranker, "wave_shares"):  # e.g. the LLM's share of each wave (proposer.llm_share)
+            self.ranker.wave_shares = dict(getattr(proposer, "wave_shares", {}) or {})
         self._prefetch = (PoolPrefetcher(proposer, background=prefetch_pool is True)
                           if prefetch_pool and self.ranker.pool_size(1) > 1 else None)
         self.exps: dict[str, Experiment] = {}
@@ -141,6 +128,8 @@ class Campaign:
         self._session_start = time.time()
         self._active_before = 0.0
         self._last_tsv = 0.0
+        self._proposer_usd = 0.0  # the proposers' own spend (LLM tokens), all sessions
+        self._proposer_calls = 0
 
     # ---- public ---------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -157,11 +146,14 @@ class Campaign:
         self.store.set_meta("config", self.config)
         self.store.event("resume" if resumed else "start", f"pid {os.getpid()}")
         self._active_before = float(self.store.get_meta("active_s", 0.0))
+        for _, _, detail in self.store.events("proposer_call"):  # earlier sessions' LLM spend
+            self._proposer_usd += float(json.loads(detail).get("cost_usd", 0.0))
+            self._proposer_calls += 1
         parent = self.tracker.start(CampaignInfo(self.name, self.dir, self.config, self.objective,
                                                  self.store.get_meta("mlflow_parent_run_id")))
         if parent:
             self.store.set_meta("mlflow_parent_run_id", parent)
-        self.mirror = _Mirror(self.tracker, self.store)
+        self.mirror = TrackerMirror(self.tracker, self.store)
         self.mirror.start()
         try:
             self._restore(resumed)
@@ -251,6 +243,7 @@ class Campaign:
     def _loop(self) -> str:
         while True:
             busy = self._collect()
+            self._proposer_events()
             if self.stop_reason is None:
                 self.stop_reason = self._check_stop()
             running = self.backend.running()
@@ -259,7 +252,8 @@ class Campaign:
             if self.stop_reason is None:
                 dispatched = self._dispatch()
                 busy = dispatched or busy
-                if not dispatched and not self.backend.running() and self.stop_reason is None:
+                if (not dispatched and not self.backend.running() and self.stop_reason is None
+                        and not self.proposer.waiting()):  # an LLM still thinking may bring candidates
                     self.stop_reason = "search space exhausted: the proposers have no new configuration"
                     self.progress.message(f"stopping: {self.stop_reason}")
             self.progress.tick(self._view())
@@ -284,10 +278,29 @@ class Campaign:
             self.mirror.q.put(("update", self._summary_metrics()))
         return bool(finished)
 
+    def _proposer_events(self) -> None:
+        """Notices from the proposers (shown once), and their paid calls: stored durably, added to
+        the spend, mirrored to MLflow with one step per call."""
+        for ev in self.proposer.events():
+            if ev.kind != "call":
+                if ev.message:
+                    self.store.event("proposer", f"{ev.source}: {ev.message}")
+                    self.progress.message(f"{ev.source}: {ev.message}")
+                continue
+            self._proposer_usd += ev.cost_usd
+            self._proposer_calls += 1
+            self.store.event("proposer_call", json.dumps({"source": ev.source, "cost_usd": ev.cost_usd,
+                                                          "message": ev.message, **ev.metrics}))
+            if ev.message:
+                self.progress.message(f"{ev.source}: {ev.message}")
+            metrics = {f"{ev.source}.{k}": v for k, v in ev.metrics.items()}
+            metrics["proposer_usd_total"] = self._proposer_usd
+            self.mirror.q.put(("metrics", metrics, self._proposer_calls))
+
     def _progress(self) -> CampaignProgress:
         counted = [e for e in self.exps.values() if not e.extra.get("requeued")]
         now = time.time()
-        spend = 0.0
+        spend = self._proposer_usd
         for e in self.exps.values():
             if e.result is not None:
                 spend += e.result.cost_usd
@@ -326,8 +339,8 @@ class Campaign:
             fixed.append(self.requeue.pop(0))
         wave = list(zip(fixed, free, strict=False))
         rest = free[len(fixed):n]
-        if rest:
-            pool = self._pool(history, len(rest), fixed)
+        pool = self._pool(history, len(rest), fixed) if rest else []
+        if pool:  # (proposer=llm may have nothing yet: no ranking, no stopping decision on an empty pool)
             running = [e for e in history if e.state is ExperimentState.RUNNING]
             wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
             if self._cost_stop_fires():
@@ -463,7 +476,7 @@ class Campaign:
 
     def _summary_metrics(self) -> dict[str, Any]:
         return summarize(self.name, list(self.exps.values()), self.objective, self.stop_reason or "",
-                         self._progress().elapsed_s, self.target_hardware).as_metrics()
+                         self._progress().elapsed_s, self.target_hardware, self._proposer_usd).as_metrics()
 
     def _write_tsv(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -478,13 +491,18 @@ class Campaign:
         self.store.set_meta("status", status)
         self.store.event("stop", reason)
         self._write_tsv(force=True)
+        self._proposer_events()
         exps = self.store.experiments()
-        summary = summarize(self.name, exps, self.objective, reason, elapsed, self.target_hardware)
+        summary = summarize(self.name, exps, self.objective, reason, elapsed, self.target_hardware,
+                            self._proposer_usd)
         (self.dir / "summary.txt").write_text(summary.text() + "\n")
+        artifacts = [self.dir / "results.tsv", self.dir / "summary.txt"]
+        if write_hypotheses_md(self.dir / "hypotheses.md", exps, self.objective):
+            artifacts.append(self.dir / "hypotheses.md")
         self.progress.stop(self._view())
         self.mirror.q.put(("update", summary.as_metrics()))
         self.mirror.stop()
-        self.tracker.close(status, reason, summary.as_metrics(), [self.dir / "results.tsv", self.dir / "summary.txt"])
+        self.tracker.close(status, reason, summary.as_metrics(), artifacts)
         if self._prefetch is not None:
             self._prefetch.close()
         self.proposer.close()

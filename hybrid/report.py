@@ -73,6 +73,7 @@ class Summary:
     best_params: dict[str, Any]
     best_hardware: str | None
     baseline_value: float | None
+    proposer_usd: float = 0.0  # the proposers' own spend (LLM tokens), included in spend_usd
 
     @property
     def improvement_pct(self) -> float | None:
@@ -85,6 +86,8 @@ class Summary:
         out: dict[str, Any] = {"n_experiments": self.n_experiments, "n_done": self.n_done, "n_failed": self.n_failed,
                                "n_finished": self.n_done + self.n_failed + self.n_cancelled,
                                "spend_usd": self.spend_usd, "elapsed_s": self.elapsed_s}
+        if self.proposer_usd:
+            out["proposer_usd"] = self.proposer_usd
         if self.best_value is not None:
             out[f"best_{m}"] = self.best_value
             out["best_experiment"] = self.best_id
@@ -98,7 +101,8 @@ class Summary:
         m = self.objective.metric
         lines = [f"campaign {self.name}: stopped: {self.stop_reason}",
                  f"  experiments: {self.n_experiments} ({self.n_done} done, {self.n_failed} failed, "
-                 f"{self.n_cancelled} cancelled) in {self.elapsed_s / 60:.1f} min, spend ${self.spend_usd:.2f}"]
+                 f"{self.n_cancelled} cancelled) in {self.elapsed_s / 60:.1f} min, spend ${self.spend_usd:.2f}"
+                 + (f" (LLM ${self.proposer_usd:.2f})" if self.proposer_usd else "")]
         if self.best_value is None:
             lines.append(f"  no successful experiment: no {m} to report")
         else:
@@ -110,7 +114,7 @@ class Summary:
 
 
 def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_reason: str, elapsed_s: float,
-              target_hardware: str | None = None) -> Summary:
+              target_hardware: str | None = None, proposer_usd: float = 0.0) -> Summary:
     best = best_experiment(exps, objective, target_hardware) or best_experiment(exps, objective)
     base = baseline_experiment(exps)
     n_failed = sum(1 for e in exps if e.state.is_failure())
@@ -118,8 +122,72 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
         name=name, objective=objective, stop_reason=stop_reason, n_experiments=len(exps),
         n_done=sum(1 for e in exps if e.state is ExperimentState.DONE), n_failed=n_failed,
         n_cancelled=sum(1 for e in exps if e.state is ExperimentState.CANCELLED),
-        spend_usd=sum(e.result.cost_usd for e in exps if e.result), elapsed_s=elapsed_s,
+        spend_usd=sum(e.result.cost_usd for e in exps if e.result) + proposer_usd, elapsed_s=elapsed_s,
         best_id=best.id if best else None, best_value=best.value(objective.metric) if best else None,
         best_params=dict(best.params) if best else {}, best_hardware=best.hardware if best else None,
-        baseline_value=base.value(objective.metric) if base else None,
+        baseline_value=base.value(objective.metric) if base else None, proposer_usd=proposer_usd,
     )
+
+
+@dataclass(frozen=True)
+class HypothesisOutcome:
+    """What became of one LLM-proposed experiment's hypothesis."""
+
+    experiment_id: str
+    hypothesis: str  # the candidate's rationale: hypothesis and expected effect
+    value: float | None  # the objective metric (None: failed or still running)
+    outcome: str  # "new best" | "beat the baseline" | "no better than the baseline" | "failed: <reason>" | "running"
+    improved: bool  # a new best, or better than the baseline
+    detail: str = ""  # the comparison, e.g. "-0.0031 vs best before 0.9843"
+
+
+def hypothesis_outcomes(exps: Sequence[Experiment], objective: Objective, source: str = "llm") -> list[HypothesisOutcome]:
+    """For each experiment from ``source`` (in creation order), how its result compares with the
+    best result among the experiments created before it, and with the baseline. O(n)."""
+    base = baseline_experiment(exps)
+    base_v = base.value(objective.metric) if base else None
+    out: list[HypothesisOutcome] = []
+    best: float | None = None
+    for e in sorted(exps, key=lambda x: x.seq):
+        v = e.value(objective.metric)
+        if e.source == source:
+            if e.result is None:
+                out.append(HypothesisOutcome(e.id, e.candidate.rationale, None, "running", False))
+            elif v is None:
+                reason = e.result.reason or e.state.name.lower()
+                out.append(HypothesisOutcome(e.id, e.candidate.rationale, None, f"failed: {reason}", False))
+            elif best is None or objective.better(v, best):
+                detail = "" if best is None else f"{v - best:+.4g} vs best before {best:.6g}"
+                out.append(HypothesisOutcome(e.id, e.candidate.rationale, v, "new best", True, detail))
+            else:
+                detail = f"{v - best:+.4g} vs best before {best:.6g}"
+                if base_v is not None and objective.better(v, base_v):
+                    out.append(HypothesisOutcome(e.id, e.candidate.rationale, v, "beat the baseline", True, detail))
+                else:
+                    out.append(HypothesisOutcome(e.id, e.candidate.rationale, v, "no better than the baseline",
+                                                 False, detail))
+        if v is not None and (best is None or objective.better(v, best)):
+            best = v
+    return out
+
+
+def write_hypotheses_md(path: Path, exps: Sequence[Experiment], objective: Objective) -> bool:
+    """``hypotheses.md``: every LLM hypothesis with what its experiment showed. False (nothing
+    written) when the campaign had no LLM-proposed experiment."""
+    rows = [o for o in hypothesis_outcomes(exps, objective) if o.outcome != "running"]
+    if not rows:
+        return False
+    held = sum(o.improved for o in rows)
+    lines = [f"# LLM hypotheses and what the experiments showed ({objective.metric}, {objective.direction})", "",
+             f"{held} of {len(rows)} finished LLM experiments improved on the best result before them or on "
+             "the baseline.", "",
+             f"| experiment | {objective.metric} | outcome | hypothesis |", "|---|---|---|---|"]
+    for o in rows:
+        value = "" if o.value is None else f"{o.value:.6f}"
+        outcome = f"{o.outcome} ({o.detail})" if o.detail else o.outcome
+        text = o.hypothesis.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {o.experiment_id} | {value} | {outcome.replace('|', '/')} | {text} |")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return True

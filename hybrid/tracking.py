@@ -85,6 +85,9 @@ class Tracker(Protocol):
     def update(self, summary: Mapping[str, Any]) -> None:
         """Progress on the campaign run; numbers become metrics with step = ``n_finished``."""
 
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Metrics of one event on the campaign run, e.g. one LLM call (``llm.input_tokens``...)."""
+
     def close(
         self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
     ) -> None:
@@ -103,6 +106,9 @@ class NullTracker:
         return True
 
     def update(self, summary: Mapping[str, Any]) -> None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         return None
 
     def close(
@@ -148,6 +154,11 @@ class MLflowTracker:
     def update(self, summary: Mapping[str, Any]) -> None:
         if self._active():
             self._guarded("update", lambda: self._log_summary(summary))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._active():
+            self._guarded("logging proposer metrics", lambda: _log_batch(*self._run(), metrics=metrics, step=step),
+                          kind="metrics")
 
     def close(
         self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()

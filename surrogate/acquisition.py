@@ -152,6 +152,7 @@ def select_wave(
     n_samples: int = 128,
     seed: int = 0,
     shortlist: int | None = None,
+    reserved: Sequence[tuple[Sequence[int], int]] = (),
 ) -> WaveChoice:
     """Sequential greedy wave over a finite set of points with a fixed joint Gaussian posterior.
 
@@ -167,6 +168,11 @@ def select_wave(
     Incremental EI only shrinks as points join the pending set, so later picks come from the
     first step's leaders: steps 2..q score only the ``shortlist`` best choices of step 1
     (default max(4 W, 32)), which bounds the work of a large pool.
+
+    ``reserved``: (choice positions, k) pairs, e.g. a source's candidates and the slots of the
+    wave it is owed: until k of those positions are picked, each step chooses among the owed
+    positions only (still by score, so the best of them, on the best worker). A reservation none
+    of whose choices any worker can run is dropped.
     """
     import torch
     from botorch.acquisition.analytic import LogExpectedImprovement
@@ -192,17 +198,27 @@ def select_wave(
     picks: list[tuple[int, int]] = []
     log_eis: list[float] = []
     keep = max(4 * W, 32) if shortlist is None else shortlist
+    owed = [(set(pos), int(k)) for pos, k in reserved if k > 0 and len(pos)]
     while left_c and left_w:
         with torch.no_grad():
             lei = acq(points([choices[c] for c in left_c]).unsqueeze(-2)).numpy()  # (len(left_c),)
         if not picks and len(left_c) > keep:
             best_pair = lei + np.max(np.where(log_feasible >= min_log_feasible, log_feasible - log_cost, -np.inf), 1)
-            top = np.sort(np.argsort(-best_pair, kind="stable")[:keep])
+            top = set(np.argsort(-best_pair, kind="stable")[:keep].tolist())
+            top |= {i for i, c in enumerate(left_c) if any(c in pos for pos, _ in owed)}  # keep the reserved
+            top = np.array(sorted(top))
             left_c, lei = [left_c[i] for i in top], lei[top]
         phase = [w for w in left_w if gain_first[w]] or left_w
         cost = np.zeros((len(left_c), len(phase))) if gain_first[phase[0]] else log_cost[np.ix_(left_c, phase)]
         feas = log_feasible[np.ix_(left_c, phase)]
         score = np.where(feas >= min_log_feasible, lei[:, None] + feas - cost, -np.inf)
+        due = [pos for pos, k in owed if sum(c in pos for c, _ in picks) < k]
+        if due:
+            mask = np.array([any(c in pos for pos in due) for c in left_c])
+            if np.isfinite(score[mask]).any():
+                score = np.where(mask[:, None], score, -np.inf)
+            else:  # nothing reserved that these workers can run: the reservation lapses
+                owed = [(pos, k) for pos, k in owed if pos not in due]
         if not np.isfinite(score).any():  # nothing these workers can run: they stay idle
             left_w = [w for w in left_w if w not in phase]
             continue
@@ -256,6 +272,9 @@ class GPRanker(Ranker):
             raise ConfigError(f"surrogate.hardware: {hardware!r} is not task or noise")
         self.hardware = hardware
         self.name = name
+        # source -> share of the experiments it is owed (the campaign sets this from the
+        # proposer, e.g. {"llm": 0.3}): its best candidates fill that share of each wave
+        self.wave_shares: dict[str, float] = {}
         self.last_decision: RankDecision | None = None
         self._gp: Any = None  # surrogate.gp.GPSurrogate, built on first use (imports torch)
 
@@ -295,6 +314,21 @@ class GPRanker(Ranker):
         self.last_decision = replace(decision, fit_seconds=fit.fit_seconds,
                                      rank_seconds=time.perf_counter() - t0 - fit.fit_seconds)
         return wave
+
+    def _reserved(self, pool: Sequence[Candidate], history: Sequence[Experiment],
+                  n_free: int) -> list[tuple[list[int], int]]:
+        """(pool positions of a source, slots it is owed in this wave) per ``wave_shares``: enough
+        that the source's share of all experiments (these included) reaches its target."""
+        out = []
+        for src, share in self.wave_shares.items():
+            mine = [i for i, c in enumerate(pool) if c.source == src]
+            if not mine or share <= 0:
+                continue
+            had = sum(1 for e in history if e.source == src)
+            owed = math.floor(share * (len(history) + n_free) + 0.5) - had
+            if owed > 0:
+                out.append((mine, min(owed, n_free, len(mine))))
+        return out
 
     def _rank_with(self, fit: Any, pool: list[Candidate], history: Sequence[Experiment],
                    pending: Sequence[Experiment], workers: list[Worker]) -> tuple[list, RankDecision]:
@@ -342,7 +376,8 @@ class GPRanker(Ranker):
             mean, covar, range(nb), range(nb, nb + npd), range(nb + npd, nb + npd + len(pool)),
             np.log(np.maximum(feasible, 1e-300)), np.log(divisor),
             gain_first=[mixed and w.hardware == target for w in workers],
-            min_log_feasible=math.log(max(self.min_feasibility, 1e-300)), n_samples=self.n_samples, seed=self.seed)
+            min_log_feasible=math.log(max(self.min_feasibility, 1e-300)), n_samples=self.n_samples, seed=self.seed,
+            reserved=self._reserved(pool, history, len(workers)))
         # the stopping signal: the best pair per dollar before any pick
         per_usd = choice.analytic_log_ei[:, None] + np.log(np.maximum(feasible, 1e-300)) - np.log(divisor)
         bi, bw = np.unravel_index(int(np.argmax(per_usd)), per_usd.shape)

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
+
+
+@dataclass(frozen=True)
+class ProposerEvent:
+    """What a proposer tells the campaign besides candidates (drained by ``Proposer.events``).
+
+    ``kind`` "notice": ``message`` is shown to the user once ("no ANTHROPIC_API_KEY: ...").
+    ``kind`` "call": one paid call (the LLM's): ``cost_usd`` joins the campaign's spend (so
+    ``budget.max_cost_usd`` and cost-aware stopping count it), the campaign stores it durably and
+    mirrors ``metrics`` (tokens, latency, proposals made/accepted) to MLflow, one step per call.
+    """
+
+    source: str  # the proposer's label, e.g. "llm"
+    kind: str = "notice"  # notice | call
+    message: str = ""  # a line for the user ("" for none)
+    cost_usd: float = 0.0
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class Proposer(ABC):
@@ -32,6 +50,15 @@ class Proposer(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most proposers hold nothing
         """Stop background work (threads, clients). Called once at the end of a campaign."""
+
+    def events(self) -> list[ProposerEvent]:
+        """Notices and paid calls since the last time this was asked (each is returned once)."""
+        return []
+
+    def waiting(self) -> bool:
+        """True when this proposer has nothing now but expects candidates soon (an LLM call in
+        flight, a retry scheduled): the campaign then waits instead of calling the space exhausted."""
+        return False
 
 
 def completed(history: Sequence[Experiment], objective: Objective) -> list[tuple[Experiment, float | None]]:

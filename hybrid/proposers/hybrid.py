@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hybrid.errors import ConfigError
-from hybrid.proposers.base import Proposer, seen_keys
+from hybrid.proposers.base import Proposer, ProposerEvent, seen_keys
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
@@ -58,6 +59,11 @@ class HybridProposer(Proposer):
         max_per_call: name -> at most this many candidates from that source per call; what a
             capped source cannot give goes to the others. For sources that are slow per
             candidate (a TPE ask costs milliseconds) when a surrogate asks for a large pool.
+        llm_share: the LLM proposer's share of all candidates (e.g. 0.3; 0: no LLM). Active only
+            with ``ANTHROPIC_API_KEY`` set: without it the classical sources run alone (said once).
+        llm: the LLM proposer's settings (``conf/proposer/llm.yaml``, under ``proposer.llm``): a
+            mapping of LLMProposer options, or a callable ``(space=, objective=, seed=) -> Proposer``
+            (what Hydra builds from that node).
         name: the config node's short name; accepted and ignored.
 
     ``add_source(name, proposer, share)`` plugs in more sources (the LLM, GP-driven ones).
@@ -74,9 +80,12 @@ class HybridProposer(Proposer):
         pool_factor: float = 1.0,
         options: Mapping[str, Mapping[str, Any]] | None = None,
         max_per_call: Mapping[str, int] | None = None,
+        llm_share: float = 0.0,
+        llm: Callable[..., Proposer] | Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(space, objective, seed)
+        self._notices: list[ProposerEvent] = []
         if isinstance(pool_factor, bool) or not isinstance(pool_factor, int | float) or not pool_factor >= 1:
             raise ConfigError(f"proposer.pool_factor: expected a number >= 1, got {pool_factor!r}")
         self.pool_factor = float(pool_factor)
@@ -98,6 +107,35 @@ class HybridProposer(Proposer):
             if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
                 raise ConfigError(f"proposer.max_per_call.{src}: expected an integer >= 1, got {cap!r}")
             self.max_per_call[str(src)] = cap
+        self._add_llm(llm_share, llm)
+
+    def _add_llm(self, share: Any, llm: Callable[..., Proposer] | Mapping[str, Any] | None) -> None:
+        """The LLM source: ``share`` of all candidates (the classical shares scaled to the rest),
+        built only when an API key is there; without one the campaign says so once and goes on."""
+        share = _check_share("proposer.llm_share", share)
+        if share == 0 or llm is None:
+            return
+        if share >= 1:
+            raise ConfigError(f"proposer.llm_share: expected a share in [0, 1), got {share!r}; "
+                              "use proposer=llm for LLM proposals only")
+        from hybrid.proposers.llm import KEY_ENV
+
+        options = dict(llm) if isinstance(llm, Mapping) else {}
+        if not options.get("api_key") and not os.environ.get(KEY_ENV):
+            self._notices.append(ProposerEvent("llm", message=f"no {KEY_ENV}: running the classical proposers "
+                                               "only (export the key to add the LLM; proposer.llm_share=0 "
+                                               "silences this)"))
+            return
+        if isinstance(llm, Mapping):
+            from hybrid.proposers.llm import LLMProposer
+
+            for hydra_key in ("_target_", "_partial_"):
+                options.pop(hydra_key, None)
+            proposer = LLMProposer(self.space, self.objective, self.seed, **options)
+        else:
+            proposer = llm(space=self.space, objective=self.objective, seed=self.seed)
+        others = sum(self.sources.values())
+        self.add_source("llm", proposer, share / (1 - share) * others)
 
     def _builtin(self, src: str, opts: dict[str, Any]) -> Proposer:
         from hybrid.proposers.grid import GridProposer
@@ -120,6 +158,14 @@ class HybridProposer(Proposer):
         except TypeError as e:  # an unknown option name
             raise ConfigError(f"proposer.options.{src}: {e}") from None
         raise ConfigError(f"proposer.sources: {src!r} is not one of {', '.join(BUILTIN_SOURCES)}")
+
+    @property
+    def wave_shares(self) -> dict[str, float]:
+        """Sources whose share holds for the experiments run, not only for the candidates
+        offered: the LLM's (a ranker that picks from the pool honours it, see GPRanker)."""
+        if "llm" not in self._sources or self._sources["llm"][1] <= 0:
+            return {}
+        return {"llm": self._sources["llm"][1] / sum(self.sources.values())}
 
     @property
     def sources(self) -> dict[str, float]:
@@ -214,6 +260,15 @@ class HybridProposer(Proposer):
             accept(src, got, before + min(short, room), None)
             short -= len(taken[src]) - before
         return [c for cands in taken.values() for c in cands]
+
+    def events(self) -> list[ProposerEvent]:
+        out, self._notices = self._notices, []
+        for proposer, _ in self._sources.values():
+            out.extend(proposer.events())
+        return out
+
+    def waiting(self) -> bool:
+        return any(share > 0 and proposer.waiting() for proposer, share in self._sources.values())
 
     def close(self) -> None:
         for proposer, _ in self._sources.values():

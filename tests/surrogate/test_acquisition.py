@@ -71,6 +71,27 @@ def test_pending_points_change_the_second_pick() -> None:
     assert [c for c, _ in wave(mean, covar, workers=2, pending=[4]).picks] == [A, C]
 
 
+def test_a_reserved_share_is_filled_with_its_best_candidate_first() -> None:
+    """e.g. the LLM owed one slot of the wave: its best candidate (C over nothing) comes first,
+    then the pool's best as usual; an unrunnable reservation lapses."""
+    assert [c for c, _ in wave(*posterior(), workers=2, reserved=[([C], 1)]).picks] == [C, A]
+    assert [c for c, _ in wave(*posterior(), workers=2, reserved=[([B, C], 1)]).picks] == [B, A]
+    assert [c for c, _ in wave(*posterior(), workers=2, reserved=[([B, C], 2)]).picks] == [B, C]
+    lf = np.log([[1.0, 1.0], [1.0, 1.0], [1e-6, 1e-6]])
+    cut = wave(*posterior(), workers=2, log_feasible=lf, min_log_feasible=math.log(0.02), reserved=[([C], 1)])
+    assert [c for c, _ in cut.picks] == [A, B]
+
+
+def test_the_ranker_gives_a_source_its_wave_share() -> None:
+    hist = history_of(random_configs(SPACE, 8, seed=0))  # none from "far"'s source yet
+    ranker = GPRanker(SPACE, MINIMIZE)
+    base = [c.source for c, _ in ranker.rank(POOL, hist, [], free(2))]
+    assert "sobol" not in base  # the far candidate is never the GP's choice on its own
+    ranker.wave_shares = {"sobol": 0.3}  # owed round(0.3 x (8 + 2)) - 0 = 3, capped by 2 workers, 1 candidate
+    got = [c.source for c, _ in ranker.rank(POOL, hist, [], free(2))]
+    assert got[0] == "sobol" and len(got) == 2
+
+
 def test_infeasible_candidate_is_not_chosen() -> None:
     lf = np.log([[1e-6, 1e-6], [1.0, 1.0], [1.0, 1.0]])  # A would crash / not fit in memory
     assert [c for c, _ in wave(*posterior(), workers=2, log_feasible=lf).picks] == [B, C]

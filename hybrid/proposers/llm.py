@@ -1,0 +1,435 @@
+"""The LLM proposer: Claude reads a bounded summary of the campaign and proposes experiments.
+
+It never blocks dispatch. ``propose(history, n)`` returns at once with the validated proposals
+of the latest reply that are not yet tried or running (possibly none), and starts a new call on
+a background thread when one is due: at the start, when the queue runs low and results have
+arrived since the last call, when many results have arrived, or to retry. A reply replaces the
+queue (the prompt shows the queue, so the model repeats what it still wants).
+
+Safety: a proposal is data. Its parameters are validated against the search space (unknown
+names, wrong types, values out of range or off the grid are rejected, and the reason is shown to
+the model next time); categorical values are replaced by the space's own choice objects, numbers
+become plain floats/ints. Nothing the model writes reaches a shell, a file path or code: the
+hypothesis text goes to results.tsv, the store and MLflow only.
+
+Failures: the SDK retries 429/5xx/timeouts with backoff (``max_retries``); a call that still
+fails is retried after ``retry_interval_s``; after ``breaker_failures`` failed calls in a row the
+circuit opens for ``breaker_cooldown_s`` (the campaign says so once and goes on with the other
+proposers), then the LLM is tried again.
+
+Cost: each reply's ``usage`` x the configured prices per million tokens, reported to the
+campaign as a ``ProposerEvent`` (added to its spend, stored, mirrored to MLflow per call).
+
+The API key comes from ``ANTHROPIC_API_KEY`` (or ``api_key``, for tests). It is handed to the
+SDK client and nowhere else: not logged, not in any config, not in the store or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hybrid.errors import ConfigError, InvalidCandidateError
+from hybrid.proposers.base import Proposer, ProposerEvent, incumbent, seen_keys
+from hybrid.proposers.llm_context import (
+    TOOL_NAME,
+    PromptInputs,
+    build_prompt,
+    clip,
+    estimate_tokens,
+    fixed_tokens,
+    fmt_params,
+    tool_definition,
+)
+from hybrid.space import SearchSpace
+from hybrid.types import Candidate, Experiment, Objective
+
+KEY_ENV = "ANTHROPIC_API_KEY"
+PROGRAMS = Path(__file__).resolve().parents[2] / "conf" / "programs"
+# HTTP statuses that retrying will not fix (a bad key, an unknown model, a malformed request, no credit)
+_PERMANENT = {400, 401, 403, 404, 413, 422}
+
+
+def resolve_program(program: str | None, target_name: str | None) -> Path:
+    """The research program file: ``program`` if given, else conf/programs/<target>.md, then the
+    file of the target's family (gpt_h100 -> gpt.md), then conf/programs/default.md."""
+    if program:
+        path = Path(str(program)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"proposer.llm.program: {path} is not a file; give the path of your research "
+                              f"program (a Markdown file: goal, rules, known findings), e.g. {PROGRAMS / 'gpt.md'}")
+        return path
+    names = [f"{target_name}.md", f"{str(target_name).split('_')[0]}.md"] if target_name else []
+    for name in [*names, "default.md"]:
+        if (PROGRAMS / name).is_file():
+            return PROGRAMS / name
+    raise ConfigError(f"proposer.llm.program: no program given and {PROGRAMS / 'default.md'} is missing")
+
+
+def _positive(where: str, value: Any, kind: type = float, allow_zero: bool = False) -> Any:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero) or (kind is int and not float(value).is_integer()):
+        need = "an integer" if kind is int else "a number"
+        raise ConfigError(f"proposer.llm.{where}: expected {need} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return kind(value)
+
+
+class LLMProposer(Proposer):
+    """Claude as a proposer (Messages API with the ``propose_experiments`` tool).
+
+    Args (all in ``conf/proposer/llm.yaml``):
+        model, max_tokens, temperature: the Messages API request (temperature None: the model's
+            default; some newer models accept no other value).
+        price_input_per_mtok, price_output_per_mtok: USD per million input/output tokens.
+        program: the research program (Markdown); None: the default for ``target_name``.
+        max_prompt_tokens: the prompt (system + message + tool) is kept under this estimate.
+        max_proposals: experiments per reply, at most.
+        refresh_after: ask again after this many new results even if proposals are still queued.
+        timeout_s, max_retries: per request, handed to the SDK (which retries 429/5xx/timeouts).
+        retry_interval_s: pause before retrying a call that failed after the SDK's retries.
+        breaker_failures, breaker_cooldown_s: failed calls in a row that open the circuit, and for how long.
+        max_calls: stop calling after this many calls (None: no cap).
+        background: False calls the API inside ``propose`` (deterministic, for tests and scripts).
+        api_key: None reads ``ANTHROPIC_API_KEY``. http_client: an ``anthropic.DefaultHttpxClient``
+            (tests pass one with a mock transport).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective: Objective,
+        seed: int = 0,
+        *,
+        model: str = "claude-sonnet-4-5",
+        max_tokens: int = 4096,
+        temperature: float | None = None,
+        price_input_per_mtok: float = 3.0,
+        price_output_per_mtok: float = 15.0,
+        program: str | None = None,
+        target_name: str | None = None,
+        max_prompt_tokens: int = 12000,
+        max_proposals: int = 8,
+        refresh_after: int = 4,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        retry_interval_s: float = 10.0,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 300.0,
+        max_calls: int | None = None,
+        background: bool = True,
+        api_key: str | None = None,
+        http_client: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(space, objective, seed)
+        key = api_key or os.environ.get(KEY_ENV)
+        if not key:
+            raise ConfigError(f"proposer=llm: {KEY_ENV} is not set; export your Anthropic API key in the "
+                              "environment (never in a config file), or use proposer=hybrid, which runs the "
+                              "classical proposers without the LLM")
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"proposer.llm.model: expected a model name like claude-sonnet-4-5, got {model!r}")
+        self.model = model
+        self.max_tokens = _positive("max_tokens", max_tokens, int)
+        if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature <= 1):
+            raise ConfigError(f"proposer.llm.temperature: expected a number in [0, 1] or null, got {temperature!r}")
+        self.temperature = temperature
+        self.price_in = _positive("price_input_per_mtok", price_input_per_mtok, allow_zero=True)
+        self.price_out = _positive("price_output_per_mtok", price_output_per_mtok, allow_zero=True)
+        self.max_prompt_tokens = _positive("max_prompt_tokens", max_prompt_tokens, int)
+        self.max_proposals = _positive("max_proposals", max_proposals, int)
+        self.refresh_after = _positive("refresh_after", refresh_after, int)
+        self.retry_interval_s = _positive("retry_interval_s", retry_interval_s, allow_zero=True)
+        self.breaker_failures = _positive("breaker_failures", breaker_failures, int)
+        self.breaker_cooldown_s = _positive("breaker_cooldown_s", breaker_cooldown_s, allow_zero=True)
+        self.max_calls = None if max_calls is None else _positive("max_calls", max_calls, int)
+        max_retries = _positive("max_retries", max_retries, int, allow_zero=True)
+        timeout_s = _positive("timeout_s", timeout_s)
+        self.program_path = resolve_program(program, target_name)
+        self.program = self.program_path.read_text()
+        self.tool = tool_definition(space, self.max_proposals)
+        floor = fixed_tokens(space, objective, self.program, self.tool)
+        if floor + estimate_tokens(self.program) // 4 > self.max_prompt_tokens:
+            raise ConfigError(f"proposer.llm.max_prompt_tokens: {self.max_prompt_tokens} is too small for this "
+                              f"space and tool ({floor} tokens before any result); raise it")
+        self.background = background
+        self._clock = clock
+
+        import anthropic
+
+        for quiet in ("httpx", "httpx2"):  # one INFO line per request (Hydra logs INFO) would flood the live view
+            if logging.getLogger(quiet).level == logging.NOTSET:
+                logging.getLogger(quiet).setLevel(logging.WARNING)
+        self._anthropic = anthropic
+        self._client = anthropic.Anthropic(api_key=key, http_client=http_client, max_retries=int(max_retries),
+                                           timeout=float(timeout_s))
+        self._lock = threading.RLock()
+        self._queue: list[Candidate] = []
+        self._rejections: deque[str] = deque(maxlen=16)
+        self._last_note = ""
+        self._events: list[ProposerEvent] = []
+        self._thread: threading.Thread | None = None
+        self._inflight = False
+        self._closed = False
+        self._attempts = 0
+        self._finished_at_call = 0
+        self._failures = 0  # failed calls in a row
+        self._not_before = 0.0
+        self._retry = False
+        self._permanent = False
+        self._outage_said = False
+        self._empty_replies = 0
+        # totals of this session (a resumed campaign reads earlier spend from its store)
+        self.n_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd = 0.0
+        self.last_prompt_tokens = 0
+
+    # ---- the Proposer contract --------------------------------------------------------------
+    def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
+        with self._lock:
+            start = self._due(history)
+            if start:
+                self._inflight = True
+                self._attempts += 1
+                snapshot = [copy.copy(e) for e in history]
+        if start:
+            if self.background:
+                self._thread = threading.Thread(target=self._call, args=(snapshot,), name="hybrid-llm", daemon=True)
+                self._thread.start()
+            else:
+                self._call(snapshot)
+        with self._lock:
+            seen = seen_keys(self.space, history)
+            self._queue = [c for c in self._queue if self.space.key(c.params) not in seen]
+            return list(self._queue[: max(n, 0)])
+
+    def events(self) -> list[ProposerEvent]:
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
+    def waiting(self) -> bool:
+        with self._lock:
+            if self._closed or (self.max_calls is not None and self._attempts >= self.max_calls and not self._inflight):
+                return False
+            return self._inflight or (self._retry and not self._permanent) or 0 < self._empty_replies < 3
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the call in flight (if any) has finished; False if it is still running."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.wait(timeout=0.5)  # a hanging request is abandoned (daemon thread), not waited for
+        self._client.close()
+
+    # ---- when to call -------------------------------------------------------------------------
+    def _due(self, history: Sequence[Experiment]) -> bool:
+        if self._closed or self._inflight:
+            return False
+        if self.max_calls is not None and self._attempts >= self.max_calls:
+            return False
+        if self._clock() < self._not_before:
+            return False
+        if self._retry or self._attempts == 0 or 0 < self._empty_replies < 3:
+            return True
+        new = sum(1 for e in history if e.result is not None) - self._finished_at_call
+        seen = seen_keys(self.space, history)
+        low = sum(1 for c in self._queue if self.space.key(c.params) not in seen)
+        return new >= self.refresh_after or (new >= 1 and low < max(1, self.max_proposals // 2))
+
+    # ---- one call -----------------------------------------------------------------------------
+    def _call(self, history: list[Experiment]) -> None:
+        t0 = time.perf_counter()
+        try:
+            with self._lock:
+                inputs = PromptInputs(self.space, self.objective, self.program, history, list(self._queue),
+                                      list(self._rejections), self._last_note, self.max_proposals)
+            prompt = build_prompt(inputs, self.tool, self.max_prompt_tokens)
+            self.last_prompt_tokens = prompt.tokens
+            request: dict[str, Any] = dict(
+                model=self.model, max_tokens=self.max_tokens, system=prompt.system,
+                messages=[{"role": "user", "content": prompt.user}], tools=[self.tool],
+                tool_choice={"type": "tool", "name": TOOL_NAME},
+            )
+            if self.temperature is not None:  # a body field: newer SDKs no longer take it as an argument
+                request["extra_body"] = {"temperature": float(self.temperature)}
+            response = self._client.messages.create(**request)
+        except Exception as err:  # an API failure (after the SDK's retries) or a bug: never kill the thread
+            self._failed(err, time.perf_counter() - t0)
+            return
+        latency = time.perf_counter() - t0
+        try:
+            self._replied(history, response, latency, prompt.tokens)
+        except Exception as err:  # an unexpected reply shape: reported like a failure, not raised
+            self._failed(err, latency)
+
+    def _replied(self, history: list[Experiment], response: Any, latency: float, prompt_tokens: int) -> None:
+        usage = response.usage
+        tokens_in = int(getattr(usage, "input_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "output_tokens", 0) or 0)
+        cache_write = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        cache_read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        cost = ((tokens_in + 1.25 * cache_write + 0.1 * cache_read) * self.price_in + tokens_out * self.price_out) / 1e6
+        best = incumbent(history, self.objective)
+        base = dict(best.params) if best is not None else self.space.defaults()
+        accepted, rejected, note, n_made = parse_reply(response, self.space, base, history, self.max_proposals)
+        with self._lock:
+            self.n_calls += 1
+            self.input_tokens += tokens_in
+            self.output_tokens += tokens_out
+            self.cost_usd += cost
+            self._finished_at_call = sum(1 for e in history if e.result is not None)
+            if accepted:
+                self._queue = accepted
+                self._empty_replies = 0
+            else:
+                self._empty_replies += 1
+            self._rejections.extend(f"call {self.n_calls}: {r}" for r in rejected)
+            self._last_note = note
+            was_out, self._outage_said = self._outage_said, False
+            self._failures, self._retry, self._permanent = 0, False, False
+            metrics = {"input_tokens": tokens_in, "output_tokens": tokens_out, "latency_s": latency,
+                       "cost_usd": cost, "cost_usd_total": self.cost_usd, "proposed": n_made,
+                       "accepted": len(accepted), "prompt_tokens_est": prompt_tokens, "ok": 1}
+            line = (f"call {self.n_calls}: {n_made} proposed, {len(accepted)} accepted, ${cost:.4f} "
+                    f"({tokens_in} in / {tokens_out} out tokens, {latency:.1f} s)")
+            if rejected:
+                line += "; rejected: " + clip("; ".join(rejected), 300)
+            if was_out:
+                self._events.append(ProposerEvent(self.name, message="the LLM answers again; its proposals are back "
+                                                  "in the candidate pool"))
+            self._events.append(ProposerEvent(self.name, "call", line, cost, metrics))
+            self._inflight = False
+
+    def _failed(self, err: BaseException, latency: float) -> None:
+        a = self._anthropic
+        status = getattr(err, "status_code", None)
+        if isinstance(err, a.APITimeoutError):
+            what = "timed out"
+        elif isinstance(err, a.APIStatusError):
+            what = f"HTTP {status} {type(err).__name__}: {_first_line(getattr(err, 'message', str(err)))}"
+        else:
+            what = f"{type(err).__name__}: {_first_line(str(err))}"
+        key = getattr(self._client, "api_key", None)  # never echoed, should an error message quote it
+        what = what.replace(key, "<redacted>") if key else what
+        with self._lock:
+            self._inflight = False
+            if self._closed:
+                return
+            self._failures += 1
+            self._retry = True
+            self._permanent = status in _PERMANENT
+            now = self._clock()
+            if self._failures >= self.breaker_failures or self._permanent:
+                self._not_before = now + self.breaker_cooldown_s
+                if not self._outage_said:
+                    self._outage_said = True
+                    fix = " (check ANTHROPIC_API_KEY, proposer.llm.model and your account)" if self._permanent else ""
+                    self._events.append(ProposerEvent(
+                        self.name, message=f"the LLM is unavailable after {self._failures} failed call(s), last: "
+                        f"{what}{fix}. The campaign goes on with the other proposers; the LLM is retried in "
+                        f"{self.breaker_cooldown_s:g} s"))
+            else:
+                self._not_before = now + self.retry_interval_s
+            self._events.append(ProposerEvent(self.name, "call", f"call failed: {what}", 0.0,
+                                              {"latency_s": latency, "ok": 0, "cost_usd": 0.0,
+                                               "cost_usd_total": self.cost_usd}))
+
+
+def _first_line(text: str) -> str:
+    return clip((text.strip().splitlines() or [""])[0], 240)
+
+
+def _as_json(value: Any) -> Any:
+    """Models sometimes send a nested object as a JSON string: decode it (data only, never evaluated)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_reply(response: Any, space: SearchSpace, base: Mapping[str, Any], history: Sequence[Experiment],
+                max_proposals: int) -> tuple[list[Candidate], list[str], str, int]:
+    """(accepted candidates, rejection reasons, wave note, number of proposals made) of one reply.
+
+    Each proposal's params are completed from ``base`` (the incumbent) and validated; one that is
+    invalid, a duplicate of an experiment in ``history`` or of an earlier proposal in the reply, or
+    beyond ``max_proposals`` is rejected with its reason.
+    """
+    calls = [b for b in response.content if getattr(b, "type", None) == "tool_use" and b.name == TOOL_NAME]
+    if not calls:
+        said = " ".join(getattr(b, "text", "") for b in response.content if getattr(b, "type", None) == "text")
+        return [], [f"your reply had no {TOOL_NAME} tool call (text only: {clip(said, 120)!r}); "
+                    f"answer with the tool"], "", 0
+    rejected: list[str] = []
+    items: list[Any] = []
+    note = ""
+    for call in calls:
+        data = _as_json(call.input)
+        if not isinstance(data, dict):
+            rejected.append(f"malformed tool input: expected an object with 'experiments', got {type(data).__name__}")
+            continue
+        exps = _as_json(data.get("experiments"))
+        if not isinstance(exps, list):
+            rejected.append("malformed tool input: 'experiments' must be a list of {params, hypothesis, "
+                            f"expected_effect}}, got {type(exps).__name__}")
+            continue
+        items.extend(exps)
+        if isinstance(data.get("wave_note"), str):
+            note = clip(data["wave_note"], 400)
+    tried = {space.key(e.params): e.id for e in history}
+    taken: set[tuple] = set()
+    accepted: list[Candidate] = []
+    for i, item in enumerate(items, 1):
+        if len(accepted) >= max_proposals:
+            rejected.append(f"#{i} and later: over the limit of {max_proposals} experiments per reply")
+            break
+        item = _as_json(item)
+        if not isinstance(item, dict):
+            rejected.append(f"#{i}: malformed: expected an object {{params, hypothesis, expected_effect}}")
+            continue
+        params = _as_json(item.get("params"))
+        if not isinstance(params, dict):
+            rejected.append(f"#{i}: malformed: 'params' must be an object of parameter values")
+            continue
+        shown = clip(" ".join(f"{k}={v!r}" for k, v in params.items()), 100)
+        try:
+            config = space.validate({**base, **params})
+        except InvalidCandidateError as e:
+            rejected.append(f"#{i} ({shown}): {e}")
+            continue
+        key = space.key(config)
+        if key in tried:
+            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent')}): duplicate of {tried[key]}, already tried or running")
+            continue
+        if key in taken:
+            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent')}): duplicate of an earlier proposal in this reply")
+            continue
+        taken.add(key)
+        hypothesis = clip(str(item.get("hypothesis") or "(no hypothesis given)"), 500)
+        effect = clip(str(item.get("expected_effect") or ""), 160)
+        rationale = f"{hypothesis} Expected: {effect}" if effect else hypothesis
+        accepted.append(Candidate(config, "llm", rationale))
+    return accepted, rejected, note, len(items)
