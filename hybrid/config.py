@@ -62,6 +62,88 @@ class LocalBackendConfig(BackendConfig):
 
 
 @dataclass
+class SlurmBackendConfig(BackendConfig):
+    _target_: str = "backends.slurm.SlurmBackend"
+    name: str = "slurm"
+    # worker pools: a list of {hardware, count, hourly_usd, gres, partition, account, name}, each
+    # making `count` job slots (default: the `fleet` group's workers); None: `max_jobs` slots
+    fleet: Any = None
+    # without a fleet: how many jobs may be queued or running at once, labelled `hardware`
+    max_jobs: int = 2
+    hardware: str = "cpu"
+    hourly_usd: float = 0.0
+    # sbatch --partition/--account of every job (None: the cluster's defaults); a fleet entry may set its own
+    partition: Any = None
+    account: Any = None
+    # sbatch --gres of every job; {hardware} is the worker's label; cpu workers get none; None: never
+    gres: Any = "gpu:{hardware}:1"
+    # sbatch --time (minutes or [D-]HH:MM:SS); None: target.timeout_s + time_margin_s
+    time_limit: Any = None
+    time_margin_s: float = 300.0
+    # job names are <job_prefix>-<experiment id>
+    job_prefix: str = "hybrid"
+    # extra sbatch arguments, e.g. ["--qos=high", "--constraint=sxm"]
+    sbatch_args: list[str] = field(default_factory=list)
+    # shell lines the batch script runs before the command, e.g. ["module load cuda/12.4"]
+    setup: list[str] = field(default_factory=list)
+    # at most one squeue call per this many seconds (finished jobs are seen from their workdir at once)
+    poll_interval_s: float = 2.0
+    # give up on a Slurm command after this long (a busy controller can be slow)
+    command_timeout_s: float = 60.0
+    # stop the campaign (jobs keep running; resume later) when Slurm does not answer for this long
+    unreachable_timeout_s: float = 600.0
+    # check partitions and GRES with sinfo and sbatch --test-only before anything is submitted
+    validate: bool = True
+
+
+@dataclass
+class SkyPilotBackendConfig(BackendConfig):
+    _target_: str = "backends.skypilot.SkyPilotBackend"
+    name: str = "skypilot"
+    # clusters are named <campaign>-<worker>: one cluster per worker, torn down at close
+    campaign: str = "${campaign.name}"
+    # a number N of alike workers (w01..wNN), or a list of {name, accelerators, infra, cpus, memory,
+    # resources, hardware, hourly_usd} overriding the values below
+    workers: Any = 1
+    # H100:1; alternatives {H100: 1, H200: 1} (any of) or [H100:1, H200:1] (in order); None: CPU only
+    accelerators: Any = None
+    # where to run: aws, gcp, k8s, slurm, slurm/<cluster>, aws/us-east-1...; None: anywhere enabled
+    infra: Any = None
+    cpus: Any = None
+    memory: Any = None
+    # more SkyPilot resource fields, e.g. {use_spot: true, disk_size: 100, image_id: ...}
+    resources: dict[str, Any] = field(default_factory=dict)
+    # hardware label; None: from the granted accelerator (h100, h200, cpu)
+    hardware: Any = None
+    # USD per hour of one worker, or one price per accelerator type {H100: 2.5, H200: 3.5}
+    hourly_usd: Any = 0.0
+    # shell commands run once per cluster at launch, in the code's directory (install, prepare data)
+    setup: str = ""
+    # the interpreter on the clusters; replaces this machine's interpreter that {python} put in the command
+    python: str = "python3"
+    # leave the clusters up at the end of the campaign (they keep costing money)
+    keep_clusters: bool = False
+    # launch/exec requests in flight at once (the API server runs only a few long requests at once)
+    max_parallel_requests: int = 4
+    # seconds between job status checks (one batch of requests for all clusters)
+    status_interval_s: float = 5.0
+    # stop a cluster after this many idle minutes (None: never; not supported on plain Slurm)
+    autostop_minutes: Any = None
+    # accelerator names SkyPilot's list lacks (custom Kubernetes/Slurm GPU types)
+    extra_accelerators: list[str] = field(default_factory=list)
+    # lines of a job's log fetched when it ends (0: all)
+    log_tail_lines: int = 20000
+
+
+@dataclass
+class FleetConfig:
+    # the fleet's name
+    name: str = MISSING
+    # worker pools: a list of {hardware, count, hourly_usd} (+ backend-specific keys such as gres, partition)
+    workers: list[Any] = field(default_factory=list)
+
+
+@dataclass
 class ProposerConfig:
     # the Proposer class to build; it receives space, objective and seed too
     _target_: str = MISSING
@@ -146,6 +228,8 @@ class Config:
     surrogate: Any = MISSING
     stopping: StoppingConfig = MISSING
     tracking: TrackingConfig = MISSING
+    # a named pool of workers with hardware labels and $/h (optional: `fleet=reference`)
+    fleet: Any = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     campaign: CampaignSection = field(default_factory=CampaignSection)
 
@@ -158,5 +242,8 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="target", name="schema", node=TargetConfig)
     cs.store(group="backend", name="local_schema", node=LocalBackendConfig)
+    cs.store(group="backend", name="slurm_schema", node=SlurmBackendConfig)
+    cs.store(group="backend", name="skypilot_schema", node=SkyPilotBackendConfig)
+    cs.store(group="fleet", name="schema", node=FleetConfig)
     cs.store(group="stopping", name="schema", node=StoppingConfig)
     cs.store(group="tracking", name="schema", node=TrackingConfig)

@@ -311,6 +311,26 @@ class BackendSuite(abc.ABC):
             unrelated.kill()
             unrelated.wait()
 
+    def test_cancel_all_and_close_leave_other_campaigns_jobs_alone(
+        self, new_backend: Callable[[int], Backend], tmp_path: Path
+    ) -> None:
+        ours, theirs = new_backend(1), new_backend(1)  # two campaigns on the same workers
+        their_exp, their_spec = self.job(theirs, tmp_path, "theirs", GATE + "; echo 'val_bpb: 0.5'")
+        theirs.submit(their_exp, their_spec)
+        our_exp, our_spec = self.job(ours, tmp_path, "ours", TREE)
+        ours.submit(our_exp, our_spec)
+        self.started(our_spec)
+        self.started(their_spec)
+        ours.cancel_all()
+        [f] = self.finish(ours)
+        assert (f.experiment_id, f.state) == ("ours", JobState.CANCELLED)
+        ours.close()
+        self.assert_tree_gone(our_spec.workdir)
+        self.release(their_spec.workdir)
+        [g] = self.finish(theirs)
+        assert (g.experiment_id, g.state, g.exit_code) == ("theirs", JobState.EXITED, 0)
+        assert "val_bpb: 0.5" in g.log
+
     def test_handles_are_plain_data(self, backend: Backend, tmp_path: Path) -> None:
         exp, spec = self.job(backend, tmp_path, "plain", "true")
         handle = backend.submit(exp, spec)
