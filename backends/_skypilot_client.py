@@ -132,8 +132,10 @@ class SkyClient:
 
     def enabled_infra(self) -> list[str]:
         """Names of the infra (clouds, Kubernetes, Slurm...) enabled by ``sky check``."""
+        from sky.client import sdk  # not re-exported as sky.enabled_clouds in 0.14
+
         with self._errors("listing the enabled infra"):
-            return [str(c) for c in self.sky.get(self.sky.enabled_clouds())]
+            return [str(c) for c in self.sky.get(sdk.enabled_clouds())]
 
     # ---- jobs --------------------------------------------------------------------------------
     def launch(

@@ -19,6 +19,7 @@
 #   HYBRID_SKYPILOT_SSH_PORT=2222    the throwaway sshd's port (127.0.0.1 only)
 #   HYBRID_SKYPILOT_GPUS=H100,H200   GPU names seeded into SkyPilot's catalog (it fetches it otherwise)
 #   HYBRID_SKYPILOT_RUN_DIR          keys, sshd config, PID files (default /run/hybrid-skypilot)
+#   HYBRID_SKYPILOT_PYTHON           the interpreter for the clusters' venv (default /usr/bin/python3)
 #   SLURM_CONF                       the running cluster's slurm.conf (default /etc/slurm/slurm.conf)
 set -euo pipefail
 
@@ -57,11 +58,20 @@ fi
 "$VENV/bin/python" -c 'import sky' 2>/dev/null || "$VENV/bin/pip" install -q 'skypilot[slurm]==0.14.*'
 [ -x "$VENV/bin/uv" ] || "$VENV/bin/pip" install -q uv
 cp -f "$VENV/bin/uv" "$TOOLS/uv-real"
-LOCAL_PY=$(command -v python3)
+# The remote interpreter runs as the Slurm login user: it must be outside root's home (a pyenv shim
+# under /root is not readable by that user); prefer the system python3.
+LOCAL_PY=${HYBRID_SKYPILOT_PYTHON:-}
+if [ -z "$LOCAL_PY" ]; then
+  for p in /usr/bin/python3 /usr/local/bin/python3; do [ -x "$p" ] && { LOCAL_PY=$p; break; }; done
+fi
+[ -n "$LOCAL_PY" ] && [ -x "$LOCAL_PY" ] || die "no python3 outside root's home; set HYBRID_SKYPILOT_PYTHON"
 log "skypilot $("$VENV/bin/python" -c 'import sky; print(sky.__version__)'), uv $("$TOOLS/uv-real" --version | cut -d' ' -f2), remote python $LOCAL_PY"
 
 # --------------------------------------------------------------------------- the Slurm login user --
 id "$SSH_USER" >/dev/null 2>&1 || { log "creating user $SSH_USER"; useradd -m -s /bin/bash "$SSH_USER"; }
+# useradd leaves the password field "!" (locked); sshd without PAM refuses locked accounts even for
+# key logins. "*" means "no password can match" without locking the account.
+case "$(getent shadow "$SSH_USER" | cut -d: -f2)" in '!'*) usermod -p '*' "$SSH_USER" ;; esac
 USER_HOME=$(getent passwd "$SSH_USER" | cut -d: -f6)
 KEY=$RUN_DIR/id_ed25519
 [ -s "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -f "$KEY" -C hybrid-skypilot

@@ -299,7 +299,8 @@ class BackendSuite(abc.ABC):
         assert (f.job_id, f.state, f.exit_code) == (handle.job_id, JobState.EXITED, 0)
 
     def test_close_leaves_unrelated_processes_alone(self, backend: Backend, tmp_path: Path) -> None:
-        unrelated = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        # Outlives the job however slowly the backend starts it (a fixed 30 s did not on SkyPilot).
+        unrelated = subprocess.Popen(["sleep", str(int(self.job_timeout_s) + 60)], start_new_session=True)
         try:
             exp, spec = self.job(backend, tmp_path, "done", "echo 'val_bpb: 1.0'")
             backend.submit(exp, spec)

@@ -657,6 +657,9 @@ class TestSkyPilotE2E(BackendSuite):
         wait_until(lambda: (self.remote(spec.workdir) / "started").exists(), self.job_timeout_s, "the job to start")
 
     def release(self, workdir: Path) -> None:
+        # The job's directory only exists on the cluster once its launch/exec has synced it (the
+        # suite may release a job right after submit, which a local backend has already started).
+        wait_until(lambda: (self.remote(workdir) / "started").exists(), self.job_timeout_s, "the job to start")
         (self.remote(workdir) / "release").touch()
 
     def assert_tree_gone(self, workdir: Path) -> None:
