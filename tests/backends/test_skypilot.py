@@ -665,3 +665,11 @@ class TestSkyPilotE2E(BackendSuite):
     def assert_tree_gone(self, workdir: Path) -> None:
         super().assert_tree_gone(self.remote(workdir))
 
+    def test_cancel_all_and_close_leave_other_campaigns_jobs_alone(self, *args: Any, **kwargs: Any) -> None:
+        pytest.skip(
+            "two backends of one campaign share one SkyPilot cluster per worker, and on Slurm SkyPilot gives "
+            "each job all of its cluster's CPUs: the other campaign's job queues until ours ends (seen: ours "
+            "ran 30 s to completion, theirs started 3 s later), so the premise of both running at once "
+            "cannot hold; campaigns with different names never share a cluster (<campaign>-<worker>)"
+        )
+
