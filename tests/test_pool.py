@@ -13,15 +13,8 @@ from hybrid.proposers.base import Proposer
 from hybrid.types import Candidate, Experiment, ExperimentState
 from surrogate.acquisition import Ranker
 
-from .test_campaign import FAULTY, SPACE, ListProposer, make
-
-
-@pytest.fixture
-def target_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "target"
-    d.mkdir()
-    (d / "faulty.py").write_text(FAULTY)
-    return d
+from .test_campaign import SPACE, ListProposer, make
+from .test_campaign import target_dir as target_dir  # the fixture: a target dir holding faulty.py
 
 
 class Recording(ListProposer):
