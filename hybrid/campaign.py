@@ -91,6 +91,7 @@ class Campaign:
         target_hardware: str | None = None,
         cost_stop: CostAwareStop | None = None,
         prefetch_pool: bool | str = True,
+        warm_start: Sequence[str | Path] = (),
     ) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
@@ -110,6 +111,7 @@ class Campaign:
         self.config = dict(config or {})
         self.target_hardware = target_hardware
         self.cost_stop = cost_stop
+        self.warm_start = list(warm_start)  # earlier campaigns whose results are prior data
         if prefetch_pool not in (True, False, "inline"):
             raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
         # A ranker that chooses from a pool larger than the free workers (the GP) gets its next

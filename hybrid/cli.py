@@ -138,7 +138,7 @@ def build_and_run(cfg: Any) -> Any:
         poll_interval_s=float(camp["poll_interval_s"]), max_failure_rate=float(camp["max_failure_rate"]),
         on_interrupt=str(camp["on_interrupt"]), progress=progress, config=container,
         target_hardware=camp.get("target_hardware"), cost_stop=cost_stop,
-        prefetch_pool=camp.get("prefetch_pool", True),
+        prefetch_pool=camp.get("prefetch_pool", True), warm_start=camp.get("warm_start") or [],
     )
     summary = campaign.run()
     print(summary.text(), flush=True)
@@ -158,6 +158,49 @@ def _register() -> None:
         OmegaConf.register_new_resolver("hybrid_root", lambda: str(ROOT))
 
 
+def compose(overrides: list[str]) -> dict[str, Any]:
+    """The config ``hybrid <overrides>`` would run with, resolved to plain data (no Hydra section)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    _register()
+    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "conf")):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    return container
+
+
+# Subcommands: ``hybrid <command> ...``; anything else is a campaign (Hydra overrides).
+COMMANDS = {
+    "report": "hybrid report campaign.name=NAME  (re-write findings.md and the plots of a campaign)",
+    "compare": "hybrid compare SWEEP_DIR  (compare the strategies of a multirun sweep)",
+}
+
+
+def _command(name: str, argv: list[str]) -> None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        if name == "report":
+            from hybrid.findings import report_command
+
+            report_command(compose(argv))
+        elif name == "compare":
+            from hybrid.compare import compare_command
+
+            compare_command(argv)
+    except HybridError as err:
+        _fail(type(err).__name__, str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail("ConfigError", _hydra_message(err))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (e.g. from a scheduler) stops like Ctrl-C
 
@@ -168,6 +211,9 @@ def main() -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us: we print them as one line
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        _command(sys.argv[1], sys.argv[2:])
+        return
     _register()
 
     @hydra.main(version_base=None, config_path=str(ROOT / "conf"), config_name="config")

@@ -216,6 +216,9 @@ class CampaignSection:
     # wave is dispatched, so a freed worker waits only for the ranking (inline: same pool,
     # generated synchronously at the same moment; false: asked when the worker frees)
     prefetch_pool: Any = True
+    # earlier campaigns (names, or paths to their directories) whose results are prior data for
+    # the GP, the proposers and the LLM's summary: same target and space, other hardware allowed
+    warm_start: Any = field(default_factory=list)
 
 
 @dataclass
