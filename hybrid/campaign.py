@@ -44,6 +44,7 @@ from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.tracking import CampaignInfo, NullTracker, Tracker
 from hybrid.types import Candidate, Experiment, ExperimentState, Result
+from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
 from surrogate.acquisition import InOrderRanker, Ranker
 
 LOST = "orchestrator lost the job"
@@ -111,7 +112,10 @@ class Campaign:
         self.config = dict(config or {})
         self.target_hardware = target_hardware
         self.cost_stop = cost_stop
-        self.warm_start = list(warm_start)  # earlier campaigns whose results are prior data
+        # earlier campaigns whose results are prior data (hybrid/warm_start.py): loaded by run()
+        self.warm_start = warm_start_entries(warm_start)
+        self.warm: list[PriorCampaign] = []
+        self.priors: list[Experiment] = []  # their experiments: in the decision history only
         if prefetch_pool not in (True, False, "inline"):
             raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
         # A ranker that chooses from a pool larger than the free workers (the GP) gets its next
@@ -135,6 +139,10 @@ class Campaign:
 
     # ---- public ---------------------------------------------------------------------------
     def run(self) -> Summary:
+        # read (and check) the warm-start campaigns first: a bad campaign.warm_start starts nothing
+        self.warm = load_priors(self.warm_start, campaign_name=self.name, campaign_dir=self.dir,
+                                target=self.target, space=self.space)
+        self.priors = [e for w in self.warm for e in w.experiments]
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = self._lock()
         try:
@@ -146,7 +154,14 @@ class Campaign:
         self.store = Store(self.dir / "state.sqlite")
         resumed = self.store.claim(self.name, self.objective.metric)
         self.store.set_meta("config", self.config)
+        self.store.set_meta("identity", identity(self.target, self.space))  # what a warm start from it must match
         self.store.event("resume" if resumed else "start", f"pid {os.getpid()}")
+        if self.warm_start:  # loaded again on every resume: the same campaigns give the same priors
+            records = [w.record() for w in self.warm]
+            self.store.set_meta("warm_start", records)
+            self.store.event("warm_start", json.dumps(records))
+            for w in self.warm:
+                self.progress.message(w.message())
         self._active_before = float(self.store.get_meta("active_s", 0.0))
         for _, _, detail in self.store.events("proposer_call"):  # earlier sessions' LLM spend
             self._proposer_usd += float(json.loads(detail).get("cost_usd", 0.0))
@@ -333,9 +348,10 @@ class Campaign:
         n = len(free) if remaining is None else min(len(free), remaining)
         if n <= 0:
             return False
-        history = list(self.exps.values())
+        own = list(self.exps.values())
+        history = self._history()
         fixed: list[Candidate] = []
-        if not history:  # experiment 1 is always the baseline: the target's defaults
+        if not own:  # experiment 1 is always the baseline (the target's defaults), warm start or not
             fixed.append(Candidate(self.space.defaults(), "baseline", "the target's default configuration"))
         while self.requeue and len(fixed) < n:
             fixed.append(self.requeue.pop(0))
@@ -343,7 +359,7 @@ class Campaign:
         rest = free[len(fixed):n]
         pool = self._pool(history, len(rest), fixed) if rest else []
         if pool:  # (proposer=llm may have nothing yet: no ranking, no stopping decision on an empty pool)
-            running = [e for e in history if e.state is ExperimentState.RUNNING]
+            running = [e for e in own if e.state is ExperimentState.RUNNING]
             wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
             if self._cost_stop_fires():
                 return False
@@ -354,8 +370,14 @@ class Campaign:
             with _deferred_interrupts():
                 self._submit(cand, worker, self.wave)
         if self._prefetch is not None:
-            self._prefetch.prepare(list(self.exps.values()), self.ranker.pool_size(1))
+            self._prefetch.prepare(self._history(), self.ranker.pool_size(1))
         return True
+
+    def _history(self) -> list[Experiment]:
+        """What the proposers and the ranker decide from: the warm-start priors (earlier campaigns'
+        results, ids ``<campaign>/e0003``), then this campaign's own experiments. Everything else
+        (budget, progress, reports, the mirror) counts ``self.exps`` only."""
+        return [*self.priors, *self.exps.values()]
 
     def _cost_stop_fires(self) -> bool:
         """Feed the ranker's decision to the cost-aware rule; True when it says stop."""

@@ -22,6 +22,7 @@ import numpy as np
 from backends.base import Worker
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
+from hybrid.warm_start import is_prior
 
 __all__ = ["GPRanker", "InOrderRanker", "RankDecision", "Ranker", "WaveChoice", "select_wave", "validation_picks"]
 
@@ -318,14 +319,16 @@ class GPRanker(Ranker):
     def _reserved(self, pool: Sequence[Candidate], history: Sequence[Experiment],
                   n_free: int) -> list[tuple[list[int], int]]:
         """(pool positions of a source, slots it is owed in this wave) per ``wave_shares``: enough
-        that the source's share of all experiments (these included) reaches its target."""
+        that the source's share of all experiments (these included) reaches its target. Only this
+        campaign's own experiments count: warm-start priors (hybrid/warm_start.py) are not its runs."""
+        own = [e for e in history if not is_prior(e)]
         out = []
         for src, share in self.wave_shares.items():
             mine = [i for i, c in enumerate(pool) if c.source == src]
             if not mine or share <= 0:
                 continue
-            had = sum(1 for e in history if e.source == src)
-            owed = math.floor(share * (len(history) + n_free) + 0.5) - had
+            had = sum(1 for e in own if e.source == src)
+            owed = math.floor(share * (len(own) + n_free) + 0.5) - had
             if owed > 0:
                 out.append((mine, min(owed, n_free, len(mine))))
         return out
