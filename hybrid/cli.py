@@ -86,6 +86,40 @@ def _campaign_name(cfg: Any) -> str:
     return name
 
 
+def _write_job_pointer(name: str, campaign_dir: Path, container: dict[str, Any], objective: Any) -> None:
+    """In a multirun, leave ``campaign.json`` in the Hydra job's output dir: which campaign this job
+    runs, so ``hybrid compare SWEEP_DIR`` finds every job's campaign (``campaign.dir`` is apart from
+    the sweep dir). Written before the campaign starts, so a crashed job is still found; atomically."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or not hc.runtime.output_dir:
+        return  # a single run's output dir is the campaign dir itself
+    out = Path(hc.runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pointer = {
+        "version": 1,
+        "campaign": name,
+        "campaign_dir": str(campaign_dir),
+        "overrides": [str(o) for o in hc.overrides.task],
+        "job_num": int(hc.job.num),
+        "proposer": container["proposer"].get("name"),
+        "surrogate": container["surrogate"].get("name"),
+        "seed": int(container["campaign"]["seed"]),
+        "metric": objective.metric,
+        "direction": objective.direction,
+        "target_hardware": container["campaign"].get("target_hardware"),
+    }
+    tmp = out / "campaign.json.tmp"
+    tmp.write_text(json.dumps(pointer, indent=1) + "\n")
+    os.replace(tmp, out / "campaign.json")
+
+
 def build_and_run(cfg: Any) -> Any:
     """Validate the whole config, build every part, then run the campaign."""
     from hydra.utils import instantiate
@@ -122,6 +156,7 @@ def build_and_run(cfg: Any) -> Any:
     if name != camp["name"]:
         campaign_dir = campaign_dir.parent / name
     campaign_dir = campaign_dir.resolve()
+    _write_job_pointer(name, campaign_dir, container, target.objective)
     backend = instantiate(cfg.backend)
     # _partial_: runtime objects (space, objective) are passed as they are, not turned into config
     proposer = instantiate(cfg.proposer, _partial_=True)(space=space, objective=target.objective,
