@@ -26,6 +26,7 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import targets
 from hybrid.errors import BackendError, ConfigError, InvalidCandidateError
+from hybrid.findings import write_reports
 from hybrid.mirror import TrackerMirror
 from hybrid.pool import PoolPrefetcher
 from hybrid.progress import Progress, View
@@ -93,6 +94,7 @@ class Campaign:
         cost_stop: CostAwareStop | None = None,
         prefetch_pool: bool | str = True,
         warm_start: Sequence[str | Path] = (),
+        findings: bool | str = True,
     ) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
@@ -116,6 +118,9 @@ class Campaign:
         self.warm_start = warm_start_entries(warm_start)
         self.warm: list[PriorCampaign] = []
         self.priors: list[Experiment] = []  # their experiments: in the decision history only
+        if findings not in (True, False, "no_gp"):
+            raise ConfigError(f"campaign.findings: {findings!r} is not true, false or no_gp")
+        self.findings = findings
         if prefetch_pool not in (True, False, "inline"):
             raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
         # A ranker that chooses from a pool larger than the free workers (the GP) gets its next
@@ -523,6 +528,12 @@ class Campaign:
         artifacts = [self.dir / "results.tsv", self.dir / "summary.txt"]
         if write_hypotheses_md(self.dir / "hypotheses.md", exps, self.objective):
             artifacts.append(self.dir / "hypotheses.md")
+        if self.findings:  # findings.md + plots/*.png (hybrid/findings.py); never raises on the data
+            written = write_reports(self.dir, elapsed_s=elapsed, objective=self.objective, space=self.space,
+                                    gp=self.findings != "no_gp")
+            artifacts.append(written[0])
+            if len(written) > 1:
+                artifacts.append(self.dir / "plots")  # uploaded as the folder plots/
         self.progress.stop(self._view())
         self.mirror.q.put(("update", summary.as_metrics()))
         self.mirror.stop()

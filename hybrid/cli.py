@@ -174,6 +174,7 @@ def build_and_run(cfg: Any) -> Any:
         on_interrupt=str(camp["on_interrupt"]), progress=progress, config=container,
         target_hardware=camp.get("target_hardware"), cost_stop=cost_stop,
         prefetch_pool=camp.get("prefetch_pool", True), warm_start=camp.get("warm_start") or [],
+        findings=camp.get("findings", True),
     )
     summary = campaign.run()
     print(summary.text(), flush=True)

@@ -219,6 +219,9 @@ class CampaignSection:
     # earlier campaigns (names, or paths to their directories) whose results are prior data for
     # the GP, the proposers and the LLM's summary: same target and space, other hardware allowed
     warm_start: Any = field(default_factory=list)
+    # at the end, write findings.md and plots/*.png (true), the same without the GP response
+    # slices (no_gp: a second less), or nothing (false); `hybrid report` writes them any time
+    findings: Any = True
 
 
 @dataclass

@@ -175,6 +175,19 @@ class MLflowTracker:
             self._guarded("close", lambda: self._run()[0].set_terminated(self._run()[1], end))
         self._parent = None
 
+    def upload_artifacts(self, campaign_dir: Path, run_id: str, files: Sequence[Path]) -> None:
+        """Upload files of ``campaign_dir`` to an existing campaign run (``hybrid report``), each
+        under its folder relative to the campaign dir (``plots/progress.png`` -> ``plots/``).
+        Not guarded: raises on failure, and the caller says what happened."""
+        uri, _ = self._store_location(campaign_dir)
+        _probe_server(uri)
+        client = self._connect(uri)
+        root = Path(campaign_dir).resolve()
+        for path in map(Path, files):
+            folder = path.resolve().parent
+            sub = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else "."
+            client.log_artifact(run_id, str(path), artifact_path=None if sub == "." else sub)
+
     # -- MLflow calls --------------------------------------------------------------------------
     def _start(self, campaign: CampaignInfo) -> str:
         uri, artifact_root = self._store_location(campaign.dir)

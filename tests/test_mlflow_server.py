@@ -33,8 +33,8 @@ NAME = "rest-sobol"
 N_EXPERIMENTS = 5
 ARGS = ["proposer=sobol", f"budget.max_experiments={N_EXPERIMENTS}", "backend.workers=2"]
 STOP_REASON = f"budget.max_experiments reached ({N_EXPERIMENTS})"
-# the parent run's artifacts (report files); extend as the report grows (findings.md, plots/*.png)
-EXPECTED_ARTIFACTS = ("results.tsv", "summary.txt")
+# the parent run's artifacts: the report files and the plots
+EXPECTED_ARTIFACTS = ("results.tsv", "summary.txt", "findings.md", "plots/progress.png", "plots/effects.png")
 # the child run's tags that mirror a results.tsv column of the same name
 TSV_TAGS = ("wave", "hardware", "source", "status")
 

@@ -1,0 +1,283 @@
+"""The campaign's plots (PNG, matplotlib's Agg canvas, no pyplot state): progress, effects, hardware.
+
+Each ``plot_*`` function takes plain data (built by :mod:`hybrid.findings`), writes one PNG and
+returns True, or returns False (writing nothing) when the plot does not apply. Output is
+byte-for-byte deterministic: fixed sizes and DPI, sorted labels, a seeded jitter and no
+``Software`` metadata. matplotlib is imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hybrid.types import Objective
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["Bar", "HardwareSeries", "ProgressPoint", "Slice", "plot_effects", "plot_hardware", "plot_progress"]
+
+DPI = 100
+_MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
+_GOOD, _BAD, _NEUTRAL = "#2a9d4b", "#c8553d", "#7f7f7f"
+
+
+@dataclass(frozen=True)
+class ProgressPoint:
+    """One finished experiment."""
+
+    seq: int  # experiment number (creation order)
+    hours: float | None  # when it finished, hours after the campaign started
+    value: float | None  # the objective metric; None when it failed
+    failed: bool
+    hardware: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One parameter's importance."""
+
+    name: str
+    size: float  # share of variance, or |rho|
+    better_when_higher: bool | None  # colour: green True, red False, grey None (optimum inside, categorical)
+    note: str  # written beside the bar, e.g. "higher worse", "best L"
+    measure: str  # what ``size`` is, for the axis label
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The GP's prediction along one parameter, the others fixed at the best configuration."""
+
+    param: str
+    x: np.ndarray  # (m,) parameter values
+    mean: np.ndarray  # (m,) predicted metric
+    sd: np.ndarray  # (m,) posterior sd of the metric
+    log: bool  # the parameter's scale
+    at: float  # the best configuration's value
+    hardware: str  # where the GP predicts
+    obs_x: np.ndarray  # (k,) observed results on that hardware: parameter value
+    obs_y: np.ndarray  # (k,) and metric
+    other_x: np.ndarray  # (j,) observed on other hardware
+    other_y: np.ndarray
+
+
+@dataclass(frozen=True)
+class HardwareSeries:
+    label: str
+    values: list[float]  # the metric of each successful result
+    durations_s: list[float]  # of each finished experiment
+    throughput: list[float]  # per successful result, when reported
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    os.replace(tmp, path)
+
+
+def _colors(labels: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(sorted(labels))}
+
+
+def _robust_limits(values: Sequence[float], baseline: float | None, objective: Objective) -> tuple[float, float]:
+    """The best values and the bulk of the rest, not a diverged run 100x worse."""
+    v = np.asarray(values, dtype=float) * objective.sign()  # as a loss: lower is better
+    best, worst, median = v.min(), v.max(), float(np.median(v))
+    bulk = worst if worst - best <= 4 * (median - best) else float(np.quantile(v, 0.9))
+    good, bulk = best * objective.sign(), bulk * objective.sign()
+    ends = [good, bulk] + ([baseline] if baseline is not None else [])
+    lo, hi = float(min(ends)), float(max(ends))
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.01, 1e-9)
+    return lo - pad, hi + pad
+
+
+def _best_so_far(xs: Sequence[float], ys: Sequence[float], objective: Objective) -> tuple[list[float], list[float]]:
+    bx, by, best = [], [], None
+    for x, y in zip(xs, ys, strict=True):
+        if best is None or objective.better(y, best):
+            best = y
+        bx.append(x)
+        by.append(best)
+    return bx, by
+
+
+def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint], xkey: str, objective: Objective,
+                    baseline: float | None, colors: dict[str, Any], markers: dict[str, str],
+                    limits: tuple[float, float]) -> None:
+    def x_of(p: ProgressPoint) -> float:
+        return float(getattr(p, xkey))
+
+    pts = sorted((p for p in points if getattr(p, xkey) is not None), key=lambda p: (x_of(p), p.seq))
+    ok = [(p, p.value) for p in pts if p.value is not None]
+    for hw, src in sorted({(p.hardware, p.source) for p, _ in ok}):
+        sel = [(x_of(p), v) for p, v in ok if p.hardware == hw and p.source == src]
+        ax.scatter([x for x, _ in sel], [v for _, v in sel], s=22, color=colors[hw], marker=markers[src],
+                   alpha=0.75, linewidths=0, zorder=3)
+    if strip is not None:  # failures in their own strip above the results
+        failed = [p for p in pts if p.value is None]
+        strip.scatter([x_of(p) for p in failed], [0.0] * len(failed), marker="x", s=26,
+                      color=[colors[p.hardware] for p in failed])
+        strip.set_yticks([])
+        strip.tick_params(labelbottom=False)
+        strip.grid(True, axis="x", alpha=0.3)
+    if ok:
+        bx, by = _best_so_far([x_of(p) for p, _ in ok], [v for _, v in ok], objective)
+        right = max(x_of(p) for p in pts)
+        ax.step([*bx, right], [*by, by[-1]], where="post", color="black", linewidth=1.6, zorder=5)
+    if baseline is not None:
+        ax.axhline(baseline, color="#555555", linestyle="--", linewidth=1.0, zorder=2)
+    ax.set_ylim(*limits)
+    off = sum(1 for _, v in ok if not limits[0] <= v <= limits[1])
+    if off:
+        ax.text(0.01, 0.02, f"{off} result(s) off the chart", transform=ax.transAxes, fontsize=8, color="#555555")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Objective, baseline: float | None) -> bool:
+    """Best-so-far against experiment number and against wall-clock hours; every result a dot
+    (colour: hardware, marker: source), failures as x at the top edge, the baseline dashed."""
+    if not points:
+        return False
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    hw = sorted({p.hardware for p in points})
+    srcs = sorted({p.source for p in points})
+    colors = _colors(hw)
+    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(srcs)}
+    values = [p.value for p in points if p.value is not None]
+    limits = _robust_limits(values, baseline, objective) if values else (0.0, 1.0)
+    fig = _figure(12, 5.0)
+    n_bad = len(points) - len(values)
+    if n_bad:
+        gs = fig.add_gridspec(2, 2, height_ratios=[1, 12])
+        ax1, ax2 = fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[1, 1])
+        strips: list[Any] = [fig.add_subplot(gs[0, 0], sharex=ax1), fig.add_subplot(gs[0, 1], sharex=ax2)]
+        strips[0].set_ylabel("failed", rotation=0, ha="right", va="center", fontsize=8)
+    else:
+        ax1, ax2 = fig.subplots(1, 2)
+        strips = [None, None]
+    ax2.sharey(ax1)
+    _progress_panel(ax1, strips[0], points, "seq", objective, baseline, colors, markers, limits)
+    ax1.set_xlabel("experiment number")
+    ax1.set_ylabel(f"{objective.metric} ({'lower' if objective.sign() > 0 else 'higher'} is better)")
+    hours = [p.hours for p in points if p.hours is not None]
+    if hours:
+        scale, unit = (1.0, "hours") if max(hours) >= 2 else (60.0, "minutes")
+        scaled = [replace(p, hours=None if p.hours is None else p.hours * scale) for p in points]
+        _progress_panel(ax2, strips[1], scaled, "hours", objective, baseline, colors, markers, limits)
+        ax2.set_xlabel(f"{unit} since the campaign started")
+    else:
+        ax2.text(0.5, 0.5, "no finish times recorded", ha="center", va="center", transform=ax2.transAxes)
+    fig.suptitle(f"Progress: {len(values)} results, {n_bad} failed")
+    handles: list[Artist] = [Line2D([], [], color="black", linewidth=1.6, label="best so far")]
+    if baseline is not None:
+        handles.append(Line2D([], [], color="#555555", linestyle="--", label="baseline"))
+    handles += [Patch(facecolor=colors[h], label=h) for h in hw]
+    handles += [Line2D([], [], linestyle="", marker=markers[s], color="#444444", label=s) for s in srcs]
+    if n_bad:
+        handles.append(Line2D([], [], linestyle="", marker="x", color="#444444", label="failed"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
+    _save(fig, path)
+    return True
+
+
+def _bars(ax: Axes, bars: Sequence[Bar]) -> None:
+    shown = list(reversed(bars[:12]))  # largest on top
+    colors = [_NEUTRAL if b.better_when_higher is None else (_GOOD if b.better_when_higher else _BAD) for b in shown]
+    y = np.arange(len(shown))
+    ax.barh(y, [b.size for b in shown], color=colors)
+    ax.set_yticks(y, [b.name for b in shown], fontsize=8)
+    top = max((b.size for b in shown), default=1.0) or 1.0
+    for i, b in enumerate(shown):
+        ax.text(b.size + 0.02 * top, i, b.note, va="center", fontsize=7)
+    ax.set_xlim(0, top * 1.45)
+    ax.set_xlabel(shown[0].measure if shown else "")
+    ax.set_title("main effects", fontsize=10)
+
+
+def _slice(ax: Axes, s: Slice, metric: str) -> None:
+    ax.fill_between(s.x, s.mean - 2 * s.sd, s.mean + 2 * s.sd, color="#4c72b0", alpha=0.2, linewidth=0)
+    ax.plot(s.x, s.mean, color="#4c72b0", linewidth=1.5)
+    if len(s.other_x):
+        ax.scatter(s.other_x, s.other_y, s=10, color="#bbbbbb", linewidths=0)
+    if len(s.obs_x):
+        ax.scatter(s.obs_x, s.obs_y, s=12, color="#222222", linewidths=0)
+    ax.axvline(s.at, color=_GOOD, linestyle=":", linewidth=1.2)
+    if s.log:
+        ax.set_xscale("log")
+    lo, hi = float(np.min(s.mean - 2 * s.sd)), float(np.max(s.mean + 2 * s.sd))
+    if len(s.obs_y) >= 5:  # the bulk of the observed results too (they vary in the other parameters)
+        lo, hi = min(lo, float(np.quantile(s.obs_y, 0.1))), max(hi, float(np.quantile(s.obs_y, 0.9)))
+    pad = (hi - lo) * 0.15 or max(abs(hi) * 0.01, 1e-9)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel(s.param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"GP slice on {s.hardware} (others at best)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+
+
+def plot_effects(path: Path, bars: Sequence[Bar], slices: Sequence[Slice], objective: Objective) -> bool:
+    """Main-effect bars (green: higher is better, red: higher is worse, grey: an optimum inside the
+    range or a categorical) beside the GP response slices (mean ± 2 sd, observed results as dots)."""
+    if not bars and not slices:
+        return False
+    panels = (1 if bars else 0) + len(slices)
+    fig = _figure(4.2 * panels, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    if bars:
+        _bars(axes[0], bars)
+    for ax, s in zip(axes[1 if bars else 0:], slices, strict=True):
+        _slice(ax, s, objective.metric)
+    _save(fig, path)
+    return True
+
+
+def plot_hardware(path: Path, series: Sequence[HardwareSeries], objective: Objective,
+                  throughput_unit: str = "throughput") -> bool:
+    """Per hardware label: the metric's distribution, and throughput (else duration). Needs 2+ labels."""
+    series = sorted(series, key=lambda s: s.label)
+    if len(series) < 2:
+        return False
+    colors = _colors([s.label for s in series])
+    fig = _figure(10, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    use_tput = any(s.throughput for s in series)
+    for ax, key, label in ((ax1, "values", objective.metric),
+                           (ax2, "throughput" if use_tput else "durations_s",
+                            (throughput_unit or "throughput") if use_tput else "duration (s)")):
+        data = [getattr(s, key) for s in series]
+        pos = [i for i, d in enumerate(data) if d]
+        if pos:
+            ax.boxplot([data[i] for i in pos], positions=pos, widths=0.5, showfliers=False)
+        rng = np.random.default_rng(0)
+        for i, (s, d) in enumerate(zip(series, data, strict=True)):
+            if d:
+                ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=10, color=colors[s.label], alpha=0.6,
+                           linewidths=0)
+        ax.set_xticks(range(len(series)), [s.label for s in series], fontsize=8)
+        ax.set_xlim(-0.6, len(series) - 0.4)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    ax1.set_title(f"{objective.metric} by hardware", fontsize=10)
+    ax2.set_title("throughput by hardware" if use_tput else "duration by hardware", fontsize=10)
+    _save(fig, path)
+    return True
