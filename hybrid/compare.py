@@ -138,7 +138,7 @@ def read_job(job: str, pointer: dict[str, Any]) -> JobRun:
         run.note = f"the campaign never started: no {path}"
         return run
     try:
-        store = Store(path)
+        store = Store.open_read_only(path)
     except HybridError as e:
         run.note = f"unreadable store: {e}"
         return run

@@ -4,6 +4,9 @@ Every state change is one transaction, written *before* the side effect it descr
 experiment row exists before its job is submitted) or right *after* the fact it records (a
 result is committed before MLflow hears of it). ``kill -9`` at any moment therefore loses no
 recorded result and duplicates no experiment: a resume reads this file and re-attaches jobs.
+
+Other processes read a campaign's store with ``Store.open_read_only`` (reports, multirun
+comparisons, warm starts): never created, claimed or written, and safe while the campaign runs.
 """
 
 from __future__ import annotations
@@ -68,14 +71,47 @@ def _load_metrics(text: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(text or "{}").items()}
 
 
+def _read_only_uri(path: Path) -> str:
+    """The SQLite URI that opens ``path`` for reading only.
+
+    ``mode=ro`` reads a WAL database through its wal-index, the ``-shm`` file, which exists while any
+    connection has the database open: the reader then shares it and sees every commit. Without one,
+    ``mode=ro`` creates ``-shm`` and an empty ``-wal`` and leaves them behind, owned by the reader
+    (when that is another user, the campaign's next write fails: "attempt to write a readonly
+    database"), or fails with that error where the folder is not writable. But without ``-shm``
+    nothing has the database open, and without frames in ``-wal`` the main file holds every commit:
+    it is then read with ``immutable=1``, which takes no locks and creates no files. A campaign that
+    starts meanwhile writes to a new ``-wal``; the main file changes only at its first checkpoint.
+    """
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    immutable = _is_wal_database(path) and not shm.exists() and _size(wal) == 0
+    return f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _is_wal_database(path: Path) -> bool:
+    """The file's header says WAL mode (file format read/write versions 2)."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
 class Store:
     """The campaign's SQLite database (``<campaign dir>/state.sqlite``)."""
 
     def __init__(self, path: Path | str):
-        self.path = Path(path)
+        """Open the store for reading and writing, creating it (and its folder) when missing."""
+        self._attach(Path(path), read_only=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the loop and the MLflow mirror thread: every use holds the lock.
-        self._lock = threading.RLock()
         try:
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -89,9 +125,43 @@ class Store:
         elif int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}; use a new campaign.name")
 
+    @classmethod
+    def open_read_only(cls, path: Path | str) -> Store:
+        """Open an existing store for reading only (SQLite ``mode=ro``, see ``_read_only_uri``): no
+        file or table is created, it is never claimed, and a write raises StoreError. Safe while its
+        campaign runs: every read sees what that campaign has committed by then."""
+        store = cls.__new__(cls)  # not __init__: that creates the file and the tables
+        store._attach(Path(path), read_only=True)
+        try:
+            store._conn = sqlite3.connect(_read_only_uri(store.path), uri=True, timeout=30.0, isolation_level=None,
+                                          check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"{store.path}: cannot open it read-only ({e})") from None
+        try:
+            version = store.get_meta("schema_version")
+        except sqlite3.Error as e:
+            store.close()
+            raise StoreError(f"{store.path}: not a readable campaign store ({e})") from None
+        if version is not None and int(version) != SCHEMA_VERSION:
+            store.close()
+            raise StoreError(f"{store.path}: store schema {version} is not {SCHEMA_VERSION} (written by another "
+                             "version of hybrid)")
+        return store
+
+    def _attach(self, path: Path, *, read_only: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        # One connection shared by the loop and the MLflow mirror thread: every use holds the lock.
+        self._lock = threading.RLock()
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only (Store.open_read_only): it cannot {action}")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One atomic write transaction."""
+        self._check_writable("be written")
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -133,6 +203,7 @@ class Store:
         A store created for another campaign or objective is refused, so two configurations
         never mix their results by accident.
         """
+        self._check_writable("be claimed")
         held = self.get_meta("campaign")
         if held is None:
             with self._tx() as c:

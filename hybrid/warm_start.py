@@ -11,8 +11,9 @@ best/baseline reporting or resume bookkeeping, and the baseline still runs first
 Semantics chosen:
 - A name resolves to a sibling of this campaign's directory (``runs/<name>``); an entry with a
   ``/`` (or an existing directory that is not a sibling campaign) is a path to a campaign dir.
-- The earlier campaign is opened with SQLite ``mode=ro``: never claimed, never written; it may
-  still be running (then a later resume of this campaign sees the results it has added since).
+- The earlier campaign is opened with ``Store.open_read_only`` (SQLite ``mode=ro``): never
+  claimed, never written; it may still be running (then a later resume of this campaign sees the
+  results it has added since).
 - Used: every finished experiment except the cancelled ones and those the orchestrator lost
   (re-queued there). Successes are GP data; crashes/timeouts/OOMs feed the feasibility model and
   the LLM's failure statistics. Results whose params no longer fit this space (a narrower range,
@@ -36,15 +37,14 @@ Semantics chosen:
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import ConfigError, InvalidCandidateError
+from hybrid.errors import ConfigError, InvalidCandidateError, StoreError
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace
-from hybrid.store import SCHEMA_VERSION, Store
+from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.types import Candidate, Experiment, ExperimentState
 
@@ -111,17 +111,6 @@ class PriorCampaign:
                 f"({ok} succeeded, {n_fail} failed{skipped})")
 
 
-class _ReadOnlyStore(Store):
-    """An earlier campaign's store opened read-only (SQLite ``mode=ro``): never claimed, never
-    written, safe while that campaign runs. Reuses Store's readers (meta, experiments)."""
-
-    def __init__(self, path: Path) -> None:  # replaces Store's read-write opening (and its schema writes)
-        self.path = path
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
-                                     isolation_level=None, check_same_thread=False)
-
-
 def resolve(entry: str, campaign_dir: Path) -> Path:
     """The directory of a ``campaign.warm_start`` entry (see the module docstring)."""
     sibling = campaign_dir.parent / entry
@@ -163,13 +152,11 @@ def _load_one(entry: str, where: Path, own: Mapping[str, Any], space: SearchSpac
               taken_names: set[str]) -> PriorCampaign:
     path = where / "state.sqlite"
     try:
-        store = _ReadOnlyStore(path)
-    except sqlite3.Error as e:
-        raise ConfigError(f"{WHERE}: cannot open {path} read-only ({e}); check its permissions or drop "
-                          f"{entry!r}") from None
+        store = Store.open_read_only(path)
+    except StoreError as e:
+        raise ConfigError(f"{WHERE}: {e}; drop {entry!r}") from None
     try:
         try:
-            version = store.get_meta("schema_version")
             name = store.get_meta("campaign")
             theirs = _identity_of(store)
             exps = store.experiments()
@@ -180,9 +167,6 @@ def _load_one(entry: str, where: Path, own: Mapping[str, Any], space: SearchSpac
     if name is None:
         raise ConfigError(f"{WHERE}: {where} holds no campaign yet (its state.sqlite is empty); give the name "
                           "of an earlier campaign or its directory")
-    if version is not None and int(version) != SCHEMA_VERSION:
-        raise ConfigError(f"{WHERE}: campaign {name!r} has store schema {version}, not {SCHEMA_VERSION}; "
-                          "it cannot be read by this version")
     if not theirs["space"]:  # a store of before identities, without its config: the params it used
         theirs["space"] = {k: None for e in exps for k in e.params}
     _check(str(name), own, theirs)

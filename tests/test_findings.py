@@ -14,16 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hybrid.effects import main_effects
 from hybrid.errors import ConfigError
-from hybrid.findings import (
-    analyze,
-    hardware_rows,
-    load_campaign,
-    main_effects,
-    render,
-    report_command,
-    write_reports,
-)
+from hybrid.findings import load_campaign, report_command, write_reports
+from hybrid.findings_analysis import analyze, hardware_rows
+from hybrid.findings_render import render
 from hybrid.store import Store
 from hybrid.types import Candidate, ExperimentState, Result
 

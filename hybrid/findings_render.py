@@ -1,0 +1,346 @@
+"""findings.md as text: one function per section, from a :class:`CampaignData` and its :class:`Analysis`.
+
+``render`` puts the sections in order; a section that raises says so in its place and the others
+are still written. Plots are only linked here (``plots`` names the PNGs that were written).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid.effects import Anova
+from hybrid.findings_analysis import (
+    Analysis,
+    CampaignData,
+    failure_pattern,
+    fits_space,
+    guarded,
+    hardware_rows,
+    improvements,
+)
+from hybrid.proposers.llm_context import clip, failure_kind, failure_region_lines, fmt_value
+from hybrid.report import best_experiment, hypothesis_outcomes
+from hybrid.space import CategoricalParam, IntParam, SearchSpace
+from hybrid.types import Experiment, ExperimentState
+
+__all__ = ["render"]
+
+_TOP_INTERACTIONS = 5
+TIMES = "\u00d7"  # the multiplication sign (ruff flags it as ambiguous when written literally)
+
+
+# ---- findings.md -----------------------------------------------------------------------------------
+def _v(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.6g}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("<0.0001" if p < 1e-4 else f"{p:.2g}")
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _best_line(label: str, best: Experiment, base: Experiment | None, data: CampaignData) -> list[str]:
+    """The best result and how it compares with the baseline's."""
+    m, obj = data.objective.metric, data.objective
+    v, base_v = best.value(m), base.value(m) if base else None
+    assert v is not None
+    where = " (the target hardware)" if best.hardware == data.target_hardware else ""
+    head = f"- **{label} {m} {v:.6g}** by {best.id} [{best.source}] on {best.hardware}{where}"
+    if base is None or base_v is None:
+        return [head + " (no baseline result to compare with)."]
+    if best is base:
+        return [head + ": the baseline itself; no experiment beat it."]
+    diff = obj.sign() * (base_v - v)
+    pct = f" ({abs(diff) / abs(base_v) * 100:.2f}%)" if base_v else ""
+    verdict = "better" if diff > 0 else "worse" if diff < 0 else "no different"
+    out = [head + f": {abs(diff):.4g}{pct} {verdict} than the baseline {base_v:.6g} ({base.id} on {base.hardware})."]
+    if best.hardware != base.hardware:
+        out.append(f"  They ran on different hardware: see Hardware for the offset of {best.hardware} vs "
+                   f"{base.hardware}, which is part of this difference.")
+    return out
+
+
+def section_headline(data: CampaignData, a: Analysis) -> list[str]:
+    overall = best_experiment(data.exps, data.objective)
+    if overall is None or a.best is None:
+        return ["No successful experiment yet: nothing to compare with the baseline."]
+    base = a.baseline
+    out = _best_line("Best", a.best, base, data)
+    if overall is not a.best:
+        out += _best_line("Best on any hardware", overall, base, data)
+    if data.target_hardware and a.best.hardware != data.target_hardware:
+        out.append(f"- No successful result on the target hardware {data.target_hardware} yet.")
+    diff = [(k, base.params.get(k), v) for k, v in a.best.params.items() if base.params.get(k) != v] if base else []
+    if diff:
+        out += ["", f"What {a.best.id} changed from the baseline:", "",
+                "| parameter | baseline | best |", "|---|---|---|"]
+        out += [f"| {_cell(k)} | {_cell(fmt_value(b))} | {_cell(fmt_value(v))} |" for k, b, v in diff]
+    return out
+
+
+def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapping[str, Path]) -> list[str]:
+    exps = data.exps
+    n_done = sum(e.value(data.objective.metric) is not None for e in exps)
+    n_failed = sum(e.state.is_failure() for e in exps)
+    n_cancelled = sum(e.state is ExperimentState.CANCELLED for e in exps)
+    n_running = sum(e.result is None for e in exps)
+    out = [f"- {_plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {n_cancelled} cancelled, "
+           f"{n_running} not finished; campaign time {_duration(elapsed_s)}."]
+    imps = improvements(exps, data.objective)
+    if imps:
+        last = imps[-1]
+        when = ""
+        if data.created is not None and last.exp.extra.get("_ended"):
+            when = f", {_duration(last.exp.extra['_ended'] - data.created)} after the start"
+        out.append(f"- The best so far improved {len(imps)} times (results in finish order); the last improvement "
+                   f"was {last.exp.id}, result #{last.rank} in finish order{when}.")
+    elif n_done:
+        out.append("- No result improved on the first successful one.")
+    for w in data.warm_start:
+        skipped = f"; {w['skipped']} outside this space, not used" if w.get("skipped") else ""
+        out.append(f"- Warm-started with {w.get('n', '?')} results of campaign {w.get('name', '?')} "
+                   f"({w.get('dir', '?')}) as prior data{skipped}; they are not counted in this report.")
+    if "progress.png" in plots:
+        out += ["", "![progress](plots/progress.png)"]
+    return out
+
+
+def section_effects(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) -> list[str]:
+    m = data.objective.metric
+    if isinstance(a.anova, Anova):
+        an = a.anova
+        hw = " the hardware label as a factor," if an.hardware is not None else ""
+        out = [f"Method: ANOVA by least squares on the {an.n} successful experiments: each numeric parameter as a "
+               "linear + quadratic term of its [0, 1] search-space encoding (log scale where the parameter is log), "
+               f"categoricals one-hot against a reference level,{hw} {an.n_columns} columns with the intercept. "
+               f"Importance = Type-II sum of squares (refit without the parameter) as a share of the variance of "
+               f"{m}; F test against the residual. R² = {an.r2:.3f}, residual sd {an.resid_sd:.3g}.", "",
+               "| parameter | share of variance | F | p | direction |", "|---|---|---|---|---|"]
+        out += [f"| {_cell(e.name)} | {e.share * 100:.1f}% | {e.F:.3g} | {_p(e.p)} | {_cell(e.words)} |"
+                for e in an.effects]
+        if sum(e.share for e in an.effects) < 0.5 * an.r2:
+            out += ["", "The shares add up to much less than R²: the parameters were varied together (e.g. a "
+                    "proposer concentrating on one region), so much of the explained variance cannot be "
+                    "attributed to one parameter alone."]
+        if an.constant:
+            out += ["", "Not varied among the successful results: " + ", ".join(an.constant) + "."]
+    else:
+        out = [f"{a.anova[0].upper()}{a.anova[1:]}."]
+        if a.correlations:
+            out += ["", "Fallback: per-parameter rank statistics (Spearman correlation with the encoded value for "
+                    "numeric parameters, Kruskal-Wallis across levels for categoricals), one parameter at a time:",
+                    "", "| parameter | statistic | p | direction |", "|---|---|---|---|"]
+            for c in a.correlations:
+                stat = (f"H = {c.stat:.3g}" if isinstance(data.space.params[c.name], CategoricalParam)  # type: ignore[union-attr]
+                        else f"rho = {c.stat:+.2f}")
+                out.append(f"| {_cell(c.name)} | {stat} | {_p(c.p)} | {_cell(c.words)} |")
+    if "effects.png" in plots:
+        out += ["", "![effects](plots/effects.png)"]
+    return out
+
+
+def section_interactions(data: CampaignData, a: Analysis) -> list[str]:
+    if not isinstance(a.anova, Anova):
+        return ["Needs the main-effects ANOVA (above), which could not be computed."]
+    if not a.interactions:
+        return ["No pair of varied parameters could be tested (too few results or parameters)."]
+    out = [f"Method: each pair of parameters added, alone, to the main-effects model (numeric{TIMES}numeric: product "
+           f"of the centred encodings; numeric{TIMES}categorical: a slope per level; categorical{TIMES}categorical: "
+           f"cell "
+           f"indicators); extra share of variance, F and p. {a.n_pairs} pairs tested; p-values are not corrected "
+           f"for that (Bonferroni threshold {0.05 / a.n_pairs:.2g}).", "",
+           "| pair | extra share | F | p | reading |", "|---|---|---|---|---|"]
+    out += [f"| {_cell(i.a)} {TIMES} {_cell(i.b)} | {i.share * 100:.1f}% | {i.F:.3g} | {_p(i.p)} | {_cell(i.words)} |"
+            for i in a.interactions[:_TOP_INTERACTIONS]]
+    return out
+
+
+def section_slices(data: CampaignData, a: Analysis) -> list[str]:
+    if not a.slices:
+        why = a.notes.get("GP slices") or a.slice_note or "no numeric parameter to slice"
+        return [f"No GP slices: {why}."]
+    obj, m = data.objective, data.objective.metric
+    out = [f"GP posterior mean ± 2 sd of {m} along each of the most important numeric parameters, the others fixed "
+           f"at {a.best.id}'s configuration, predicted on {a.slices[0].hardware} ({a.slice_note}).", ""]  # type: ignore[union-attr]
+    for s in a.slices:
+        k = int(np.argmin(obj.sign() * s.mean))
+        word = "argmin" if obj.direction == "minimize" else "argmax"
+        out.append(f"- {s.param}: GP {word} at {s.param}={fmt_value(_as_param(data.space, s.param, s.x[k]))} "
+                   f"(predicted {m} {s.mean[k]:.6g} ± {2 * s.sd[k]:.2g}); the best config has "
+                   f"{s.param}={fmt_value(_as_param(data.space, s.param, s.at))}.")
+    return out
+
+
+def _as_param(space: SearchSpace | None, name: str, x: float) -> Any:
+    p = space.params[name] if space else None
+    return round(x) if isinstance(p, IntParam) else float(x)
+
+
+def section_hardware(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) -> list[str]:
+    rows, unit = hardware_rows(data, a.anova, a.hardware_ref)
+    if not rows:
+        return ["No experiments."]
+    m = data.objective.metric
+    out = [f"Offsets are {m}(label) - {m}({a.hardware_ref}): paired over configurations run on both labels where "
+           "there are any, else the ANOVA's hardware coefficient.", ""] if a.hardware_ref and len(rows) > 1 else []
+    out += [f"| hardware | runs | done | failed | median duration | $/h | {unit or 'throughput'} | offset | how |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        usd = "n/a" if r.usd_per_h is None else f"{r.usd_per_h:.2f}"
+        tput = "n/a" if r.throughput is None else f"{r.throughput:.4g}"
+        off = "n/a" if r.offset is None else ("0" if r.offset_how == "reference" else f"{r.offset:+.4g}")
+        out.append(f"| {_cell(r.label)} | {r.runs} | {r.done} | {r.failed} | {_duration(r.median_duration_s)} | "
+                   f"{usd} | {tput} | {off} | {r.offset_how} |")
+    if len(rows) == 1:
+        out += ["", "One hardware label: no comparison."]
+    elif isinstance(a.anova, Anova) and a.anova.hardware_effect is not None:
+        h = a.anova.hardware_effect
+        out += ["", f"In the ANOVA the hardware label explains {h.share * 100:.1f}% of the variance of {m} "
+                f"(F = {h.F:.3g}, p {_p(h.p)}), with the parameters held fixed."]
+    if "hardware.png" in plots:
+        out += ["", "![hardware](plots/hardware.png)"]
+    return out
+
+
+def section_sources(data: CampaignData, a: Analysis) -> list[str]:
+    imps = improvements(data.exps, data.objective)
+    overall = best_experiment(data.exps, data.objective)
+    by: dict[str, list[Experiment]] = {}
+    for e in data.exps:
+        by.setdefault(e.source, []).append(e)
+    m = data.objective.metric
+    out = [f"Improvements: results that beat the best {m} before them, in finish order.", "",
+           "| source | experiments | done | failed | improvements | total improvement |", "|---|---|---|---|---|---|"]
+    for src, exps in sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        mine = [i for i in imps if i.exp.source == src]
+        out.append(f"| {_cell(src)} | {len(exps)} | {sum(e.value(m) is not None for e in exps)} | "
+                   f"{sum(e.state.is_failure() for e in exps)} | {len(mine)} | {sum(i.gain for i in mine):.4g} |")
+    if overall is not None:
+        out += ["", f"The best result ({overall.id}) came from {overall.source}."]
+    return out
+
+
+def section_failures(data: CampaignData, a: Analysis) -> list[str]:
+    finished = [e for e in data.exps if e.result is not None]
+    lost = [e for e in finished if e.extra.get("requeued")]
+    counted = [e for e in finished if not e.extra.get("requeued")]
+    kinds = Counter(failure_kind(e) for e in counted if e.state.is_failure())
+    cancelled = sum(e.state is ExperimentState.CANCELLED for e in counted)
+    if not kinds and not cancelled and not lost:
+        return ["No failures."]
+    parts = [f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
+    parts += [f"cancelled {cancelled}"] * bool(cancelled) + [f"lost by the orchestrator and re-run {len(lost)}"] * bool(lost)
+    out = ["- Counts: " + ", ".join(parts) + "."]
+    reasons = Counter(_reason(e) for e in counted if e.state.is_failure())
+    if reasons:
+        out.append("- Reasons: " + "; ".join(f"\"{r}\" {TIMES}{n}" for r, n in
+                                             sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) + ".")
+    valid = [e for e in counted if data.space is not None and fits_space(data.space, e.params)
+             and e.state is not ExperimentState.CANCELLED]
+    if data.space is not None and valid:
+        patterns = [p for kind in sorted(kinds) if (p := failure_pattern(data.space, valid, kind))]
+        out += [f"- Pattern: {p}." for p in patterns]
+        regions = failure_region_lines(data.space, valid)
+        if regions and not patterns:
+            out += ["- Where failures concentrate (a third of a numeric range or one choice, at least twice the "
+                    "overall failure rate):"] + [f"  - {r}" for r in regions]
+    return out
+
+
+def _reason(e: Experiment) -> str:
+    text = (e.result.reason if e.result else "").strip()
+    return clip(text.splitlines()[0], 100) if text else e.state.name.lower()
+
+
+def section_spend(data: CampaignData, a: Analysis) -> list[str]:
+    gpu = sum(e.result.cost_usd for e in data.exps if e.result is not None)
+    total = gpu + data.llm_usd
+    n_imp = len(improvements(data.exps, data.objective))
+    out = [f"- Workers: ${gpu:.2f}; LLM: ${data.llm_usd:.2f} ({_plural(data.llm_calls, 'call')}); total ${total:.2f}.",
+           f"- Cost per improvement of the best: ${total / n_imp:.2f} ({n_imp} improvements)." if n_imp else
+           "- No improvement of the best: no cost per improvement.",
+           f"- Stopped: {data.stop_reason or 'not stopped yet (running, or killed)'}"
+           + (f" (status {data.status})." if data.status else ".")]
+    for text in data.cost_stops:
+        saved = re.search(r"about \$([\d.,]+) of the budget left unspent", text)
+        tail = f"; estimated savings ${saved.group(1)}" if saved else ""
+        out.append(f"- The cost-aware stopping rule fired: {clip(text, 400)}{tail}.")
+    return out
+
+
+def section_hypotheses(data: CampaignData, a: Analysis) -> list[str] | None:
+    done = [o for o in hypothesis_outcomes(data.exps, data.objective) if o.outcome != "running"]
+    if not any(e.source == "llm" for e in data.exps):
+        return None
+    if not done:
+        return ["No LLM-proposed experiment has finished."]
+    held = sorted((o for o in done if o.improved), key=lambda o: (data.objective.sign() * (o.value or 0), o.experiment_id))
+    failed = [o for o in done if not o.improved]
+    full = " Full list: hypotheses.md." if (data.dir / "hypotheses.md").exists() else ""
+    out = [f"{len(held)} of {len(done)} finished LLM hypotheses held (a new best, or better than the baseline); "
+           f"{len(failed)} did not.{full}"]
+    for title, group in (("Held", held), ("Did not hold", failed)):
+        if group:
+            out += ["", f"{title}:"]
+            out += [f"- {o.experiment_id} ({o.outcome}{', ' + o.detail if o.detail else ''}): "
+                    f"{clip(o.hypothesis, 200) or '(no hypothesis given)'}" for o in group[:5]]
+    return out
+
+
+def render(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapping[str, Path],
+           plot_notes: Sequence[str]) -> str:
+    obj = data.objective
+    head = [f"# Findings: campaign {data.name}", "",
+            f"Objective: {obj.metric} ({obj.direction})"
+            + (f", judged on {data.target_hardware}" if data.target_hardware else "")
+            + f". Stop reason: {data.stop_reason or 'not stopped yet'}."]
+    if data.space_note:
+        head.append(f"Note: {data.space_note}.")
+    if data.space is not None and len(a.rows) < sum(e.value(obj.metric) is not None for e in data.exps):
+        head.append("Note: some results do not fit the stored search space (changed on resume?) and are left out "
+                    "of the statistics.")
+    head += [f"Note: {n}." for n in plot_notes]
+    sections: list[tuple[str, Callable[[], list[str] | None]]] = [
+        ("Headline", lambda: section_headline(data, a)),
+        ("Progress", lambda: section_progress(data, a, elapsed_s, plots)),
+        ("What mattered: main effects", lambda: section_effects(data, a, plots)),
+        ("Interactions", lambda: section_interactions(data, a)),
+        ("Response slices (GP)", lambda: section_slices(data, a)),
+        ("Hardware", lambda: section_hardware(data, a, plots)),
+        ("Sources", lambda: section_sources(data, a)),
+        ("Failures", lambda: section_failures(data, a)),
+        ("Spend", lambda: section_spend(data, a)),
+        ("LLM hypotheses", lambda: section_hypotheses(data, a)),
+    ]
+    out = head
+    for title, build in sections:
+        notes: dict[str, str] = {}
+        body = guarded(notes, title, build, None)
+        if body is None and not notes:
+            continue  # a section that does not apply (no LLM experiments)
+        out += ["", f"## {title}", ""]
+        out += body if body is not None else [f"(could not compute this section: {notes[title]})"]
+    for part, note in a.notes.items():
+        if part != "GP slices":
+            out += ["", f"Note: {part} could not be computed ({note})."]
+    return "\n".join(out) + "\n"
