@@ -216,7 +216,7 @@ class MLflowTracker:
                 parent = None
         if parent is None:
             self._experiment_id = self._experiment(client, self.experiment or campaign.name, artifact_root)
-            run_id = client.create_run(self._experiment_id, run_name=campaign.name).info.run_id
+            run_id = client.create_run(self._experiment_id, run_name=campaign.name, tags=_system_tags()).info.run_id
         else:  # resume: params are immutable in MLflow, so only add the new ones
             run_id, self._experiment_id = parent.info.run_id, parent.info.experiment_id
             old = parent.data.params
@@ -245,6 +245,7 @@ class MLflowTracker:
         start = exp.started if exp.started is not None else time.time() - result.duration_s
         end = start + max(result.duration_s, 0.0)
         tags = {
+            **_system_tags(),
             "mlflow.parentRunId": parent,
             "hybrid.campaign": self._campaign,
             "experiment_id": exp.id,
@@ -390,6 +391,17 @@ def make_tracker(cfg: Mapping[str, Any]) -> Tracker:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _system_tags() -> dict[str, str]:
+    """The tags MLflow's UI shows as a run's User and Source (the client API sets none itself)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": "hybrid", "mlflow.source.type": "LOCAL"}
+
+
 def _is_secret(key: str) -> bool:
     return any(word in key.upper() for word in _SECRET_WORDS)
 

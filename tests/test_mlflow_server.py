@@ -9,6 +9,7 @@ without duplicating any run. The server is started once for the module (tests/ml
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import math
 from collections.abc import Iterator
@@ -98,6 +99,7 @@ def test_child_runs_carry_the_params_metrics_and_tags_of_results_tsv(mirrored: M
         assert t["hybrid.campaign"] == NAME
         assert t["mlflow.runName"] == child["info"]["run_name"]
         assert t["mlflow.note.content"] == row["description"]  # the run's description in the UI
+        assert t["mlflow.user"] == getpass.getuser() and t["mlflow.source.name"] == "hybrid"  # UI: User, Source
 
 
 def test_parent_run_has_the_summary_the_stop_reason_and_the_config(server: MLflowServer, mirrored: Mirrored) -> None:
@@ -112,6 +114,7 @@ def test_parent_run_has_the_summary_the_stop_reason_and_the_config(server: MLflo
     assert t["stop_reason"] == STOP_REASON
     assert t["status"] == "finished"
     assert t["best_experiment"] == best_id
+    assert t["mlflow.user"] == getpass.getuser() and t["mlflow.source.name"] == "hybrid"
     assert (t["hybrid.campaign"], t["hybrid.campaign_dir"]) == (NAME, str(mirrored.dir))
     assert (t["hybrid.objective.metric"], t["hybrid.objective.direction"]) == ("val_bpb", "minimize")
     # the resolved config, flattened
