@@ -179,6 +179,8 @@ def build_and_run(cfg: Any) -> Any:
     summary = campaign.run()
     print(summary.text(), flush=True)
     print(f"results: {campaign_dir / 'results.tsv'}", flush=True)
+    if (campaign_dir / "findings.md").is_file():
+        print(f"findings: {campaign_dir / 'findings.md'} (plots in {campaign_dir / 'plots'})", flush=True)
     if campaign.status == "interrupted":
         sys.exit(130)
     return summary.best_value
