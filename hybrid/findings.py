@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.effects import Anova, Effect
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, HybridError
 from hybrid.findings_analysis import (
     Analysis,
     CampaignData,
@@ -40,6 +40,7 @@ from hybrid.findings_analysis import (
 )
 from hybrid.findings_render import render
 from hybrid.plots import Bar, HardwareSeries, ProgressPoint
+from hybrid.report import write_hypotheses_md
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState, Objective
 
@@ -155,13 +156,20 @@ def write_reports(campaign_dir: Path, *, elapsed_s: float | None = None, objecti
 
 
 def report_command(container: Mapping[str, Any]) -> list[Path]:
-    """``hybrid report <overrides>``: regenerate findings.md and the plots of ``campaign.dir``, print
+    """``hybrid report <overrides>``: regenerate findings.md, the plots (and hypotheses.md with LLM
+    experiments) of ``campaign.dir``, print
     their paths, and upload them to the campaign's MLflow run when it was mirrored."""
     campaign_dir = Path(str(container["campaign"]["dir"])).expanduser()
     if not (campaign_dir / "state.sqlite").is_file():
         raise ConfigError(f"campaign.name: no campaign at {campaign_dir} (no state.sqlite); give the name of a "
                           "campaign under runs/, or campaign.dir=PATH")
     paths = write_reports(campaign_dir)
+    try:  # the LLM's hypotheses.md too, as the campaign's end writes it
+        data = load_campaign(campaign_dir)
+        if write_hypotheses_md(campaign_dir / "hypotheses.md", data.exps, data.objective):
+            paths.append(campaign_dir / "hypotheses.md")
+    except HybridError:  # an unreadable store: findings.md already says so
+        pass
     for p in paths:
         print(p, flush=True)
     _upload(campaign_dir, paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -357,3 +358,14 @@ def test_a_failed_upload_is_one_warning_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == str(d / "findings.md")
     assert len(err.strip().splitlines()) == 1 and err.startswith("warning: MLflow upload failed")
+
+
+def test_hybrid_report_writes_hypotheses_md_again(synthetic, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(synthetic, d)
+    (d / "hypotheses.md").unlink(missing_ok=True)
+    report_command({"campaign": {"dir": str(d)}})
+    out = capsys.readouterr().out.splitlines()
+    assert str(d / "hypotheses.md") in out
+    text = (d / "hypotheses.md").read_text()
+    assert text.startswith("# LLM hypotheses") and "hypothesis 3: lower lr helps" in text
