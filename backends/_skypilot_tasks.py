@@ -23,7 +23,7 @@ from typing import Any
 
 from backends._runner import STATE_DIR
 from backends.base import JobState
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, reject_unknown_keys
 
 KILL_GRACE_S = 5  # SIGTERM -> SIGKILL delay of `timeout` on the cluster
 RUNNING_STATUSES = frozenset({"INIT", "PENDING", "SETTING_UP", "RUNNING"})
@@ -200,11 +200,7 @@ def build_workers(
         if not isinstance(entry, Mapping):
             raise ConfigError(f"backend.workers[{i}]: expected a mapping such as {{name: w01, accelerators: "
                               f"H100:1}}, got {entry!r}")
-        for key in entry:
-            if key not in _WORKER_KEYS:
-                close = difflib.get_close_matches(str(key), _WORKER_KEYS, n=1)
-                hint = f"; did you mean {close[0]}?" if close else ""
-                raise ConfigError(f"backend.workers[{i}].{key}: unknown key{hint} (known: {', '.join(_WORKER_KEYS)})")
+        reject_unknown_keys(f"backend.workers[{i}]", entry, _WORKER_KEYS)
         name = str(entry.get("name") or f"w{i + 1:02d}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}", name):
             raise ConfigError(f"{where}.name: {name!r} must be letters, digits and dashes (it names a cluster)")

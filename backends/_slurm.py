@@ -7,7 +7,6 @@ against a golden file, the parsers and the state mapping against real ``squeue``
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import shlex
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.base import JobState, Worker
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, reject_unknown_keys
 
 STATE_DIR = ".hybrid"  # the backend's bookkeeping inside an experiment workdir (left out of snapshots)
 SCRIPT_FILE = "job.sbatch"  # the generated batch script
@@ -347,11 +346,7 @@ def build_workers(fleet: Any, max_jobs: Any, hardware: Any, hourly_usd: Any, par
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a mapping like {{hardware: h100, count: 4, hourly_usd: 2.5}}, "
                               f"got {entry!r}")
-        for key in entry:
-            if key not in FLEET_KEYS:
-                close = difflib.get_close_matches(str(key), FLEET_KEYS, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise ConfigError(f"{where}.{key}: unknown key; {hint}allowed: {', '.join(FLEET_KEYS)}")
+        reject_unknown_keys(where, entry, FLEET_KEYS)
         label = entry.get("hardware", hardware)
         if not isinstance(label, str) or not re.fullmatch(r"[\w.+-]+", label):
             raise ConfigError(f"{where}.hardware: expected a label such as cpu or h100, got {label!r}")

@@ -10,7 +10,6 @@ harmless on resume.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import itertools
 import math
 import os
@@ -36,7 +35,7 @@ from backends._runner import (
     write_json_atomic,
 )
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec, Worker, read_log
-from hybrid.errors import BackendError, ConfigError
+from hybrid.errors import BackendError, ConfigError, reject_unknown_keys
 from hybrid.types import Experiment
 
 __all__ = ["LocalBackend"]
@@ -326,11 +325,7 @@ def _build_workers(workers: Any, gpus: Any, hardware: Any, hourly_usd: Any) -> l
                 f"{where}: expected a mapping like {{name: gpu0, hardware: h100, hourly_usd: 2.5, "
                 f"gpus: [0]}}, got {item!r}"
             )
-        for key in item:
-            if key not in _WORKER_KEYS:
-                close = difflib.get_close_matches(str(key), _WORKER_KEYS, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise ConfigError(f"{where}.{key}: unknown key; {hint}allowed: {', '.join(_WORKER_KEYS)}")
+        reject_unknown_keys(where, item, _WORKER_KEYS)
         name = item.get("name", f"w{i:02d}")
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{where}.name: expected a non-empty string, got {name!r}")

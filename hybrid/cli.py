@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -218,10 +220,7 @@ COMMANDS = {
 
 
 def _command(name: str, argv: list[str]) -> None:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
+    with _one_line_errors():
         if name == "report":
             from hybrid.findings import report_command
 
@@ -230,6 +229,16 @@ def _command(name: str, argv: list[str]) -> None:
             from hybrid.compare import compare_command
 
             compare_command(argv)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Our errors and Hydra's as one line with exit code 2; Ctrl-C as "interrupted", exit 130."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
     except HybridError as err:
         _fail(type(err).__name__, str(err))
     except (HydraException, OmegaConfBaseException) as err:
@@ -245,7 +254,7 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 def main() -> None:
     import hydra
-    from hydra.errors import HydraException, InstantiationException
+    from hydra.errors import InstantiationException
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us: we print them as one line
@@ -271,15 +280,8 @@ def main() -> None:
             _fail("ConfigError", _hydra_message(err))
 
     signal.signal(signal.SIGTERM, _sigterm)
-    try:
+    with _one_line_errors():
         _app()
-    except HybridError as err:
-        _fail(type(err).__name__, str(err))
-    except (HydraException, OmegaConfBaseException) as err:
-        _fail("ConfigError", _hydra_message(err))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

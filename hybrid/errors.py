@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
+
 
 class HybridError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -21,3 +24,13 @@ class BackendError(HybridError):
 
 class StoreError(HybridError):
     """The campaign store is unusable (corrupt, or belongs to another campaign)."""
+
+
+def reject_unknown_keys(where: str, keys: Iterable[object], allowed: Sequence[str]) -> None:
+    """ConfigError ``<where>.<key>: unknown key; did you mean X? allowed: ...`` for the first key
+    not in ``allowed``."""
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{where}.{key}: unknown key; {hint}allowed: {', '.join(allowed)}")

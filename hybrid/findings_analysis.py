@@ -31,7 +31,7 @@ from hybrid.effects import (
     paired_offsets,
     reference_level,
 )
-from hybrid.errors import HybridError, InvalidCandidateError
+from hybrid.errors import HybridError
 from hybrid.plots import Slice
 from hybrid.proposers.llm_context import clip, failure_kind, fmt_value
 from hybrid.report import baseline_experiment, best_experiment
@@ -41,7 +41,7 @@ from hybrid.types import Experiment, Objective
 
 __all__ = [
     "Analysis", "CampaignData", "HardwareRow", "Improvement", "analyze", "failure_pattern", "finish_order",
-    "fits_space", "gp_slices", "guarded", "hardware_rows", "improvements", "load_campaign", "throughput_of",
+    "gp_slices", "guarded", "hardware_rows", "improvements", "load_campaign", "throughput_of",
 ]
 
 _SLICE_PARAMS = 3
@@ -74,19 +74,11 @@ class CampaignData:
     @cached_property
     def valid(self) -> list[Experiment]:
         """Experiments whose params fit the space (a resumed campaign's space may have changed)."""
-        return [e for e in self.exps if self.space is not None and fits_space(self.space, e.params)]
+        return [e for e in self.exps if self.space is not None and self.space.contains(e.params)]
 
     def successes(self) -> list[tuple[Experiment, float]]:
         m = self.objective.metric
         return [(e, v) for e in self.valid if (v := e.value(m)) is not None]
-
-
-def fits_space(space: SearchSpace, params: Mapping[str, Any]) -> bool:
-    try:
-        space.validate(params)
-    except InvalidCandidateError:
-        return False
-    return True
 
 
 def load_campaign(campaign_dir: Path, *, objective: Objective | None = None,
@@ -362,7 +354,7 @@ def analyze(data: CampaignData, gp: bool = True) -> Analysis:
         ranked = [c.name for c in a.correlations if not isinstance(space.params[c.name], CategoricalParam)]
     if not gp:
         a.slice_note = "skipped (the report was written without the GP)"
-    elif best is not None and ranked and fits_space(space, best.params):
+    elif best is not None and ranked and space.contains(best.params):
         a.slices, a.slice_note = guarded(notes, "GP slices", partial(gp_slices, data, ranked[:_SLICE_PARAMS], best),
                                         ([], ""))
     a.notes = notes

@@ -20,7 +20,6 @@ from hybrid.findings_analysis import (
     Analysis,
     CampaignData,
     failure_pattern,
-    fits_space,
     guarded,
     hardware_rows,
     improvements,
@@ -255,7 +254,7 @@ def section_failures(data: CampaignData, a: Analysis) -> list[str]:
     if reasons:
         out.append("- Reasons: " + "; ".join(f"\"{r}\" {TIMES}{n}" for r, n in
                                              sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) + ".")
-    valid = [e for e in counted if data.space is not None and fits_space(data.space, e.params)
+    valid = [e for e in counted if data.space is not None and data.space.contains(e.params)
              and e.state is not ExperimentState.CANCELLED]
     if data.space is not None and valid:
         patterns = [p for kind in sorted(kinds) if (p := failure_pattern(data.space, valid, kind))]

@@ -245,6 +245,14 @@ class SearchSpace:
         """The baseline configuration: every parameter at its default."""
         return {name: p.default for name, p in self.params.items()}
 
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` is a valid configuration of this space (``validate`` would accept it)."""
+        try:
+            self.validate(params)
+        except InvalidCandidateError:
+            return False
+        return True
+
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check a full configuration; return it normalized (ints as int, floats as float).
 

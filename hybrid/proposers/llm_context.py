@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.errors import InvalidCandidateError
 from hybrid.report import baseline_experiment, hypothesis_outcomes
 from hybrid.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from hybrid.types import Candidate, Experiment, ExperimentState, Objective
@@ -240,14 +239,6 @@ def failure_region_lines(space: SearchSpace, finished: Sequence[Experiment]) -> 
     return lines
 
 
-def _fits(space: SearchSpace, params: Mapping[str, Any]) -> bool:
-    try:
-        space.validate(params)
-    except InvalidCandidateError:
-        return False
-    return True
-
-
 # ---- the prompt -------------------------------------------------------------------------------
 SYSTEM = """You lead the research of an automated experiment campaign. Worker machines train a model \
 with a configuration each and report {metric} ({direction}). You read a summary of the campaign and \
@@ -303,7 +294,7 @@ class PromptBuilder:
         self.inp = inputs
         space, obj, hist = inputs.space, inputs.objective, inputs.history
         m = obj.metric
-        hist = [e for e in hist if _fits(space, e.params)]  # e.g. a resumed campaign whose space changed
+        hist = [e for e in hist if space.contains(e.params)]  # e.g. a resumed campaign whose space changed
         priors = [e for e in hist if is_prior(e)]  # earlier campaigns' results (warm start)
         hist = [e for e in hist if not is_prior(e)]
         self.tool_tokens = estimate_tokens(str(tool))
