@@ -16,21 +16,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 
 from hybrid.errors import BackendError
-from hybrid.types import Experiment
+from hybrid.types import Experiment, JobState, Worker
 
-
-@dataclass(frozen=True)
-class Worker:
-    """One slot of compute. A backend lists one Worker per slot that can run one experiment."""
-
-    name: str  # unique within the campaign, e.g. "gpu0", "w03", "slurm-h100-2"
-    hardware: str  # label results are grouped by, e.g. "h100", "cpu"
-    hourly_usd: float = 0.0
-    gpus: tuple[int, ...] = ()  # local GPU indices (CUDA_VISIBLE_DEVICES) when relevant
+__all__ = ["Backend", "Finished", "JobHandle", "JobState", "RunSpec", "Worker"]
 
 
 @dataclass(frozen=True)
@@ -42,20 +33,6 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
     timeout_s: float | None = None  # kill the whole process tree after this long
     log_name: str = "run.log"  # stdout+stderr go to workdir/log_name
-
-
-class JobState(IntEnum):
-    """What a backend knows about one job."""
-
-    QUEUED = 0
-    RUNNING = 1
-    EXITED = 2  # ended by itself; see exit_code
-    TIMEOUT = 3  # killed after RunSpec.timeout_s
-    CANCELLED = 4  # killed by cancel()
-    LOST = 5  # the backend can no longer find the job (node failure, orchestrator restart...)
-
-    def is_finished(self) -> bool:
-        return self >= JobState.EXITED
 
 
 @dataclass

@@ -87,14 +87,14 @@ def run(mode: str, n_experiments: int, proposer: str, workdir: Path) -> dict:
     wall_total = time.time() - t0
     exps = campaign.experiments()
     start = min(e.started for e in exps)
-    end = max(e.extra["_ended"] for e in exps)
+    end = max(e.ended for e in exps)
     wall = end - start
-    busy = sum(e.extra["_ended"] - e.started for e in exps)
+    busy = sum(e.ended - e.started for e in exps)
     # Steady state: until the budget's last experiment is dispatched. After that the fleet drains
     # (no work is left to give), which any finite campaign pays once, whatever its dispatcher.
     last_submit = max(e.started for e in exps)
-    steady_busy = sum(max(0.0, min(e.extra["_ended"], last_submit) - e.started) for e in exps)
-    idle = sorted(e.extra["idle_before_s"] for e in exps if e.wave > 1 and "idle_before_s" in e.extra)
+    steady_busy = sum(max(0.0, min(e.ended, last_submit) - e.started) for e in exps)
+    idle = sorted(e.idle_before_s for e in exps if e.wave > 1 and e.idle_before_s is not None)
     n_workers = len(fleet())
     return {
         "mode": mode,

@@ -10,7 +10,6 @@ duplicates nothing. MLflow is fed from a background thread (a mirror never slows
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -18,38 +17,28 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
-from hybrid import targets
-from hybrid.errors import BackendError, ConfigError, InvalidCandidateError
+from hybrid import history, targets
+from hybrid.errors import BackendError, ConfigError
 from hybrid.findings import write_reports
-from hybrid.mirror import TrackerMirror
-from hybrid.pool import PoolPrefetcher
+from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
+from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
-from hybrid.report import (
-    Summary,
-    baseline_experiment,
-    best_experiment,
-    summarize,
-    write_hypotheses_md,
-    write_results_tsv,
-)
+from hybrid.report import Summary, summarize, write_hypotheses_md, write_results_tsv
+from hybrid.resume import lock_campaign, restore
 from hybrid.space import SearchSpace
-from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, failure_reason, money_saved
+from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, StopRules
 from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.tracking import CampaignInfo, NullTracker, Tracker
-from hybrid.types import Candidate, Experiment, ExperimentState, Result
+from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
 from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
 from surrogate.acquisition import InOrderRanker, Ranker
-
-LOST = "orchestrator lost the job"
-NEVER_SUBMITTED = "never submitted (the orchestrator stopped before submitting it)"
 
 
 @contextmanager
@@ -100,20 +89,18 @@ class Campaign:
             raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
         if on_interrupt not in ("cancel", "detach"):
             raise ConfigError(f"campaign.on_interrupt: {on_interrupt!r} is not cancel or detach")
-        if not 0 <= max_failure_rate <= 1:
-            raise ConfigError(f"campaign.max_failure_rate: {max_failure_rate} must be within [0, 1]")
         self.name, self.dir, self.space, self.target = name, Path(dir), space, target
         self.objective = target.objective
         self.backend, self.proposer = backend, proposer
         self.ranker = ranker or InOrderRanker()
         self.budget = budget or Budget()
+        self.stopping = StopRules(self.budget, max_failure_rate, cost_stop)
         self.tracker = tracker or NullTracker()
         self.mode, self.poll_interval_s = mode, poll_interval_s
-        self.max_failure_rate, self.on_interrupt = max_failure_rate, on_interrupt
+        self.on_interrupt = on_interrupt
         self.progress = progress or Progress("none")
         self.config = dict(config or {})
         self.target_hardware = target_hardware
-        self.cost_stop = cost_stop
         # earlier campaigns whose results are prior data (hybrid/warm_start.py): loaded by run()
         self.warm_start = warm_start_entries(warm_start)
         self.warm: list[PriorCampaign] = []
@@ -123,13 +110,8 @@ class Campaign:
         self.findings = findings
         if prefetch_pool not in (True, False, "inline"):
             raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
-        # A ranker that chooses from a pool larger than the free workers (the GP) gets its next
-        # pool generated off the dispatch path (hybrid/pool.py); the classical in-order path is
-        # left exactly as it was.
-        if hasattr(self.ranker, "wave_shares"):  # e.g. the LLM's share of each wave (proposer.llm_share)
-            self.ranker.wave_shares = dict(getattr(proposer, "wave_shares", {}) or {})
-        self._prefetch = (PoolPrefetcher(proposer, background=prefetch_pool is True)
-                          if prefetch_pool and self.ranker.pool_size(1) > 1 else None)
+        self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
+        self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}
         self.requeue: list[Candidate] = []
         self.stop_reason: str | None = None
@@ -187,8 +169,7 @@ class Campaign:
             self.status = "interrupted"
         except BaseException:
             # A bug or an unusable backend: leave running jobs alone, a resume re-attaches them.
-            if self._prefetch is not None:
-                self._prefetch.close()
+            self.pool.close()
             self.backend.detach()
             self.progress.stop()
             self.mirror.stop()
@@ -208,58 +189,17 @@ class Campaign:
 
     # ---- startup --------------------------------------------------------------------------
     def _lock(self):
-        f = open(self.dir / ".lock", "a+")  # noqa: SIM115 - held for the whole session
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise ConfigError(f"campaign.name: campaign {self.name!r} is already running in another process "
-                              f"({self.dir}); wait for it, or pick another campaign.name") from None
-        return f
+        return lock_campaign(self.dir, self.name)
 
     def _restore(self, resumed: bool) -> None:
-        for e in self.store.experiments():
-            self.exps[e.id] = e
-            self.wave = max(self.wave, e.wave)
+        found = restore(self.store, self.backend, self.space, resumed)
+        self.exps, self.wave, self.requeue = found.exps, found.wave, found.requeue
         if not resumed:
             return
-        n_attached = 0
-        for e in list(self.exps.values()):
-            if e.state is ExperimentState.RUNNING and e.job_id:
-                if self.backend.attach(e.job_id, e) is not None:
-                    n_attached += 1
-                else:
-                    self._lose(e, LOST, ExperimentState.CRASHED)
-            elif e.state is ExperimentState.PENDING:
-                handle = self.backend.recover(e)
-                if handle is not None:
-                    self.store.mark_running(e.id, handle.job_id, handle.started)
-                    e.state, e.job_id, e.started = ExperimentState.RUNNING, handle.job_id, handle.started
-                    n_attached += 1
-                else:
-                    self._lose(e, NEVER_SUBMITTED, ExperimentState.CANCELLED)
-        # Lost experiments are re-run once; derived from the store, so a lost config whose re-run
-        # never got dispatched (another kill) is still re-queued on the next resume.
-        exps = list(self.exps.values())
-        for i, e in enumerate(exps):
-            key = self.space.key(e.params)
-            if e.extra.get("requeued") and not any(self.space.key(x.params) == key for x in exps[i + 1:]):
-                reason = e.result.reason if e.result else LOST
-                self.requeue.append(replace(e.candidate, rationale=f"re-run of {e.id} ({reason}). "
-                                            f"{e.candidate.rationale}".strip()))
         for e in self.exps.values():
-            if e.result is not None and not e.extra.get("_mirrored"):
-                self.mirror.q.put((e, e.result))
-        n_done = sum(1 for e in self.exps.values() if e.result is not None)
-        self.progress.message(f"resumed campaign {self.name}: {n_done} results kept, {n_attached} running jobs "
-                              f"re-attached, {len(self.requeue)} lost experiments re-queued")
-
-    def _lose(self, e: Experiment, reason: str, state: ExperimentState) -> None:
-        """Record an experiment the orchestrator lost track of (``_restore`` queues it again)."""
-        result = Result(e.id, state, {}, e.hardware, 0.0, 0.0, "", reason)
-        self.store.record(result, extra={"requeued": True})
-        e.state, e.result = state, result
-        e.extra["requeued"] = True
+            if e.result is not None and not e.mirrored:
+                self.mirror.send(ResultMsg(e, e.result))
+        self.progress.message(found.message(self.name))
 
     # ---- the loop -------------------------------------------------------------------------
     def _loop(self) -> str:
@@ -274,10 +214,11 @@ class Campaign:
             if self.stop_reason is None:
                 dispatched = self._dispatch()
                 busy = dispatched or busy
-                if (not dispatched and not self.backend.running() and self.stop_reason is None
-                        and not self.proposer.waiting()):  # an LLM still thinking may bring candidates
-                    self.stop_reason = "search space exhausted: the proposers have no new configuration"
-                    self.progress.message(f"stopping: {self.stop_reason}")
+                if self.stop_reason is None:
+                    self.stop_reason = self.stopping.exhausted(dispatched, bool(self.backend.running()),
+                                                               self.proposer.waiting())
+                    if self.stop_reason:
+                        self.progress.message(f"stopping: {self.stop_reason}")
             self.progress.tick(self._view())
             if not busy:
                 time.sleep(self.poll_interval_s)
@@ -290,14 +231,13 @@ class Campaign:
             result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
                                        self.target.timeout_s)
             if self.store.record(result, ended=f.ended):
-                exp.state, exp.result, exp.hardware = result.state, result, result.hardware
-                exp.extra["_ended"] = f.ended
-                self.mirror.q.put((exp, result))
+                exp.state, exp.result, exp.hardware, exp.ended = result.state, result, result.hardware, f.ended
+                self.mirror.send(ResultMsg(exp, result))
                 self.progress.finished(exp, result, self._view())
             self._free_since[f.worker.name] = f.ended
         if finished:
             self._write_tsv()
-            self.mirror.q.put(("update", self._summary_metrics()))
+            self.mirror.send(SummaryMsg(self._summary_metrics()))
         return bool(finished)
 
     def _proposer_events(self) -> None:
@@ -317,10 +257,10 @@ class Campaign:
                 self.progress.message(f"{ev.source}: {ev.message}")
             metrics = {f"{ev.source}.{k}": v for k, v in ev.metrics.items()}
             metrics["proposer_usd_total"] = self._proposer_usd
-            self.mirror.q.put(("metrics", metrics, self._proposer_calls))
+            self.mirror.send(MetricsMsg(metrics, self._proposer_calls))
 
     def _progress(self) -> CampaignProgress:
-        counted = [e for e in self.exps.values() if not e.extra.get("requeued")]
+        counted = history.counted(list(self.exps.values()))
         now = time.time()
         spend = self._proposer_usd
         for e in self.exps.values():
@@ -338,8 +278,7 @@ class Campaign:
         )
 
     def _check_stop(self) -> str | None:
-        p = self._progress()
-        reason = self.budget.reason(p) or failure_reason(p, self.max_failure_rate)
+        reason = self.stopping.before_dispatch(self._progress())
         if reason:
             self.progress.message(f"stopping: {reason}")
         return reason
@@ -354,7 +293,7 @@ class Campaign:
         if n <= 0:
             return False
         own = list(self.exps.values())
-        history = self._history()
+        seen = self._history()
         fixed: list[Candidate] = []
         if not own:  # experiment 1 is always the baseline (the target's defaults), warm start or not
             fixed.append(Candidate(self.space.defaults(), "baseline", "the target's default configuration"))
@@ -362,10 +301,10 @@ class Campaign:
             fixed.append(self.requeue.pop(0))
         wave = list(zip(fixed, free, strict=False))
         rest = free[len(fixed):n]
-        pool = self._pool(history, len(rest), fixed) if rest else []
+        pool = self.pool.take(seen, self.ranker.pool_size(len(rest)), len(rest), fixed) if rest else []
         if pool:  # (proposer=llm may have nothing yet: no ranking, no stopping decision on an empty pool)
             running = [e for e in own if e.state is ExperimentState.RUNNING]
-            wave += self.ranker.rank(pool, history, running, rest)[: len(rest)]
+            wave += self.ranker.rank(pool, seen, running, rest)[: len(rest)]
             if self._cost_stop_fires():
                 return False
         if not wave:
@@ -374,8 +313,7 @@ class Campaign:
         for cand, worker in wave:
             with _deferred_interrupts():
                 self._submit(cand, worker, self.wave)
-        if self._prefetch is not None:
-            self._prefetch.prepare(self._history(), self.ranker.pool_size(1))
+        self.pool.prepare(self._history(), self.ranker.pool_size(1))
         return True
 
     def _history(self) -> list[Experiment]:
@@ -386,58 +324,14 @@ class Campaign:
 
     def _cost_stop_fires(self) -> bool:
         """Feed the ranker's decision to the cost-aware rule; True when it says stop."""
-        if self.cost_stop is None:
-            return False
-        decision = getattr(self.ranker, "last_decision", None)
-        gain = decision.best_gain_per_usd if decision is not None and decision.fitted else None
-        p = self._progress()
-        reason = self.cost_stop.observe(gain, p.n_finished)
+        fleet_hourly = sum(w.hourly_usd for w in self.backend.workers())
+        reason = self.stopping.after_ranking(self.ranker.last_decision, self._progress(), fleet_hourly)
         if reason is None:
             return False
-        fleet_hourly = sum(w.hourly_usd for w in self.backend.workers())
-        saved = money_saved(self.budget, p, fleet_hourly)
-        if saved is not None and fleet_hourly > 0:
-            reason += f"; about ${saved:.2f} of the budget left unspent"
-        left = self.budget.remaining_experiments(p.n_created)
-        if left:
-            reason += f"; {left} of budget.max_experiments={self.budget.max_experiments} not run"
         self.stop_reason = reason
         self.store.event("cost_stop", reason)
         self.progress.message(f"stopping: {reason}")
         return True
-
-    def _pool(self, history: Sequence[Experiment], n_free: int, taken: Sequence[Candidate]) -> list[Candidate]:
-        """The candidates the ranker chooses from: the prefetched pool when there is one (less
-        what was tried or started since), topped up now if fewer than ``n_free`` are left."""
-        n = self.ranker.pool_size(n_free)
-        ready = self._prefetch.take() if self._prefetch is not None else None
-        if ready is None:
-            return self._propose(history, n, taken)
-        pool = self._usable(ready, history, taken)
-        if len(pool) < n_free:
-            pool += self._propose(history, n - len(pool), [*taken, *pool])
-        return pool
-
-    def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:
-        ask = self._prefetch.propose if self._prefetch is not None else self.proposer.propose
-        return self._usable(ask(history, n), history, taken)
-
-    def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
-                taken: Sequence[Candidate]) -> list[Candidate]:
-        """Valid candidates, each new: not in the history, not taken, not twice."""
-        seen = {self.space.key(e.params) for e in history} | {self.space.key(c.params) for c in taken}
-        out: list[Candidate] = []
-        for cand in cands:
-            try:
-                params = self.space.validate(cand.params)
-            except InvalidCandidateError as e:
-                self.progress.message(f"dropped an invalid {cand.source} proposal: {e}")
-                continue
-            key = self.space.key(params)
-            if key not in seen:
-                seen.add(key)
-                out.append(replace(cand, params=params))
-        return out
 
     def _submit(self, cand: Candidate, worker: Worker, wave: int) -> None:
         exp = self.store.create(cand, worker.name, worker.hardware, wave, self.dir / "experiments")
@@ -454,16 +348,17 @@ class Campaign:
             )
             handle = self.backend.submit(exp, spec)
         except (BackendError, OSError) as err:
-            result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "", f"submit failed: {err}")
+            result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "",
+                            f"submit failed: {err}", FailureKind.CRASH)
             self.store.record(result)
             exp.state, exp.result = result.state, result
-            self.mirror.q.put((exp, result))
+            self.mirror.send(ResultMsg(exp, result))
             self.progress.message(f"{exp.id}: submit to {worker.name} failed: {err}")
             return
         idle = max(0.0, handle.started - self._free_since.get(worker.name, self._session_start))
-        self.store.mark_running(exp.id, handle.job_id, handle.started, {"idle_before_s": idle})
+        self.store.mark_running(exp.id, handle.job_id, handle.started, idle_before_s=idle)
         exp.state, exp.job_id, exp.started = ExperimentState.RUNNING, handle.job_id, handle.started
-        exp.extra["idle_before_s"] = idle
+        exp.idle_before_s = idle
         self.progress.submitted(exp)
 
     # ---- shutdown -------------------------------------------------------------------------
@@ -492,12 +387,12 @@ class Campaign:
     def _view(self) -> View:
         exps = list(self.exps.values())
         p = self._progress()
-        base = baseline_experiment(exps)
+        base = history.baseline(exps)
         return View(
             name=self.name, objective=self.objective,
             workers=[(w.name, w.hardware) for w in self.backend.workers()],
             running={e.worker: e for e in exps if e.state is ExperimentState.RUNNING},
-            best=best_experiment(exps, self.objective, self.target_hardware) or best_experiment(exps, self.objective),
+            best=history.best(exps, self.objective, self.target_hardware),
             baseline=base.value(self.objective.metric) if base else None,
             n_created=p.n_created, n_done=sum(1 for e in exps if e.state is ExperimentState.DONE),
             n_failed=p.n_failed, spend_usd=p.spend_usd, elapsed_s=p.elapsed_s, stopping=self.stop_reason,
@@ -535,11 +430,10 @@ class Campaign:
             if len(written) > 1:
                 artifacts.append(self.dir / "plots")  # uploaded as the folder plots/
         self.progress.stop(self._view())
-        self.mirror.q.put(("update", summary.as_metrics()))
+        self.mirror.send(SummaryMsg(summary.as_metrics()))
         self.mirror.stop()
         self.tracker.close(status, reason, summary.as_metrics(), artifacts)
-        if self._prefetch is not None:
-            self._prefetch.close()
+        self.pool.close()
         self.proposer.close()
         self.backend.close()
         self.store.close()

@@ -1,16 +1,43 @@
 """The tracker mirror: MLflow (or any Tracker) is fed from a background thread, so a slow
 tracking server never slows dispatch, and a result is marked mirrored in the store only once the
-tracker took it (an unmirrored result is sent again on resume)."""
+tracker took it (an unmirrored result is sent again on resume).
+
+What the campaign sends is one of three small messages: :class:`ResultMsg` (a finished
+experiment), :class:`SummaryMsg` (the campaign's summary metrics, on the parent run) and
+:class:`MetricsMsg` (one paid proposer call: LLM tokens, latency..., one step each).
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hybrid.store import Store
 from hybrid.tracking import Tracker
-from hybrid.types import Experiment
+from hybrid.types import Experiment, Result
+
+
+@dataclass(frozen=True)
+class ResultMsg:
+    exp: Experiment
+    result: Result
+
+
+@dataclass(frozen=True)
+class SummaryMsg:
+    metrics: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricsMsg:
+    metrics: Mapping[str, float]
+    step: int
+
+
+Message = ResultMsg | SummaryMsg | MetricsMsg
 
 
 class TrackerMirror(threading.Thread):
@@ -19,22 +46,22 @@ class TrackerMirror(threading.Thread):
     def __init__(self, tracker: Tracker, store: Store) -> None:
         super().__init__(name="hybrid-mirror", daemon=True)
         self.tracker, self.store = tracker, store
-        self.q: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._q: queue.Queue[Message | None] = queue.Queue()
+
+    def send(self, msg: Message) -> None:
+        self._q.put(msg)
 
     def run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if isinstance(item[0], Experiment):
-                exp, result = item
+        while (msg := self._q.get()) is not None:
+            if isinstance(msg, ResultMsg):
                 # Trackers never raise: they warn and go on. An unmirrored result is retried on resume.
-                if self.tracker.log(exp, result):
-                    self.store.mark_mirrored(exp.id)
-            elif item[0] == "metrics":  # one paid proposer call (LLM tokens, latency...), one step each
-                log_metrics = getattr(self.tracker, "log_metrics", None)
-                if log_metrics is not None:
-                    log_metrics(item[1], item[2])
+                if self.tracker.log(msg.exp, msg.result):
+                    self.store.mark_mirrored(msg.exp.id)
+            elif isinstance(msg, MetricsMsg):
+                self.tracker.log_metrics(msg.metrics, msg.step)
             else:
-                self.tracker.update(item[1])  # type: ignore[arg-type]
+                self.tracker.update(msg.metrics)
 
     def stop(self) -> None:
-        self.q.put(None)
+        self._q.put(None)
         self.join()

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+from hybrid.errors import InvalidCandidateError
 from hybrid.proposers.base import Proposer
+from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment
 
 
@@ -79,3 +82,58 @@ class PoolPrefetcher:
 
     def close(self) -> None:
         self.wait()
+
+
+class CandidatePool:
+    """What the ranker chooses from at each decision: the prefetched pool when there is one (less
+    what was tried or started since), topped up from the proposer when fewer than the free workers
+    are left; every candidate valid in the space and new (not in the history, not taken, not twice).
+
+    ``prefetch``: True (a background thread), "inline" (the same pool made synchronously) or False
+    (asked when a worker frees). It applies only to rankers that choose from more candidates than
+    there are free workers (the GP); the classical in-order path is left as it was."""
+
+    def __init__(self, proposer: Proposer, space: SearchSpace, prefetch: bool | str, ranker_pool: int,
+                 say: Callable[[str], None]) -> None:
+        self.proposer, self.space, self.say = proposer, space, say
+        self.prefetcher = (PoolPrefetcher(proposer, background=prefetch is True)
+                           if prefetch and ranker_pool > 1 else None)
+
+    def take(self, history: Sequence[Experiment], pool_size: int, n_free: int,
+             taken: Sequence[Candidate]) -> list[Candidate]:
+        ready = self.prefetcher.take() if self.prefetcher is not None else None
+        if ready is None:
+            return self._propose(history, pool_size, taken)
+        pool = self._usable(ready, history, taken)
+        if len(pool) < n_free:
+            pool += self._propose(history, pool_size - len(pool), [*taken, *pool])
+        return pool
+
+    def prepare(self, history: Sequence[Experiment], n: int) -> None:
+        """Start making the next decision's pool now (right after a wave is dispatched)."""
+        if self.prefetcher is not None:
+            self.prefetcher.prepare(history, n)
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+
+    def _propose(self, history: Sequence[Experiment], n: int, taken: Sequence[Candidate]) -> list[Candidate]:
+        ask = self.prefetcher.propose if self.prefetcher is not None else self.proposer.propose
+        return self._usable(ask(history, n), history, taken)
+
+    def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
+                taken: Sequence[Candidate]) -> list[Candidate]:
+        seen = {self.space.key(e.params) for e in history} | {self.space.key(c.params) for c in taken}
+        out: list[Candidate] = []
+        for cand in cands:
+            try:
+                params = self.space.validate(cand.params)
+            except InvalidCandidateError as e:
+                self.say(f"dropped an invalid {cand.source} proposal: {e}")
+                continue
+            key = self.space.key(params)
+            if key not in seen:
+                seen.add(key)
+                out.append(replace(cand, params=params))
+        return out

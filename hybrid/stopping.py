@@ -1,12 +1,16 @@
-"""When a campaign stops dispatching: budget caps and a failure-rate guard.
+"""When a campaign stops dispatching, decided in one place (:class:`StopRules`):
+
+1. before each decision: a budget cap (experiments, hours, USD) or the failure-rate guard;
+2. after the ranker scored a wave: the cost-aware rule (the GP's expected gain per USD);
+3. when the proposers have nothing new and nothing is running or expected: the space is exhausted.
 
 Every rule returns a reason (printed, stored, logged) or None. Stopping means "dispatch nothing
 new"; experiments already running are allowed to finish (their results are paid for).
-The cost-aware expected-gain-per-dollar rule comes with the GP surrogate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +28,13 @@ class CampaignProgress:
     spend_usd: float  # worker cost so far, running experiments' accrued cost included
 
 
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """A config value from a mapping or from a typed config object (hybrid.config)."""
+    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
+
 def _cap(cfg: Any, key: str, kind: type) -> Any:
-    value = cfg.get(key)
+    value = _get(cfg, key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -85,9 +94,9 @@ class CostAwareStop:
 
     @classmethod
     def from_config(cls, cfg: Any) -> CostAwareStop:
-        min_exp = cfg.get("min_experiments", 20)
-        gain = cfg.get("min_gain_per_usd", 0.001)
-        patience = cfg.get("patience", 3)
+        min_exp = _get(cfg, "min_experiments", 20)
+        gain = _get(cfg, "min_gain_per_usd", 0.001)
+        patience = _get(cfg, "patience", 3)
         if isinstance(min_exp, bool) or not isinstance(min_exp, int) or min_exp < 1:
             raise ConfigError(f"stopping.min_experiments: expected a positive integer, got {min_exp!r}")
         if isinstance(gain, bool) or not isinstance(gain, int | float) or gain < 0:
@@ -119,3 +128,44 @@ def money_saved(budget: Budget, p: CampaignProgress, fleet_hourly_usd: float) ->
     if budget.max_experiments is not None and p.n_finished:
         left.append(max(0, budget.max_experiments - p.n_created) * p.spend_usd / p.n_finished)
     return min(left) if left else None
+
+
+EXHAUSTED = "search space exhausted: the proposers have no new configuration"
+
+
+@dataclass
+class StopRules:
+    """Every reason a campaign stops dispatching, checked where the loop asks (module docstring)."""
+
+    budget: Budget
+    max_failure_rate: float = 0.5
+    cost: CostAwareStop | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ConfigError(f"campaign.max_failure_rate: {self.max_failure_rate} must be within [0, 1]")
+
+    def before_dispatch(self, p: CampaignProgress) -> str | None:
+        """A budget cap reached, or too many failures."""
+        return self.budget.reason(p) or failure_reason(p, self.max_failure_rate)
+
+    def after_ranking(self, decision: Any, p: CampaignProgress, fleet_hourly_usd: float) -> str | None:
+        """The cost-aware rule, fed the ranker's ``last_decision`` (a ``RankDecision`` or None)."""
+        if self.cost is None:
+            return None
+        gain = decision.best_gain_per_usd if decision is not None and decision.fitted else None
+        reason = self.cost.observe(gain, p.n_finished)
+        if reason is None:
+            return None
+        saved = money_saved(self.budget, p, fleet_hourly_usd)
+        if saved is not None and fleet_hourly_usd > 0:
+            reason += f"; about ${saved:.2f} of the budget left unspent"
+        left = self.budget.remaining_experiments(p.n_created)
+        if left:
+            reason += f"; {left} of budget.max_experiments={self.budget.max_experiments} not run"
+        return reason
+
+    @staticmethod
+    def exhausted(dispatched: bool, running: bool, proposer_waiting: bool) -> str | None:
+        """Nothing new to run, nothing running, nothing expected (an LLM still thinking may bring some)."""
+        return EXHAUSTED if not dispatched and not running and not proposer_waiting else None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.errors import StoreError
-from hybrid.types import Candidate, Experiment, ExperimentState, Result
+from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
 
 SCHEMA_VERSION = 1
 
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     cost_usd   REAL,
     log_tail   TEXT,
     reason     TEXT,
+    failure    TEXT,
     mirrored   INTEGER NOT NULL DEFAULT 0,
     extra      TEXT NOT NULL DEFAULT '{}'
 );
@@ -69,6 +70,23 @@ def _json_metrics(metrics: Mapping[str, float]) -> str:
 
 def _load_metrics(text: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(text or "{}").items()}
+
+
+def _legacy_failure(state: ExperimentState, reason: str, metrics: Mapping[str, float]) -> FailureKind | None:
+    """The failure kind of a result recorded before stores had a ``failure`` column: derived once from
+    the reason it was stored with (the only place a reason string is read for its meaning)."""
+    if not state.is_finished() or state is ExperimentState.DONE:
+        return None
+    if state is ExperimentState.CANCELLED:
+        return FailureKind.CANCELLED
+    if state is ExperimentState.TIMEOUT:
+        return FailureKind.TIMEOUT
+    text = reason.lower()
+    if "out of memory" in text or metrics.get("oom") == 1:
+        return FailureKind.OOM
+    if "lost" in text or "never submitted" in text:
+        return FailureKind.LOST
+    return FailureKind.NO_METRIC if text.startswith("no metric") or " is nan" in text else FailureKind.CRASH
 
 
 def _read_only_uri(path: Path) -> str:
@@ -117,6 +135,7 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable campaign store ({e}); move it away or pick another campaign.name") from None
         version = self.get_meta("schema_version")
@@ -147,6 +166,21 @@ class Store:
             raise StoreError(f"{store.path}: store schema {version} is not {SCHEMA_VERSION} (written by another "
                              "version of hybrid)")
         return store
+
+    def _has_failure_column(self) -> bool:
+        return any(row[1] == "failure" for row in self._read("PRAGMA table_info(experiments)"))
+
+    def _migrate(self) -> None:
+        """Stores written before the ``failure`` column get it, filled once from their reasons."""
+        if self._has_failure_column():
+            return
+        with self._tx() as c:
+            c.execute("ALTER TABLE experiments ADD COLUMN failure TEXT")
+            for exp_id, state, reason, metrics in c.execute(
+                    "SELECT id, state, reason, metrics FROM experiments").fetchall():
+                kind = _legacy_failure(ExperimentState(state), reason or "", _load_metrics(metrics))
+                if kind is not None:
+                    c.execute("UPDATE experiments SET failure = ? WHERE id = ?", (kind.value, exp_id))
 
     def _attach(self, path: Path, *, read_only: bool) -> None:
         self.path = path
@@ -236,18 +270,23 @@ class Store:
             )
         return Experiment(exp_id, candidate, worker, hardware, wave, ExperimentState.PENDING, None, None, seq, workdir)
 
-    def mark_running(self, exp_id: str, job_id: str, started: float, extra: Mapping[str, Any] | None = None) -> None:
+    def mark_running(self, exp_id: str, job_id: str, started: float, extra: Mapping[str, Any] | None = None, *,
+                     idle_before_s: float | None = None) -> None:
         with self._tx() as c:
             row = c.execute("SELECT extra FROM experiments WHERE id = ?", (exp_id,)).fetchone()
             merged = {**json.loads(row[0] if row else "{}"), **(extra or {})}
+            if idle_before_s is not None:
+                merged["idle_before_s"] = idle_before_s
             c.execute(
                 "UPDATE experiments SET state = ?, job_id = ?, started = ?, extra = ? WHERE id = ?",
                 (int(ExperimentState.RUNNING), job_id, started, json.dumps(merged), exp_id),
             )
 
-    def record(self, result: Result, ended: float | None = None, extra: Mapping[str, Any] | None = None) -> bool:
+    def record(self, result: Result, ended: float | None = None, extra: Mapping[str, Any] | None = None, *,
+               requeued: bool = False) -> bool:
         """Record a finished experiment. Returns False (and changes nothing) when it was already
-        finished: a result is recorded exactly once."""
+        finished: a result is recorded exactly once. ``requeued``: the orchestrator lost it and its
+        configuration is run again (it does not count against the budget)."""
         if not result.state.is_finished():
             raise ValueError(f"record() needs a finished state, got {result.state.name}")
         with self._tx() as c:
@@ -257,11 +296,14 @@ class Store:
             if ExperimentState(row[0]).is_finished():
                 return False
             merged = {**json.loads(row[1] or "{}"), **(extra or {})}
+            if requeued:
+                merged["requeued"] = True
             c.execute(
                 "UPDATE experiments SET state = ?, ended = ?, metrics = ?, duration_s = ?, cost_usd = ?,"
-                " log_tail = ?, reason = ?, hardware = ?, extra = ? WHERE id = ?",
+                " log_tail = ?, reason = ?, failure = ?, hardware = ?, extra = ? WHERE id = ?",
                 (int(result.state), ended if ended is not None else time.time(), _json_metrics(result.metrics),
-                 result.duration_s, result.cost_usd, result.log_tail, result.reason, result.hardware,
+                 result.duration_s, result.cost_usd, result.log_tail, result.reason,
+                 result.failure.value if result.failure is not None else None, result.hardware,
                  json.dumps(merged), result.experiment_id),
             )
         return True
@@ -271,29 +313,32 @@ class Store:
             c.execute("UPDATE experiments SET mirrored = 1 WHERE id = ?", (exp_id,))
 
     def unmirrored(self) -> list[Experiment]:
-        return [e for e in self.experiments() if e.result is not None and not e.extra.get("_mirrored")]
+        return [e for e in self.experiments() if e.result is not None and not e.mirrored]
 
     def experiments(self) -> list[Experiment]:
         """Every experiment in creation order, finished ones with their Result."""
+        failure_col = "failure" if self._has_failure_column() else "NULL"  # an old store opened read-only
         rows = self._read(
             "SELECT id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir,"
-            " started, ended, metrics, duration_s, cost_usd, log_tail, reason, mirrored, extra"
+            f" started, ended, metrics, duration_s, cost_usd, log_tail, reason, {failure_col}, mirrored, extra"
             " FROM experiments ORDER BY seq"
         )
         out = []
         for (exp_id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir, started,
-             ended, metrics, duration_s, cost_usd, log_tail, reason, mirrored, extra) in rows:
+             ended, metrics, duration_s, cost_usd, log_tail, reason, failure, mirrored, extra) in rows:
             st = ExperimentState(state)
             result = None
             if st.is_finished():
-                result = Result(exp_id, st, _load_metrics(metrics), hardware, duration_s or 0.0, cost_usd or 0.0,
-                                log_tail or "", reason or "")
+                values = _load_metrics(metrics)
+                kind = FailureKind(failure) if failure else _legacy_failure(st, reason or "", values)
+                result = Result(exp_id, st, values, hardware, duration_s or 0.0, cost_usd or 0.0,
+                                log_tail or "", reason or "", kind)
             extra_d = json.loads(extra or "{}")
-            extra_d["_mirrored"] = bool(mirrored)
-            if ended is not None:
-                extra_d["_ended"] = ended
+            requeued = bool(extra_d.pop("requeued", False))
+            idle = extra_d.pop("idle_before_s", None)
             out.append(Experiment(exp_id, Candidate(json.loads(params), source, rationale), worker, hardware, wave,
-                                  st, job_id, started, seq, workdir, result, extra_d))
+                                  st, job_id, started, seq, workdir, result, extra_d, ended=ended,
+                                  mirrored=bool(mirrored), requeued=requeued, idle_before_s=idle))
         return out
 
     def count(self) -> int:

@@ -9,7 +9,6 @@ ways: dotted ``key=value`` arguments, ``params.json`` in the workdir, and the en
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 import sys
@@ -18,16 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import Finished, JobState
+from backends.base import Finished
 from hybrid.errors import ConfigError
-from hybrid.types import ExperimentState, Objective, Result
+from hybrid.history import classify
+from hybrid.types import Objective, Result
 
 _METRIC_LINE = re.compile(
     r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf(?:inity)?)\s*$",
-    re.IGNORECASE,
-)
-_OOM = re.compile(
-    r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc|MemoryError|oom-kill",
     re.IGNORECASE,
 )
 LOG_TAIL_LINES = 40
@@ -121,30 +117,10 @@ def log_tail(log: str) -> str:
 
 def to_result(finished: Finished, objective: Objective, hardware: str, hourly_usd: float,
               timeout_s: float | None = None) -> Result:
-    """Classify a finished job: DONE only with exit code 0 and a finite objective metric."""
+    """A finished job as a Result, classified once (``hybrid.history.classify``)."""
     metrics = parse_metrics(finished.log)
-    oom = bool(_OOM.search(finished.log))
-    value = metrics.get(objective.metric)
-    state, reason = ExperimentState.DONE, ""
-    if finished.state is JobState.CANCELLED:
-        state, reason = ExperimentState.CANCELLED, finished.reason or "cancelled"
-    elif finished.state is JobState.TIMEOUT:
-        limit = f" after {timeout_s:g}s" if timeout_s else ""
-        state, reason = ExperimentState.TIMEOUT, f"timed out{limit}"
-    elif finished.state is JobState.LOST:
-        state, reason = ExperimentState.CRASHED, finished.reason or "orchestrator lost the job"
-    elif finished.exit_code != 0:
-        state, reason = ExperimentState.CRASHED, f"exit code {finished.exit_code}"
-        if oom or finished.exit_code in (137, -9):
-            reason += " (out of memory)" if oom else " (killed: SIGKILL, possibly out of memory)"
-    elif value is None:
-        state, reason = ExperimentState.CRASHED, f"no metric '{objective.metric}' printed"
-        if oom:
-            reason += " (out of memory)"
-    elif not math.isfinite(value):
-        state, reason = ExperimentState.CRASHED, f"{objective.metric} is {value}"
-    if oom and state is not ExperimentState.DONE:
-        metrics["oom"] = 1.0
+    state, failure, reason = classify(finished.state, finished.exit_code, finished.log, metrics, objective,
+                                      timeout_s=timeout_s, backend_reason=finished.reason)
     cost = finished.duration_s / 3600.0 * hourly_usd
     return Result(finished.experiment_id, state, metrics, hardware, finished.duration_s, cost,
-                  log_tail(finished.log), reason)
+                  log_tail(finished.log), reason, failure)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
 
@@ -24,6 +24,43 @@ class ExperimentState(IntEnum):
 
     def is_failure(self) -> bool:
         return self in (ExperimentState.CRASHED, ExperimentState.TIMEOUT)
+
+
+class FailureKind(StrEnum):
+    """Why a finished experiment has no usable result. Set once, where a finished job is classified
+    (``hybrid.history.classify``), stored with the result, and read by every report, model and prompt:
+    nobody matches reason strings."""
+
+    OOM = "oom"  # out of memory (the log says so, or the process was SIGKILLed: the OOM killer's signal)
+    TIMEOUT = "timeout"  # killed after target.timeout_s (or the scheduler's time limit)
+    CRASH = "crash"  # non-zero exit code, or the submit itself failed
+    NO_METRIC = "no_metric"  # exited 0 but printed no finite objective metric (missing, NaN, inf)
+    LOST = "lost"  # the orchestrator or the backend lost the job (node failure, preemption, kill -9)
+    CANCELLED = "cancelled"  # cancelled by the user (Ctrl-C) or the campaign, or never submitted
+
+
+class JobState(IntEnum):
+    """What a backend knows about one job (``backends.base`` re-exports it)."""
+
+    QUEUED = 0
+    RUNNING = 1
+    EXITED = 2  # ended by itself; see exit_code
+    TIMEOUT = 3  # killed after RunSpec.timeout_s
+    CANCELLED = 4  # killed by cancel()
+    LOST = 5  # the backend can no longer find the job (node failure, orchestrator restart...)
+
+    def is_finished(self) -> bool:
+        return self >= JobState.EXITED
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One slot of compute. A backend lists one Worker per slot that can run one experiment."""
+
+    name: str  # unique within the campaign, e.g. "gpu0", "w03", "slurm-h100-2"
+    hardware: str  # label results are grouped by, e.g. "h100", "cpu"
+    hourly_usd: float = 0.0
+    gpus: tuple[int, ...] = ()  # local GPU indices (CUDA_VISIBLE_DEVICES) when relevant
 
 
 @dataclass(frozen=True)
@@ -62,7 +99,8 @@ class Result:
     duration_s: float
     cost_usd: float
     log_tail: str = ""
-    reason: str = ""  # why it is not DONE ("exit code 1", "no metric 'val_bpb' printed", "out of memory"...)
+    reason: str = ""  # why it is not DONE, for people ("exit code 1", "no metric 'val_bpb' printed"...)
+    failure: FailureKind | None = None  # why it is not DONE, for programs (None when DONE)
 
     def value(self, metric: str) -> float | None:
         """The metric if this result counts as a success, else None."""
@@ -72,6 +110,15 @@ class Result:
         if v is None or not math.isfinite(v):
             return None
         return float(v)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Where a warm-start experiment comes from (``campaign.warm_start``)."""
+
+    campaign: str  # the earlier campaign's label
+    id: str  # its id there, e.g. e0003
+    source: str  # the proposer label it had there
 
 
 @dataclass
@@ -89,7 +136,12 @@ class Experiment:
     seq: int = 0  # 1-based order of creation in the campaign; 1 is the baseline
     workdir: str = ""  # the experiment's own snapshot of the target's code
     result: Result | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # backend/tracker bookkeeping (JSON-able)
+    extra: dict[str, Any] = field(default_factory=dict)  # backend bookkeeping (JSON-able)
+    ended: float | None = None  # wall-clock when it finished (set with the result)
+    mirrored: bool = False  # the tracker (MLflow) has it
+    requeued: bool = False  # lost by the orchestrator (or never submitted): its config is run again
+    idle_before_s: float | None = None  # how long its worker sat idle before it was submitted
+    prior: Prior | None = None  # set on an earlier campaign's experiment loaded by a warm start
 
     @property
     def params(self) -> Mapping[str, Any]:

@@ -19,16 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Worker
+from hybrid.history import is_prior
 from hybrid.space import SearchSpace
-from hybrid.types import Candidate, Experiment, Objective
-from hybrid.warm_start import is_prior
+from hybrid.types import Candidate, Experiment, Objective, Worker
 
 __all__ = ["GPRanker", "InOrderRanker", "RankDecision", "Ranker", "WaveChoice", "select_wave", "validation_picks"]
 
 
 class Ranker(ABC):
-    """Chooses which candidates run next, and where."""
+    """Chooses which candidates run next, and where.
+
+    ``last_decision``: what the last ``rank`` call decided (the model's expected gain per USD, read by
+    the cost-aware stopping rule); None before the first call and for rankers without a model.
+    """
+
+    last_decision: RankDecision | None = None
+
+    def set_wave_shares(self, shares: Mapping[str, float]) -> None:  # noqa: B027 - optional hook
+        """Sources owed a share of the experiments (``proposer.llm_share``: ``{"llm": 0.3}``). A ranker
+        that orders a larger pool gives each its share of every wave; the default ignores them."""
 
     @abstractmethod
     def pool_size(self, n_free: int) -> int:
@@ -276,8 +285,11 @@ class GPRanker(Ranker):
         # source -> share of the experiments it is owed (the campaign sets this from the
         # proposer, e.g. {"llm": 0.3}): its best candidates fill that share of each wave
         self.wave_shares: dict[str, float] = {}
-        self.last_decision: RankDecision | None = None
+        self.last_decision = None
         self._gp: Any = None  # surrogate.gp.GPSurrogate, built on first use (imports torch)
+
+    def set_wave_shares(self, shares: Mapping[str, float]) -> None:
+        self.wave_shares = dict(shares)
 
     def pool_size(self, n_free: int) -> int:
         return max(self._pool_size, n_free)

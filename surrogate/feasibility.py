@@ -26,14 +26,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr
 
-from hybrid.types import ExperimentState, Result
+from hybrid.history import is_oom
+from hybrid.types import ExperimentState
 
 _LENGTHSCALES = (0.05, 0.1, 0.2, 0.4, 0.8)  # candidate lengthscales (unit cube units, per sqrt(D))
-
-
-def is_oom(result: Result) -> bool:
-    """True when a result is an out-of-memory failure."""
-    return "out of memory" in result.reason.lower() or result.metrics.get("oom") == 1
 
 
 def _sqdist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -194,7 +190,7 @@ def feasibility_data(history: Sequence, encode) -> dict[str, np.ndarray | list]:
     X = encode([e.params for e in rows])
     success = np.array([e.result.state is ExperimentState.DONE for e in rows], bool)
     peak = np.array([float(e.result.metrics.get("peak_vram_mb", np.nan)) for e in rows], float)
-    oom = [e.result.hardware if is_oom(e.result) else None for e in rows]
+    oom = [e.result.hardware if is_oom(e) else None for e in rows]
     return {"X": X, "success": success, "peak_mb": peak, "oom_hardware": oom,
             "duration_s": np.array([e.result.duration_s for e in rows], float),
             "hardware": [e.result.hardware for e in rows]}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
 from hybrid.errors import ConfigError
+from hybrid.history import judged_label
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, Objective
 
@@ -227,11 +227,10 @@ class GPSurrogate:
         self._n_at_fit = 0
 
     def effective_target(self, hardware: Sequence[str]) -> str:
-        """The configured target when it has successes, else the most frequent label."""
-        counts = Counter(hardware)
-        if self.target_hardware is not None and counts.get(self.target_hardware):
-            return self.target_hardware
-        return counts.most_common(1)[0][0]
+        """Where "best" is judged (``hybrid.history.judged_label``) from the successes' labels."""
+        label = judged_label(hardware, self.target_hardware)
+        assert label is not None, "effective_target needs at least one success"
+        return label
 
     def update(self, history: Sequence[Experiment]) -> FittedSurrogate | None:
         with torch_threads(self.threads):

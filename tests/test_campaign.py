@@ -143,8 +143,8 @@ def test_async_keeps_workers_busy_and_sync_runs_strict_waves(tmp_path, target_di
         this = [e for e in results["sync"] if e.wave == wave]
         earlier = [e for e in results["sync"] if e.wave < wave]
         if earlier:  # sync: a wave starts only after every earlier experiment ended
-            assert min(e.started for e in this) >= max(e.extra["_ended"] for e in earlier)
-    span = {m: max(e.extra["_ended"] for e in xs) - min(e.started for e in xs) for m, xs in results.items()}
+            assert min(e.started for e in this) >= max(e.ended for e in earlier)
+    span = {m: max(e.ended for e in xs) - min(e.started for e in xs) for m, xs in results.items()}
     assert span["async"] < span["sync"]
 
 

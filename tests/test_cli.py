@@ -101,7 +101,7 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_nothing(tmp_path):
 
     store = Store(campaign / "state.sqlite")
     exps = store.experiments()
-    counted = [e for e in exps if not e.extra.get("requeued")]
+    counted = [e for e in exps if not e.requeued]
     assert len(counted) == 14, [(e.id, e.state, e.result and e.result.reason) for e in exps]
     # every counted experiment ran to its own end: DONE, or the example's real out-of-memory crash
     assert [(e.id, e.state.name, e.result and e.result.reason) for e in counted
@@ -114,7 +114,7 @@ def test_kill_minus_9_at_random_moments_then_resume_loses_nothing(tmp_path):
         elif e in counted:
             assert "CUDA out of memory" in log
     for e in exps:  # every lost experiment was re-run exactly once
-        if e.extra.get("requeued"):
+        if e.requeued:
             reruns = [x for x in counted if x.params == e.params]
             assert len(reruns) == 1
     tsv = (campaign / "results.tsv").read_text().splitlines()[1:]

@@ -37,7 +37,7 @@ def test_create_run_record_roundtrip(tmp_path):
     done, pending = exps
     assert done.state is ExperimentState.DONE and done.job_id == "123@456" and done.started == 10.0
     assert done.value("val_bpb") == 1.0 and done.result.log_tail == "tail"
-    assert done.extra["idle_before_s"] == 0.5 and done.extra["_ended"] == 12.0
+    assert done.idle_before_s == 0.5 and done.ended == 12.0
     assert done.candidate == Candidate({"lr": 0.1, "depth": 4}, "baseline", "defaults")
     assert pending.state is ExperimentState.PENDING and pending.result is None
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from backends.base import Finished, JobState, Worker
+from hybrid import history
 from hybrid.errors import ConfigError
+from hybrid.store import Store
 from hybrid.targets import TargetSpec, build_command, build_env, parse_metrics, to_result
-from hybrid.types import ExperimentState, Objective
+from hybrid.types import Candidate, ExperimentState, FailureKind, Objective, Result
 
 OBJ = Objective("val_bpb", "minimize")
 W = Worker("w00", "h100", 3.0)
@@ -38,27 +40,44 @@ def test_done_result_and_cost():
 
 
 @pytest.mark.parametrize(
-    ("fin", "state", "reason"),
+    ("fin", "state", "kind", "reason"),
     [
-        (_fin("boom\n", code=1), ExperimentState.CRASHED, "exit code 1"),
-        (_fin("done\n"), ExperimentState.CRASHED, "no metric 'val_bpb' printed"),
-        (_fin("val_bpb: nan\n"), ExperimentState.CRASHED, "val_bpb is nan"),
-        (_fin("torch.OutOfMemoryError: CUDA out of memory\n", code=1), ExperimentState.CRASHED, "exit code 1 (out of memory)"),
-        (_fin("", code=137), ExperimentState.CRASHED, "killed: SIGKILL"),
-        (_fin("val_bpb: 1.0\n", state=JobState.TIMEOUT, code=None), ExperimentState.TIMEOUT, "timed out after 60s"),
-        (_fin("", state=JobState.CANCELLED, code=None), ExperimentState.CANCELLED, "cancelled"),
-        (_fin("", state=JobState.LOST, code=None), ExperimentState.CRASHED, "orchestrator lost the job"),
+        (_fin("boom\n", code=1), ExperimentState.CRASHED, FailureKind.CRASH, "exit code 1"),
+        (_fin("done\n"), ExperimentState.CRASHED, FailureKind.NO_METRIC, "no metric 'val_bpb' printed"),
+        (_fin("val_bpb: nan\n"), ExperimentState.CRASHED, FailureKind.NO_METRIC, "val_bpb is nan"),
+        (_fin("torch.OutOfMemoryError: CUDA out of memory\n", code=1), ExperimentState.CRASHED, FailureKind.OOM,
+         "exit code 1 (out of memory)"),
+        (_fin("done\nMemoryError\n"), ExperimentState.CRASHED, FailureKind.OOM, "no metric 'val_bpb' printed (out of memory)"),
+        (_fin("", code=137), ExperimentState.CRASHED, FailureKind.OOM, "killed: SIGKILL"),
+        (_fin("val_bpb: 1.0\n", state=JobState.TIMEOUT, code=None), ExperimentState.TIMEOUT, FailureKind.TIMEOUT,
+         "timed out after 60s"),
+        (_fin("", state=JobState.CANCELLED, code=None), ExperimentState.CANCELLED, FailureKind.CANCELLED, "cancelled"),
+        (_fin("", state=JobState.LOST, code=None), ExperimentState.CRASHED, FailureKind.LOST, "orchestrator lost the job"),
     ],
 )
-def test_failures_are_classified_with_reason(fin, state, reason):
+def test_failures_are_classified_once_with_kind_and_reason(fin, state, kind, reason):
     r = to_result(fin, OBJ, "h100", 3.0, timeout_s=60)
-    assert r.state is state and reason in r.reason
+    assert r.state is state and r.failure is kind and reason in r.reason
     assert r.value("val_bpb") is None
 
 
-def test_oom_is_flagged_for_the_surrogate():
-    r = to_result(_fin("CUDA out of memory\n", code=1), OBJ, "h100", 0.0)
-    assert r.metrics["oom"] == 1.0
+def test_a_success_has_no_failure_kind():
+    r = to_result(_fin("val_bpb: 0.99\n"), OBJ, "h100", 0.0)
+    assert r.state is ExperimentState.DONE and r.failure is None and r.reason == ""
+
+
+def test_the_failure_kind_survives_the_store_and_a_reason_is_never_reread(tmp_path):
+    """Readers get the kind from the store: a result whose reason says nothing about memory is still
+    an OOM when it was classified as one, and a reason mentioning memory does not make one."""
+    store = Store(tmp_path / "state.sqlite")
+    store.claim("c", "val_bpb")
+    a = store.create(Candidate({}, "sobol"), "w0", "h100", 1, tmp_path)
+    b = store.create(Candidate({}, "sobol"), "w0", "h100", 1, tmp_path)
+    store.record(Result(a.id, ExperimentState.CRASHED, {}, "h100", 1.0, 0.0, "", "exit code 1", FailureKind.OOM))
+    store.record(Result(b.id, ExperimentState.CRASHED, {}, "h100", 1.0, 0.0, "", "out of memory? no", FailureKind.CRASH))
+    ea, eb = store.experiments()
+    assert (ea.result.failure, eb.result.failure) == (FailureKind.OOM, FailureKind.CRASH)
+    assert history.is_oom(ea) and not history.is_oom(eb)
 
 
 def test_log_tail_is_bounded():

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hybrid.history import best
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
@@ -41,6 +42,8 @@ class Proposer(ABC):
 
     def __init__(self, space: SearchSpace, objective: Objective, seed: int = 0) -> None:
         self.space = space
+        if not isinstance(objective, Objective):  # hydra.utils.instantiate turns a dataclass kwarg into a DictConfig
+            objective = Objective(str(objective.metric), objective.direction)
         self.objective = objective
         self.seed = seed
 
@@ -55,6 +58,12 @@ class Proposer(ABC):
         """Notices and paid calls since the last time this was asked (each is returned once)."""
         return []
 
+    @property
+    def wave_shares(self) -> dict[str, float]:
+        """Sources owed a share of every wave (e.g. ``{"llm": 0.3}``, from ``proposer.llm_share``);
+        the campaign hands them to the ranker. None by default."""
+        return {}
+
     def waiting(self) -> bool:
         """True when this proposer has nothing now but expects candidates soon (an LLM call in
         flight, a retry scheduled): the campaign then waits instead of calling the space exhausted."""
@@ -67,13 +76,8 @@ def completed(history: Sequence[Experiment], objective: Objective) -> list[tuple
 
 
 def incumbent(history: Sequence[Experiment], objective: Objective) -> Experiment | None:
-    """The best successful experiment so far (earliest wins ties), or None."""
-    best: Experiment | None = None
-    best_v: float | None = None
-    for e, v in completed(history, objective):
-        if v is not None and (best_v is None or objective.better(v, best_v)):
-            best, best_v = e, v
-    return best
+    """The best successful experiment so far (``hybrid.history.best``), or None."""
+    return best(history, objective)
 
 
 def seen_keys(space: SearchSpace, history: Sequence[Experiment]) -> set[tuple]:

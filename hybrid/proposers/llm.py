@@ -39,15 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.errors import ConfigError, InvalidCandidateError
+from hybrid.history import clip, fmt_params
 from hybrid.proposers.base import Proposer, ProposerEvent, incumbent, seen_keys
 from hybrid.proposers.llm_context import (
     TOOL_NAME,
     PromptInputs,
     build_prompt,
-    clip,
     estimate_tokens,
     fixed_tokens,
-    fmt_params,
     tool_definition,
 )
 from hybrid.space import SearchSpace
@@ -422,10 +421,10 @@ def parse_reply(response: Any, space: SearchSpace, base: Mapping[str, Any], hist
             continue
         key = space.key(config)
         if key in tried:
-            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent')}): duplicate of {tried[key]}, already tried or running")
+            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent', digits=4)}): duplicate of {tried[key]}, already tried or running")
             continue
         if key in taken:
-            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent')}): duplicate of an earlier proposal in this reply")
+            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent', digits=4)}): duplicate of an earlier proposal in this reply")
             continue
         taken.add(key)
         hypothesis = clip(str(item.get("hypothesis") or "(no hypothesis given)"), 500)

@@ -29,10 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.report import baseline_experiment, hypothesis_outcomes
+from hybrid.history import (
+    baseline,
+    best,
+    best_on,
+    failure_of,
+    failure_regions,
+    fmt_params,
+    hypothesis_outcomes,
+    is_prior,
+    ranked,
+    throughput,
+)
+from hybrid.history import fmt_value as _fmt_value
 from hybrid.space import CategoricalParam, FloatParam, IntParam, SearchSpace
-from hybrid.types import Candidate, Experiment, ExperimentState, Objective
-from hybrid.warm_start import is_prior
+from hybrid.types import Candidate, Experiment, Objective
 
 TOOL_NAME = "propose_experiments"
 CHARS_PER_TOKEN = 3.0
@@ -44,16 +55,12 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def _v(v: Any) -> str:
+    return _fmt_value(v, 4)
 
 
-def fmt_params(params: Mapping[str, Any], ref: Mapping[str, Any] | None, ref_name: str = "baseline") -> str:
-    """``k=v`` for the parameters that differ from ``ref`` (all of them when ref is None)."""
-    parts = [f"{k}={fmt_value(v)}" for k, v in params.items() if ref is None or ref.get(k) != v]
-    return " ".join(parts) if parts else f"(same as the {ref_name})"
+def _params(params: Mapping[str, Any], ref: Mapping[str, Any] | None, ref_name: str = "baseline") -> str:
+    return fmt_params(params, ref, ref_name, digits=4)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -67,11 +74,6 @@ def quote_untrusted(text: str, limit: int, keep: str = "head") -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..." if keep == "head" else "..." + text[-(limit - 3):]
     return f'"{text}"'
-
-
-def clip(text: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", _CONTROL.sub(" ", text)).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- the tool ---------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def effect_lines(space: SearchSpace, objective: Objective, done: Sequence[tuple[
         else:
             vals = [e.params[p.name] for e in top]
             lines.append(f"{p.name}: low->high end of range: {coef[i]:+.3g} {m}; top-10% range "
-                         f"[{fmt_value(min(vals))}, {fmt_value(max(vals))}]")
+                         f"[{_v(min(vals))}, {_v(max(vals))}]")
             i += 1
     offsets = {h: float(coef[i + j]) for j, h in enumerate(hws)}
     return lines, offsets
@@ -189,8 +191,7 @@ def hardware_lines(objective: Objective, finished: Sequence[Experiment], offsets
     lines = []
     for hw, exps in sorted(by.items(), key=lambda kv: -len(kv[1])):
         ok = [e.value(objective.metric) for e in exps if e.value(objective.metric) is not None]
-        rates = [e.result.metrics["num_steps"] / e.result.metrics["training_seconds"] for e in exps  # type: ignore[union-attr]
-                 if e.result and e.result.metrics.get("num_steps") and e.result.metrics.get("training_seconds")]
+        rates = [t[0] for e in exps if e.result and (t := throughput(e.result.metrics)) and t[1] == "steps/s"]
         parts = [f"{len(ok)} done, {len(exps) - len(ok)} failed"]
         if ok:
             parts.append(f"median {objective.metric} {float(np.median(ok)):.6g}")
@@ -205,38 +206,8 @@ def hardware_lines(objective: Objective, finished: Sequence[Experiment], offsets
 
 
 def failure_kind(e: Experiment) -> str:
-    r = e.result
-    reason = (r.reason if r else "").lower()
-    if "out of memory" in reason or "oom" in reason:
-        return "oom"
-    return "timeout" if e.state is ExperimentState.TIMEOUT else "crash"
-
-
-def failure_region_lines(space: SearchSpace, finished: Sequence[Experiment]) -> list[str]:
-    """Parameter ranges where failures concentrate: a bin (a third of a numeric range, or one
-    choice) whose failure rate is at least twice the overall rate, with 3 failures or more."""
-    failed = [e.state.is_failure() for e in finished]
-    n_failed = sum(failed)
-    if not n_failed:
-        return []
-    threshold = min(1.0, 2 * n_failed / len(finished))
-    kinds = [failure_kind(e) if bad else "" for e, bad in zip(finished, failed, strict=True)]
-    lines = []
-    for p in space:
-        if isinstance(p, CategoricalParam):
-            labels = [f"{p.name}={c!r}" for c in p.choices]
-            bins = [p.index(e.params[p.name]) for e in finished]
-        else:
-            edges = [p.decode(x) for x in (0.0, 1 / 3, 2 / 3, 1.0)]
-            labels = [f"{p.name} in [{fmt_value(edges[j])}, {fmt_value(edges[j + 1])}]" for j in range(3)]
-            bins = [min(int(p.encode(e.params[p.name]) * 3), 2) for e in finished]
-        for j, label in enumerate(labels):
-            inside = [i for i, b in enumerate(bins) if b == j]
-            bad = [kinds[i] for i in inside if failed[i]]
-            if len(bad) >= 3 and len(bad) / len(inside) >= threshold:
-                counts = Counter(bad).most_common()
-                lines.append(f"{label}: {len(bad)}/{len(inside)} failed (" + ", ".join(f"{k} {v}" for k, v in counts) + ")")
-    return lines
+    """The failure kind's label in the prompt: oom, timeout, crash, no_metric, lost, cancelled."""
+    return str(failure_of(e) or "crash")
 
 
 # ---- the prompt -------------------------------------------------------------------------------
@@ -298,27 +269,27 @@ class PromptBuilder:
         priors = [e for e in hist if is_prior(e)]  # earlier campaigns' results (warm start)
         hist = [e for e in hist if not is_prior(e)]
         self.tool_tokens = estimate_tokens(str(tool))
-        base = baseline_experiment(hist)
+        base = baseline(hist)
         self.ref = dict(base.params) if base is not None else space.defaults()
-        finished = [e for e in hist if e.result is not None and not e.extra.get("requeued")]
+        finished = [e for e in hist if e.result is not None and not e.requeued]
         done = [(e, v) for e in finished if (v := e.value(m)) is not None]
         running = [e for e in hist if e.result is None]
-        by_value = sorted(done, key=lambda ev: obj.sign() * ev[1])
+        by_value = [(e, e.value(m)) for e in ranked(finished, obj)]
         self.n_total, self.n_done, self.n_running = len(hist), len(done), len(running)
         self.n_failed = sum(1 for e in finished if e.state.is_failure())
-        self.best = by_value[0] if by_value else None
+        top = best(finished, obj)
+        self.best = (top, top.value(m)) if top is not None else None
         self.base_value = base.value(m) if base is not None else None
         sec: dict[str, list[str]] = {}
         sec["top"] = [self._row(e, v) for e, v in by_value[: DEFAULT_LIMITS["top"]]]
-        recent = sorted(finished, key=lambda e: (e.extra.get("_ended") or 0.0, e.seq))[-DEFAULT_LIMITS["recent"]:]
+        recent = sorted(finished, key=lambda e: (e.ended or 0.0, e.seq))[-DEFAULT_LIMITS["recent"]:]
         sec["recent"] = [self._row(e, e.value(m)) for e in reversed(recent)]
-        sec["running"] = [f"{e.id} on {e.hardware} [{e.source}] {fmt_params(e.params, self.ref)}"
+        sec["running"] = [f"{e.id} on {e.hardware} [{e.source}] {_params(e.params, self.ref)}"
                           for e in running[-DEFAULT_LIMITS["running"]:]]
         self.more_running = max(0, len(running) - DEFAULT_LIMITS["running"])
         prior_done = [(e, v) for e in priors if (v := e.value(m)) is not None]
-        sec["prior"] = [self._row(e, v) for e, v in sorted(prior_done, key=lambda ev: obj.sign() * ev[1])
-                        [: DEFAULT_LIMITS["prior"]]]
-        self.prior_head = self._prior_head(priors, by_value)
+        sec["prior"] = [self._row(e, e.value(m)) for e in ranked(priors, obj)[: DEFAULT_LIMITS["prior"]]]
+        self.prior_head = self._prior_head(priors, finished)
         # the statistics learn from the earlier campaigns' results too (same target and space)
         everything = [*priors, *finished]
         hw_counts = Counter(e.hardware for e in everything)
@@ -328,10 +299,10 @@ class PromptBuilder:
         sec["hardware"] = hardware_lines(obj, everything, offsets, hw_ref)
         kinds = Counter(failure_kind(e) for e in finished if e.state.is_failure())
         self.failure_counts = ", ".join(f"{k} {v}" for k, v in kinds.most_common()) or "none"
-        sec["regions"] = failure_region_lines(space, everything)
+        sec["regions"] = failure_regions(space, everything)
         self.with_priors = " (with the earlier campaigns' results)" if priors else ""
         fails = [e for e in finished if e.state.is_failure()][-DEFAULT_LIMITS["failures"]:]
-        sec["failures"] = [f"{e.id} [{failure_kind(e)}] {fmt_params(e.params, self.ref)}; reason "
+        sec["failures"] = [f"{e.id} [{failure_kind(e)}] {_params(e.params, self.ref)}; reason "
                            f"{quote_untrusted(e.result.reason if e.result else '', 120)}; log tail "
                            f"{quote_untrusted(e.result.log_tail if e.result else '', 200, 'tail')}" for e in reversed(fails)]
         outcomes = [o for o in hypothesis_outcomes(hist, obj) if o.outcome != "running"]
@@ -340,35 +311,32 @@ class PromptBuilder:
         sec["hypotheses"] = [f"{o.experiment_id}: {quote_untrusted(o.hypothesis, 220)} -> {o.outcome}"
                              + (f" ({o.detail})" if o.detail else "") for o in reversed(outcomes[-DEFAULT_LIMITS["hypotheses"]:])]
         sec["rejections"] = [quote_untrusted(r, 240) for r in list(inputs.rejections)[-DEFAULT_LIMITS["rejections"]:]]
-        sec["queued"] = [f"{fmt_params(c.params, self.ref)}: {quote_untrusted(c.rationale, 160)}"
+        sec["queued"] = [f"{_params(c.params, self.ref)}: {quote_untrusted(c.rationale, 160)}"
                          for c in list(inputs.queued)[: DEFAULT_LIMITS["queued"]]]
         self.sections = sec
 
     def _row(self, e: Experiment, v: float | None) -> str:
         value = f"{v:.6f}" if v is not None else f"{e.state.name.lower()} ({failure_kind(e)})"
-        source = e.extra.get("prior_source", e.source)  # a prior: the label it had in its campaign
-        return f"{e.id} {value} on {e.hardware} [{source}] {fmt_params(e.params, self.ref)}"
+        source = e.prior.source if e.prior is not None else e.source  # a prior: its label in its campaign
+        return f"{e.id} {value} on {e.hardware} [{source}] {_params(e.params, self.ref)}"
 
-    def _prior_head(self, priors: Sequence[Experiment], own_by_value: Sequence[tuple[Experiment, float]]) -> list[str]:
+    def _prior_head(self, priors: Sequence[Experiment], own: Sequence[Experiment]) -> list[str]:
         """One line per earlier campaign (results, failures, best), and which experiment is the
         incumbent when it is one of theirs (its values fill the parameters a proposal leaves out)."""
         obj, m = self.inp.objective, self.inp.objective.metric
         by: dict[str, list[Experiment]] = {}
         for e in priors:
-            by.setdefault(str(e.extra["prior"]), []).append(e)
+            by.setdefault(e.prior.campaign if e.prior else "?", []).append(e)
         lines = []
-        best_prior: tuple[Experiment, float] | None = None
         for name, exps in by.items():
-            ok = [(e, v) for e in exps if (v := e.value(m)) is not None]
-            best = min(ok, key=lambda ev: obj.sign() * ev[1]) if ok else None
-            if best is not None and (best_prior is None or obj.better(best[1], best_prior[1])):
-                best_prior = best
+            n_ok = sum(1 for e in exps if e.value(m) is not None)
+            top = best_on(exps, obj, None)
             hws = ", ".join(sorted({e.hardware for e in exps}))
-            lines.append(f"{name}: {len(exps)} results on {hws} ({len(ok)} succeeded, {len(exps) - len(ok)} "
-                         f"failed), best {m} " + (f"{best[1]:.6f} ({best[0].id})" if best else "none"))
-        own_best = own_by_value[0] if own_by_value else None
-        if best_prior is not None and (own_best is None or obj.better(best_prior[1], own_best[1])):
-            lines.append(f"The best configuration so far is {best_prior[0].id} ({m} {best_prior[1]:.6f}), from an "
+            lines.append(f"{name}: {len(exps)} results on {hws} ({n_ok} succeeded, {len(exps) - n_ok} "
+                         f"failed), best {m} " + (f"{top.value(m):.6f} ({top.id})" if top else "none"))
+        incumbent = best([*priors, *own], obj)  # the proposers' incumbent (hybrid.proposers.base)
+        if incumbent is not None and incumbent.prior is not None:
+            lines.append(f"The best configuration so far is {incumbent.id} ({m} {incumbent.value(m):.6f}), from an "
                          "earlier campaign: parameters your proposals leave out take its values.")
         return lines
 
@@ -403,7 +371,7 @@ class PromptBuilder:
         out += ["## Campaign",
                 f"{self.n_total} experiments: {self.n_done} succeeded, {self.n_failed} failed "
                 f"({self.failure_counts}), {self.n_running} running. Best {m}: {best}. Baseline: {base_v}.",
-                "", "## Baseline configuration", fmt_params(self.ref, None), ""]
+                "", "## Baseline configuration", _params(self.ref, None), ""]
         section("Results from earlier campaigns (warm start: the same target, run before this campaign; prior "
                 "data, not counted above)", "prior", head=self.prior_head)
         section("Best results (parameters that differ from the baseline)", "top", "none yet")
@@ -451,3 +419,10 @@ def fixed_tokens(space: SearchSpace, objective: Objective, program: str, tool: M
     """Tokens of the parts that never shrink: the instructions, the space and the tool (program excluded)."""
     b = PromptBuilder(PromptInputs(space, objective, "", []), tool)
     return estimate_tokens(b.system("")) + b.tool_tokens + estimate_tokens(b.user(dict.fromkeys(DEFAULT_LIMITS, 0)))
+
+
+# TRANSITIONAL (removed in this issue): the reports wing still imports these names from here.
+from hybrid.history import clip  # noqa: E402, F401
+
+fmt_value = _v
+failure_region_lines = failure_regions

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from hybrid.errors import ConfigError
-from hybrid.proposers.base import Proposer, completed, seen_keys
+from hybrid.history import ranked
+from hybrid.proposers.base import Proposer, seen_keys
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
@@ -84,12 +85,9 @@ class LocalProposer(Proposer):
 
     def centers(self, history: Sequence[Experiment]) -> list[tuple[Experiment | None, dict]]:
         """The best successful experiments, best first (ties: earliest); the defaults if none."""
-        done = [(e, v) for e, v in completed(history, self.objective) if v is not None and math.isfinite(v)]
-        sign = 1.0 if self.objective.direction == "minimize" else -1.0
-        done.sort(key=lambda ev: (sign * ev[1], ev[0].seq))
         best: list[tuple[Experiment | None, dict]] = []
         keys: set[tuple] = set()
-        for e, _ in done:  # one centre per configuration (a re-run of the best is not a new centre)
+        for e in ranked(history, self.objective):  # one centre per configuration (a re-run of the best is not a new centre)
             key = self.space.key(e.params)
             if key not in keys:
                 keys.add(key)

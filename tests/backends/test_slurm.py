@@ -31,7 +31,7 @@ from backends.slurm import SlurmBackend
 from hybrid.errors import BackendError, ConfigError
 from hybrid.store import Store
 from hybrid.targets import to_result
-from hybrid.types import Candidate, Experiment, ExperimentState, Objective
+from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Objective
 from tests.backends.suite import GATE, TREE, BackendSuite, make_experiment, wait_until
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -541,7 +541,7 @@ def test_out_of_memory_reaches_the_result() -> None:
                         Worker("h100-0", "h100", 2.5), outcome.reason)
     result = to_result(finished, Objective("val_bpb", "minimize"), "h100", 2.5)
     assert result.state is ExperimentState.CRASHED and "out of memory" in result.reason
-    assert result.metrics.get("oom") == 1.0
+    assert result.failure is FailureKind.OOM
 
 
 # ---- whole campaigns through the CLI -----------------------------------------------------------------------
