@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybrid.history import fmt_params, fmt_value, improvement_pct
 from hybrid.types import Experiment, ExperimentState, Objective, Result
 
 
@@ -30,14 +31,12 @@ class View:
 
 
 def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.6g}"
+    return "-" if v is None else fmt_value(v)
 
 
 def improvement(best: float | None, baseline: float | None, objective: Objective) -> str:
-    if best is None or baseline is None or baseline == 0:
-        return ""
-    pct = (baseline - best) / abs(baseline) * 100 * objective.sign()
-    return f" ({pct:+.2f}% vs baseline {baseline:.6g})"
+    pct = improvement_pct(best, baseline, objective)
+    return "" if pct is None else f" ({pct:+.2f}% vs baseline {fmt_value(baseline)})"
 
 
 class Progress:
@@ -81,7 +80,7 @@ class Progress:
 
     def submitted(self, exp: Experiment) -> None:
         if self.mode == "plain":
-            params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in exp.params.items())
+            params = fmt_params(exp.params, digits=4) if exp.params else ""
             self.message(f"{exp.id} -> {exp.worker} ({exp.hardware}) [{exp.source}] {params}")
 
     def finished(self, exp: Experiment, result: Result, view: View) -> None:
