@@ -7,26 +7,31 @@ It runs in its own session (the backend starts it with ``start_new_session=True`
 outlives the orchestrator: a ``kill -9`` of the campaign leaves jobs running, and a resumed
 campaign re-attaches them through the files this runner writes in ``DIR/.hybrid/``:
 
-- ``job.json``: runner pid/pgid and /proc start time (so pid reuse is detected), the job's
-  process group, the wall-clock start, the log name.
+- ``job.json``: runner pid/pgid and start mark (so pid reuse is detected), the job's process
+  group and its leader's start mark, the wall-clock start, the log name.
 - ``exit.json``: how the job ended, written last: ``{state: exited|timeout|cancelled,
   exit_code, signal, ended, reason}``. Its presence means "the job and its process tree are gone".
 
 The command runs with ``/bin/sh -c`` in DIR, in its own process group, stdout+stderr appended to
 DIR/LOG. On timeout, or when the runner receives SIGTERM/SIGINT (cancel), the job's whole process
-group gets SIGTERM, then SIGKILL after the grace period. The runner also makes itself a child
-subreaper, so processes the job orphans are reparented to it and reaped, which keeps "is the
-tree gone?" exact even where PID 1 does not reap.
+group and every other descendant of the runner (one that left the group with ``setsid``) get
+SIGTERM, then SIGKILL after the grace period. On Linux the runner also makes itself a child
+subreaper, so processes the job orphans are reparented to it, reaped and killed with the rest,
+which keeps "is the tree gone?" exact even where PID 1 does not reap. macOS has no subreaper:
+there an orphan that also left the job's process group escapes the kill.
 
-Only the standard library is used here: the runner must start fast and cannot break when the
-target's environment differs from the orchestrator's.
+Process identity and trees come from psutil (Linux and macOS alike; nothing reads /proc here);
+otherwise only the standard library is used, so the runner starts fast. It runs on the
+orchestrator's own interpreter, which has psutil.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -34,39 +39,75 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 STATE_DIR = ".hybrid"
 JOB_FILE = "job.json"
 EXIT_FILE = "exit.json"
 RUNNER_LOG = "runner.log"
 DEFAULT_GRACE_S = 3.0
 _PR_SET_CHILD_SUBREAPER = 36
+# Two reads of one process's start mark agree to within float noise; two processes that share a
+# pid (a recycled one) started at least a Linux clock tick (10 ms) apart. Half a tick separates them.
+SAME_START_S = 0.005
+# Job ids and job.json files written before psutil held the start in clock ticks since boot.
+_LEGACY_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
-# ---- helpers shared with backends.local (stdlib only) ------------------------------------------
-def proc_info(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of a process, or None if absent."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except (OSError, ValueError):
+# ---- process identity, shared with backends.local ----------------------------------------------
+def start_mark(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since boot (ms precision), or None if absent.
+
+    Since boot, not since the epoch: psutil's ``create_time()`` is the epoch time derived from
+    the boot time, which moves when the wall clock is adjusted (NTP), so two reads of one
+    process could differ by a second across a resume; the difference to ``boot_time()`` does
+    not on Linux, where it is the kernel's own start time in clock ticks.
+    """
+    if pid <= 0:
         return None
-    # The command name (field 2) may hold spaces and parens: split after its last ")".
-    fields = data.rsplit(b")", 1)[-1].split()
     try:
-        return fields[0].decode(), int(fields[19])  # field 3 = state, field 22 = starttime
-    except (IndexError, ValueError):
+        proc = psutil.Process(pid)
+        for _ in range(3):  # the boot time must not move between the two reads
+            boot = psutil.boot_time()
+            created = proc.create_time()
+            if psutil.boot_time() == boot:
+                break
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+    return round(created - boot, 3)
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    info = proc_info(pid)
-    return None if info is None else info[1]
+def parse_mark(value: object) -> float | None:
+    """A start mark as job ids and job.json hold it: a float of seconds since boot, or (files
+    and ids from before psutil) an integer of clock ticks since boot."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value) * _LEGACY_TICK_S
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
-def is_running(pid: int, start_ticks: int | None) -> bool:
-    """True when ``pid`` is the same process as the one started at ``start_ticks`` and has not
+def same_start(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) < SAME_START_S
+
+
+def is_running(pid: int, mark: float | None) -> bool:
+    """True when ``pid`` is the same process as the one that started at ``mark`` and has not
     exited (a zombie counts as exited)."""
-    info = proc_info(pid)
-    return info is not None and info[1] == start_ticks and info[0] not in ("Z", "X")
+    if not same_start(start_mark(pid), mark):
+        return False
+    try:
+        return psutil.Process(pid).status() not in _GONE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def group_alive(pgid: int) -> bool:
@@ -114,19 +155,20 @@ class _Runner:
         self.child: subprocess.Popen[bytes] | None = None
         self.child_returncode: int | None = None
         self.job: dict[str, Any] = {}
+        self._wakeup = -1  # read end of the signal wakeup pipe
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.cancelled = True
+        if signum != signal.SIGCHLD:
+            self.cancelled = True
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        self._listen_for_signals()
         _become_subreaper()
         me = os.getpid()
         self.job = {
             "runner_pid": me,
             "runner_pgid": os.getpgid(0),
-            "runner_start": proc_start_ticks(me),
+            "runner_start": start_mark(me),
             "child_pid": None,
             "child_pgid": None,
             "child_start": None,
@@ -153,10 +195,10 @@ class _Runner:
                 log.write(f"hybrid runner: could not start /bin/sh: {e}\n".encode())
             return self._finish("exited", exit_code=127, reason=f"could not start /bin/sh: {e}")
         pid = self.child.pid
-        self.job.update(child_pid=pid, child_pgid=pid, child_start=proc_start_ticks(pid))
+        self.job.update(child_pid=pid, child_pgid=pid, child_start=start_mark(pid))
         write_json_atomic(self.state_dir / JOB_FILE, self.job)
         state = self._supervise()
-        self._kill_group()  # timeout/cancel: the whole tree; exit: whatever it left behind
+        self._kill_tree()  # timeout/cancel: the whole tree; exit: whatever it left behind
         if state == "exited":
             assert self.child_returncode is not None
             code, sig = exit_code_of(self.child_returncode)
@@ -166,12 +208,33 @@ class _Runner:
             return self._finish("timeout", reason=f"killed after the {self.timeout_s:g} s timeout")
         return self._finish("cancelled", reason="cancelled")
 
+    def _listen_for_signals(self) -> None:
+        """SIGTERM/SIGINT mean cancel; those and SIGCHLD also wake ``_wait`` at once.
+
+        A wakeup pipe rather than ``sigtimedwait``, which macOS lacks: the C-level handler
+        writes a byte for every signal that has a Python handler, so a signal that arrives
+        between a check and the wait is never missed.
+        """
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self._wakeup = read_end
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, less if a signal arrives."""
+        select.select([self._wakeup], [], [], max(0.0, timeout_s))
+        while True:  # drain; a signal after this leaves its byte for the next wait
+            try:
+                if not os.read(self._wakeup, 512):
+                    return
+            except BlockingIOError:
+                return
+
     def _supervise(self) -> str:
         """Wait until the command exits, times out or is cancelled; return which."""
-        waitset = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-        # From here on, signals are taken synchronously with sigtimedwait (no polling latency).
-        # A signal that came earlier was already seen by _on_signal.
-        signal.pthread_sigmask(signal.SIG_BLOCK, waitset)
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             self._reap()
@@ -185,9 +248,7 @@ class _Runner:
                 if remaining <= 0:
                     return "timeout"
                 wait = min(wait, remaining)
-            info = signal.sigtimedwait(waitset, wait)
-            if info is not None and info.si_signo != signal.SIGCHLD:
-                self.cancelled = True
+            self._wait(wait)
 
     def _reap(self) -> None:
         """Collect every exited child: the command itself and orphans reparented to us."""
@@ -202,27 +263,29 @@ class _Runner:
                 self.child_returncode = os.waitstatus_to_exitcode(status)
                 self.child.returncode = self.child_returncode  # keep Popen from waiting again
 
-    def _kill_group(self) -> None:
-        """SIGTERM the job's process group, SIGKILL it after the grace period, wait till gone."""
+    def _kill_tree(self) -> None:
+        """SIGTERM the job's process group and every other live descendant of ours, SIGKILL
+        them after the grace period, wait till gone."""
         if self.child is None:
             return
         pgid = self.child.pid
-        waitset = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, waitset)
         for sig, patience in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 2.0)):
             self._reap()
-            if not group_alive(pgid):
+            strays = _live_descendants()  # e.g. a `setsid` daemon: not in the job's group
+            if not group_alive(pgid) and not strays:
                 return
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
+            for proc in strays:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(sig)  # psutil checks the pid still names that process
             deadline = time.monotonic() + patience
             while time.monotonic() < deadline:
                 self._reap()
-                if not group_alive(pgid):
+                strays = [p for p in strays if _alive(p)]
+                if not group_alive(pgid) and not strays:
                     return
-                signal.sigtimedwait(waitset, 0.02)
+                self._wait(0.02)
 
     def _finish(
         self, state: str, exit_code: int | None = None, signal_number: int | None = None, reason: str = ""
@@ -241,6 +304,21 @@ class _Runner:
         return 0
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() not in _GONE
+    except psutil.Error:
+        return False
+
+
+def _live_descendants() -> list[psutil.Process]:
+    """Every live process below the runner (on Linux that includes orphans reparented to it)."""
+    try:
+        return [p for p in psutil.Process().children(recursive=True) if _alive(p)]
+    except psutil.Error:
+        return []
+
+
 def _signal_name(sig: int | None) -> str:
     try:
         return signal.Signals(sig).name if sig is not None else "?"
@@ -249,7 +327,10 @@ def _signal_name(sig: int | None) -> str:
 
 
 def _become_subreaper() -> None:
-    """Orphans of the job get reparented to us (Linux >= 3.4); elsewhere this is a no-op."""
+    """Orphans of the job get reparented to us (prctl, Linux >= 3.4). Other systems (macOS)
+    have no such call: there orphans go to launchd and only the process group reaches them."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 

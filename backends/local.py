@@ -2,9 +2,11 @@
 
 Each job is supervised by ``backends._runner`` in its own session, so jobs survive the
 orchestrator being killed; the runner records the job in ``<workdir>/.hybrid/`` (job.json, then
-exit.json when it ends) and this backend only reads those files and /proc. A job id is
-``"<runner pid>@<runner start time in clock ticks>"``: the start time makes a recycled pid
-harmless on resume.
+exit.json when it ends) and this backend reads those files and asks psutil about processes
+(so it runs on Linux and macOS; nothing here reads /proc). A job id is
+``"<runner pid>@<runner start mark>"``, the mark being when the runner started, in seconds since
+boot (``backends._runner.start_mark``): it makes a recycled pid harmless on resume. Ids written
+before psutil (``"<pid>@<clock ticks since boot>"``, digits only) are still accepted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from backends._runner import (
     EXIT_FILE,
     JOB_FILE,
@@ -29,9 +33,10 @@ from backends._runner import (
     STATE_DIR,
     group_alive,
     is_running,
-    proc_info,
-    proc_start_ticks,
+    parse_mark,
     read_json,
+    same_start,
+    start_mark,
     write_json_atomic,
 )
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec, Worker, read_log
@@ -72,10 +77,10 @@ class LocalBackend(Backend):
         name: str = "local",
     ) -> None:
         super().__init__()
-        if not Path("/proc/self/stat").exists():
+        if os.name != "posix":  # process groups and sessions: Linux and macOS, not Windows
             raise ConfigError(
-                "backend=local: jobs are tracked through /proc, which this system lacks (Linux only); "
-                "run the campaign on Linux or use backend=slurm / backend=skypilot"
+                "backend=local: jobs need POSIX process groups, which this system lacks (Linux and "
+                "macOS have them); run the campaign there or use backend=slurm / backend=skypilot"
             )
         self.name = name
         self._workers = _build_workers(workers, gpus, hardware, hourly_usd)
@@ -115,7 +120,7 @@ class LocalBackend(Backend):
                 )
         except OSError as e:
             raise BackendError(f"could not start the job runner for experiment {exp.id}: {e}") from e
-        job_id = f"{proc.pid}@{proc_start_ticks(proc.pid)}"  # our unreaped child: /proc is there
+        job_id = _job_id(proc.pid, start_mark(proc.pid))  # our unreaped child: still there to ask
         self._procs[job_id] = proc
         return JobHandle(job_id, exp.id, worker, time.time(), workdir, spec.log_name)
 
@@ -146,13 +151,15 @@ class LocalBackend(Backend):
         parsed = _parse_job_id(job_id)
         if parsed is None:
             return None  # not a local job id (e.g. the campaign ran on another backend)
-        pid, ticks = parsed
-        alive = is_running(pid, ticks)
+        pid, mark = parsed
+        alive = is_running(pid, mark)
         workdir = Path(exp.workdir) if exp.workdir else (_runner_workdir(pid) if alive else None)
         if workdir is None:
             return None
         job = read_json(workdir / STATE_DIR / JOB_FILE) or {}
-        ours = not job or (job.get("runner_pid"), job.get("runner_start")) == (pid, ticks)
+        ours = not job or (
+            job.get("runner_pid") == pid and same_start(parse_mark(job.get("runner_start")), mark)
+        )
         if not alive and not (ours and (workdir / STATE_DIR / EXIT_FILE).exists()):
             return None
         started = exp.started or job.get("started") or time.time()
@@ -166,7 +173,10 @@ class LocalBackend(Backend):
         job = read_json(Path(exp.workdir) / STATE_DIR / JOB_FILE)
         if job is None or not isinstance(job.get("runner_pid"), int):
             return None
-        return self.attach(f"{job['runner_pid']}@{job.get('runner_start')}", exp)
+        start = job.get("runner_start")
+        if isinstance(start, int) and not isinstance(start, bool):  # an old runner's file: keep its id
+            return self.attach(f"{job['runner_pid']}@{start}", exp)
+        return self.attach(_job_id(job["runner_pid"], parse_mark(start)), exp)
 
     def close(self) -> None:
         # Jobs are left alone (the campaign cancels or detaches first); only reap runners that
@@ -257,22 +267,29 @@ class LocalBackend(Backend):
 
 
 # ---- job ids and processes ----------------------------------------------------------------------
-def _parse_job_id(job_id: str) -> tuple[int, int] | None:
-    pid, sep, ticks = str(job_id).partition("@")
-    if not sep or not pid.isdigit() or not ticks.isdigit():
+def _job_id(pid: int, mark: float | None) -> str:
+    # No mark: the runner already vanished (a zombie on macOS); an id no live process matches.
+    return f"{pid}@{mark if mark is not None else 0.0:.3f}"
+
+
+def _parse_job_id(job_id: str) -> tuple[int, float] | None:
+    """(runner pid, start mark) of a local job id; None for another backend's id."""
+    pid, sep, mark = str(job_id).partition("@")
+    if not sep or not pid.isdigit() or not re.fullmatch(r"\d+(\.\d+)?", mark):
         return None
-    return int(pid), int(ticks)
+    parsed = parse_mark(mark)  # digits only: a pre-psutil id in clock ticks
+    return None if parsed is None else (int(pid), parsed)
 
 
 def _runner_workdir(pid: int) -> Path | None:
     """The --workdir argument of a live runner (attach without a recorded workdir)."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        args = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return None
     for flag, value in itertools.pairwise(args):
-        if flag == b"--workdir":
-            return Path(os.fsdecode(value))
+        if flag == "--workdir":
+            return Path(value)
     return None
 
 
@@ -284,11 +301,11 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def _kill_job_group(job: Mapping[str, Any]) -> None:
     """SIGKILL the job's process group recorded in job.json, unless its id now names another
     process (Linux never reuses a pid while a process group of that id exists)."""
-    pgid, start = job.get("child_pgid"), job.get("child_start")
-    if not isinstance(pgid, int) or pgid <= 1:
+    pgid, start = job.get("child_pgid"), parse_mark(job.get("child_start"))
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
         return
-    info = proc_info(pgid)
-    if (info is None or info[1] == start) and group_alive(pgid):
+    leader = start_mark(pgid)  # None: the leader is gone, the group may live on
+    if (leader is None or same_start(leader, start)) and group_alive(pgid):
         _signal_group(pgid, signal.SIGKILL)
 
 

@@ -8,22 +8,30 @@ The copy is a real copy (no hardlinks or symlinks back into the source), leaves 
 VCS data, virtual environments, secrets (``.env*``) and earlier run outputs, and is checked
 against a size cap *before* anything is written, so a forgotten dataset fails fast with a hint
 instead of filling the disk once per experiment.
+
+What is left out is decided by gitignore rules (``pathspec``'s ``GitIgnoreSpec``, which follows
+git's own edge cases): the built-in ``ALWAYS_EXCLUDED`` first, then the user's
+``target.exclude``, so as in a ``.gitignore`` a later ``!pattern`` can bring a file back, and a
+file inside an excluded directory cannot be brought back (the directory is never entered).
+The target's own ``.gitignore`` is not read: a snapshot may need files git ignores (prepared
+data, generated code), and an experiment must not depend on the state of the user's VCS.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import pathspec
+
 from hybrid.errors import ConfigError
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB per experiment is already a lot of "code"
 
-# Left out of every snapshot. A trailing "/" matches directories only; a pattern without "/"
-# matches a name at any depth (like .gitignore).
+# Left out of every snapshot (gitignore syntax: a trailing "/" matches directories only; a pattern
+# without a "/" before its end matches a name at any depth).
 ALWAYS_EXCLUDED: tuple[str, ...] = (
     ".git",
     ".hg",
@@ -48,25 +56,34 @@ ALWAYS_EXCLUDED: tuple[str, ...] = (
 class _Excluder:
     """Decides whether a path (relative to the source root) is left out."""
 
-    def __init__(self, patterns: Sequence[str]) -> None:
-        self._rules: list[tuple[str, bool, bool]] = []  # (glob, dirs_only, anchored to root)
-        for raw in patterns:
-            pat = str(raw).strip()
-            if not pat:
-                continue
-            dirs_only = pat.endswith("/")
-            pat = pat.strip("/")
-            if pat.startswith("./"):
-                pat = pat[2:]
-            self._rules.append((pat, dirs_only, "/" in pat))
+    def __init__(self, user_patterns: Sequence[str]) -> None:
+        lines = [*ALWAYS_EXCLUDED]
+        for i, raw in enumerate(user_patterns):
+            pattern = _normalize(str(raw))
+            try:  # one at a time, so an error names the pattern
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except ValueError as e:
+                raise ConfigError(
+                    f"target.exclude[{i}]: {raw!r} is not a gitignore-style pattern ({e}); write it "
+                    "as in a .gitignore, e.g. 'data/', '*.ckpt', '/build' or '!keep.ckpt'"
+                ) from e
+            lines.append(pattern)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
 
-    def excluded(self, rel: str, name: str, is_dir: bool) -> bool:
-        for pat, dirs_only, anchored in self._rules:
-            if dirs_only and not is_dir:
-                continue
-            if fnmatch.fnmatchcase(rel if anchored else name, pat):
-                return True
-        return False
+    def excluded(self, rel: str, is_dir: bool) -> bool:
+        # A trailing "/" tells pathspec it is a directory (for dir-only patterns such as "data/").
+        return self._spec.match_file(f"{rel}/" if is_dir else rel)
+
+
+def _normalize(pattern: str) -> str:
+    """Whitespace around a YAML list item is not part of the pattern; "./x" means the top-level
+    x (git would match nothing), as a user writing it intends."""
+    pattern = pattern.strip()
+    negate = pattern.startswith("!")
+    body = pattern[1:] if negate else pattern
+    if body.startswith("./"):
+        body = "/" + body[2:].lstrip("/")
+    return ("!" if negate else "") + body
 
 
 def _human(n: float) -> str:
@@ -92,12 +109,12 @@ def _plan(
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_symlink():
-                if not excluder.excluded(rel, entry.name, False):
+            if entry.is_symlink():  # git matches a link as a file, even one to a directory
+                if not excluder.excluded(rel, False):
                     links.append(rel)
                 continue
             is_dir = entry.is_dir(follow_symlinks=False)
-            if rel in skip or excluder.excluded(rel, entry.name, is_dir):
+            if rel in skip or excluder.excluded(rel, is_dir):
                 continue
             if is_dir:
                 dirs.append(rel)
@@ -138,12 +155,14 @@ def snapshot(
 ) -> Path:
     """Copy the target's code directory ``src`` into the experiment's own directory ``dst``.
 
-    ``exclude`` holds the user's glob patterns (``target.exclude``) on top of ``ALWAYS_EXCLUDED``;
-    ``skip`` holds paths never copied, such as the campaign's own directory when it lies inside
-    ``src`` (``dst`` itself is always skipped). ``dst`` may already exist (it may hold
+    ``exclude`` holds the user's gitignore-style patterns (``target.exclude``), applied after
+    ``ALWAYS_EXCLUDED``; ``skip`` holds absolute paths never copied whatever the patterns say,
+    such as the campaign's own directory when it lies inside ``src`` (``dst`` itself is always
+    skipped). ``dst`` may already exist (it may hold
     ``params.json``); copied files overwrite same-named ones. Returns ``dst``.
 
-    Raises ConfigError when ``src`` is missing or the copy would exceed ``max_bytes``.
+    Raises ConfigError when ``src`` is missing, a pattern is invalid or the copy would exceed
+    ``max_bytes``.
     """
     src = Path(src).expanduser()
     dst = Path(dst).expanduser()
@@ -166,7 +185,7 @@ def snapshot(
         real = os.path.realpath(path)
         if real.startswith(real_src + os.sep):
             skip_rel.add(Path(os.path.relpath(real, real_src)).as_posix())
-    excluder = _Excluder((*ALWAYS_EXCLUDED, *exclude))
+    excluder = _Excluder(exclude)
     dirs, files, links, top_sizes = _plan(src, excluder, skip_rel)
 
     total = sum(size for _, size in files)
@@ -176,7 +195,7 @@ def snapshot(
         raise ConfigError(
             f"target.workdir: {src} holds {_human(total)} to copy for every experiment, over the "
             f"{_human(max_bytes)} cap (largest: {listing}); leave data, checkpoints and logs out "
-            "with target.exclude=[...] (glob patterns, e.g. 'data/' or '*.ckpt')"
+            "with target.exclude=[...] (gitignore-style patterns, e.g. 'data/' or '*.ckpt')"
         )
 
     dst.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,69 @@ def test_an_existing_destination_keeps_its_files(tmp_path: Path) -> None:
     (dst / "params.json").write_text("{}")
     snapshot(src, dst)
     assert files_in(dst) == {"train.py", "params.json"}
+
+
+# ---- gitignore semantics of target.exclude --------------------------------------------------------
+def copied(tmp_path: Path, paths: list[str], exclude: list[str]) -> set[str]:
+    src = tmp_path / "src"
+    make_tree(src, paths)
+    return files_in(snapshot(src, tmp_path / "exp", exclude=exclude))
+
+
+def test_a_name_pattern_matches_at_any_depth(tmp_path: Path) -> None:
+    paths = ["train.py", "a.ckpt", "deep/er/b.ckpt", "ckpt.py", "notes.ckpt.txt"]
+    assert copied(tmp_path, paths, ["*.ckpt"]) == {"train.py", "ckpt.py", "notes.ckpt.txt"}
+
+
+def test_a_trailing_slash_matches_directories_only(tmp_path: Path) -> None:
+    paths = ["train.py", "data/shard.bin", "model/data/vocab.txt", "model/data.py", "tools/data"]
+    # `tools/data` is a file: `data/` leaves it, as git would.
+    assert copied(tmp_path, paths, ["data/"]) == {"train.py", "model/data.py", "tools/data"}
+
+
+def test_a_leading_slash_anchors_to_the_target_root(tmp_path: Path) -> None:
+    paths = ["train.py", "build/out.o", "tools/build/make.py"]
+    assert copied(tmp_path, paths, ["/build"]) == {"train.py", "tools/build/make.py"}
+    # "./build" is read the same way (git itself would match nothing).
+    assert copied(tmp_path / "dot", paths, ["./build"]) == {"train.py", "tools/build/make.py"}
+
+
+def test_a_negation_brings_a_file_back(tmp_path: Path) -> None:
+    paths = ["train.py", "old.ckpt", "keep.ckpt", "sub/keep.ckpt", "sub/other.ckpt", ".env", ".env.example"]
+    # Later patterns win, over the built-in ones too (.env* is built in).
+    assert copied(tmp_path, paths, ["*.ckpt", "!keep.ckpt", "!.env.example"]) == {
+        "train.py",
+        "keep.ckpt",
+        "sub/keep.ckpt",
+        ".env.example",
+    }
+
+
+def test_a_file_inside_an_excluded_directory_stays_out(tmp_path: Path) -> None:
+    # git: "It is not possible to re-include a file if a parent directory of that file is excluded".
+    paths = ["train.py", "data/keep.txt", "data/big.bin"]
+    assert copied(tmp_path, paths, ["data/", "!data/keep.txt"]) == {"train.py"}
+    assert copied(tmp_path / "files", paths, ["data/*", "!data/keep.txt"]) == {"train.py", "data/keep.txt"}
+
+
+def test_nested_patterns_follow_gitignore(tmp_path: Path) -> None:
+    paths = [
+        "logs/a.log",
+        "logs/sub/b.log",  # `*` does not cross a "/"
+        "model/cache/x.bin",
+        "cache/y.bin",
+        "docs/img/deep/fig.png",
+        "docs/readme.md",
+        "src/docs/fig.png",  # `docs/**` is anchored: it has a "/" before its end
+    ]
+    exclude = ["logs/*.log", "**/cache/", "docs/**/*.png"]
+    assert copied(tmp_path, paths, exclude) == {"logs/sub/b.log", "docs/readme.md", "src/docs/fig.png"}
+
+
+@pytest.mark.parametrize("pattern", ["!", "\\"])
+def test_an_invalid_pattern_is_a_config_error_naming_it(tmp_path: Path, pattern: str) -> None:
+    src = tmp_path / "src"
+    make_tree(src, ["train.py"])
+    with pytest.raises(ConfigError, match=r"^target\.exclude\[1\]: .* is not a gitignore-style pattern"):
+        snapshot(src, tmp_path / "exp", exclude=["*.ckpt", pattern])
+    assert not (tmp_path / "exp").exists()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from omegaconf import OmegaConf
 
@@ -31,6 +32,13 @@ class TestLocal(BackendSuite):
     def job_has_ended(self, job_id: str, exp: Experiment) -> bool:
         pid = int(job_id.split("@")[0])
         return (Path(exp.workdir) / ".hybrid" / "exit.json").exists() and not self.process_alive(pid)
+
+    def process_alive(self, pid: int) -> bool:
+        # psutil rather than the suite's /proc reading: these tests also run on macOS.
+        try:
+            return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.Error:
+            return False
 
     # ---- local-only behaviour -------------------------------------------------------------------
     def test_job_survives_the_orchestrator_being_killed(self, tmp_path: Path) -> None:
