@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybrid.errors import ConfigError
+from model.errors import ConfigError
 from model.prepare import MANIFEST_FILE, SPLIT_PATTERN, data_dir
 
-__all__ = ["BOS", "SPLIT_PATTERN", "Tokenizer", "data_dir", "evaluate_bpb", "load_tokenizer", "make_loader",
-           "token_dtype"]
+__all__ = ["BOS", "SPLIT_PATTERN", "Tokenizer", "data_dir", "evaluate_bpb", "is_prepared", "load_tokenizer",
+           "make_loader", "token_dtype"]
 
 BOS = "<|bos|>"
 TOKENIZER_FILE = "tokenizer.pkl"
@@ -143,11 +143,22 @@ class Tokenizer:
         return tok
 
 
-def _require_prepared(folder: Path) -> None:
+def _manifest_complete(folder: Path) -> bool | None:
+    """Whether model.prepare finished in ``folder``: True, False (started, not finished), None (no manifest)."""
     try:
-        complete = json.loads((folder / MANIFEST_FILE).read_text()).get("complete", False)
+        return bool(json.loads((Path(folder) / MANIFEST_FILE).read_text()).get("complete", False))
     except (OSError, ValueError):
-        complete = None
+        return None
+
+
+def is_prepared(folder: Path | str) -> bool:
+    """Whether ``python -m model.prepare`` completed in this data dir (its manifest says so; the files
+    are verified by model.prepare, not here: this is the cheap check made before every run)."""
+    return _manifest_complete(Path(folder)) is True
+
+
+def _require_prepared(folder: Path) -> None:
+    complete = _manifest_complete(folder)
     if not complete:
         state = "no prepared dataset" if complete is None else "an incomplete dataset (interrupted?)"
         raise ConfigError(f"data: {state} at {folder}; run `python -m model.prepare` with the same data.* "

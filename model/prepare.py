@@ -40,7 +40,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import ConfigError, HybridError
+from model.errors import ConfigError, ModelError
 from model.sources import (
     Log,
     _file_record,
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         prepare(parse_cli(args), log=lambda msg: print(msg, flush=True))
-    except HybridError as e:
+    except ModelError as e:
         one_line = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
         print(f"{type(e).__name__}: {one_line}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import ConfigError, HybridError
+from model.errors import ConfigError, ModelError
 
 DOWNLOAD_ATTEMPTS = 5
 RETRY_BACKOFF_S = 2.0  # seconds before the 2nd download attempt, doubling after each failure
@@ -104,7 +104,7 @@ def download_climbmix(base_url: str, paths: Sequence[Path], known: Mapping[str, 
         with ThreadPoolExecutor(max_workers=min(8, len(need))) as pool:
             failed = [e for e in pool.map(lambda p: _download(f"{base_url}/{p.name}", p, log), need) if e]
     if failed:
-        raise HybridError(f"climbmix: {len(failed)} of {len(need)} shards failed to download (first: {failed[0]}); "
+        raise ModelError(f"climbmix: {len(failed)} of {len(need)} shards failed to download (first: {failed[0]}); "
                           "check the network or data.base_url, then rerun to resume")
 
 

@@ -1,7 +1,10 @@
 """Train the GPT for a fixed wall-clock budget and report validation bits per byte.
 
-    python -m model.prepare                      # once: data + tokenizer (offline by default)
     python -m model.train depth=4 optim.matrix_lr=0.05 ...
+    python -m model.train check=true depth=4 ...   # only validate the settings (no data, no training)
+
+Missing data is prepared on first use (``python -m model.prepare`` with the same ``data.*``, under
+its file lock, so concurrent runs prepare it once); ``prepare=false`` makes it an error instead.
 
 Keys are OmegaConf dotlist overrides of :class:`TrainConfig` (``optim.*``, ``data.*`` nested).
 ``preset=auto`` picks ``conf/model/gpt_h100.yaml`` on a CUDA machine and ``gpt_tiny.yaml`` on a
@@ -27,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from model.errors import ConfigError, ModelError
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "conf" / "model"
@@ -74,6 +79,10 @@ class TrainConfig:
     compile: str = "auto"  # auto (on CUDA) | true | false
     threads: int = 0  # CPU threads for torch (0: torch's default)
     log_every: int = 10
+    # missing data: prepare it first, once (model.prepare under its file lock); false: an error
+    prepare: bool = True
+    # validate the settings and exit 0 without loading data or training (a campaign's check_command)
+    check: bool = False
     data: dict[str, Any] = field(default_factory=dict)  # model.prepare's keys (source, vocab_size, ...)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -86,8 +95,6 @@ def load_config(overrides: list[str]) -> TrainConfig:
     """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-
-    from hybrid.errors import ConfigError
 
     for o in overrides:
         if "=" not in o:
@@ -119,7 +126,8 @@ def load_config(overrides: list[str]) -> TrainConfig:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    from hybrid.errors import ConfigError
+    """Every check that needs neither torch nor data, so that ``check=true`` is instant and complete."""
+    from model.prepare import DataConfig
 
     positive = ("depth", "aspect_ratio", "head_dim", "seq_len", "total_batch_size", "device_batch_size")
     for name in positive:
@@ -143,6 +151,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.adam_betas: expected two numbers, got {cfg.optim.adam_betas}")
     if cfg.compile not in ("auto", "true", "false", True, False):
         raise ConfigError(f"compile: {cfg.compile!r} is not auto, true or false")
+    _heads(cfg)
+    DataConfig.from_mapping(cfg.data)  # unknown data.* keys and bad values
 
 
 def _cuda_available() -> bool:
@@ -161,16 +171,20 @@ def lr_multiplier(progress: float, warmup: float, warmdown: float, final_frac: f
     return 1.0
 
 
-def model_config(cfg: TrainConfig, vocab_size: int):
-    from model.gpt import GPTConfig
-
+def _heads(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(n_embd, n_head, n_kv_head): n_embd = depth * aspect_ratio rounded up to a multiple of head_dim."""
     n_embd = math.ceil(cfg.depth * cfg.aspect_ratio / cfg.head_dim) * cfg.head_dim
     n_head = n_embd // cfg.head_dim
     n_kv = cfg.n_kv_head or n_head
     if n_head % n_kv:
-        from hybrid.errors import ConfigError
-
         raise ConfigError(f"n_kv_head: {n_kv} must divide the number of heads ({n_head})")
+    return n_embd, n_head, n_kv
+
+
+def model_config(cfg: TrainConfig, vocab_size: int):
+    from model.gpt import GPTConfig
+
+    n_embd, n_head, n_kv = _heads(cfg)
     return GPTConfig(sequence_len=cfg.seq_len, vocab_size=vocab_size, n_layer=cfg.depth, n_head=n_head,
                      n_kv_head=n_kv, n_embd=n_embd, window_pattern=cfg.window_pattern.upper(), softcap=cfg.softcap)
 
@@ -191,10 +205,11 @@ def train(cfg: TrainConfig, log=print, keep: dict[str, Any] | None = None) -> di
     form) for callers that check it further."""
     import torch
 
-    from model.data import evaluate_bpb, load_tokenizer, make_loader
+    from model.data import evaluate_bpb, is_prepared, load_tokenizer, make_loader
     from model.gpt import GPT
     from model.optim import build_optimizers, set_lr_multiplier, set_muon_momentum
     from model.prepare import data_dir as find_data_dir
+    from model.prepare import prepare
 
     t_start = time.time()
     if cfg.threads:
@@ -212,6 +227,11 @@ def train(cfg: TrainConfig, log=print, keep: dict[str, Any] | None = None) -> di
     do_compile = use_cuda if cfg.compile == "auto" else cfg.compile in ("true", True)
 
     ddir = find_data_dir(cfg.data)
+    if cfg.prepare and not is_prepared(ddir):
+        # The first run on a machine prepares the data, so a campaign's first command just works;
+        # prepare() holds the data dir's file lock: a concurrent run waits, then finds it ready.
+        log(f"data: nothing prepared at {ddir} yet; preparing it first (prepare=false: fail instead)")
+        prepare(cfg.data, log=log)
     tokenizer = load_tokenizer(ddir)
     gpt_cfg = model_config(cfg, tokenizer.vocab_size)
     with torch.device("meta"):
@@ -314,14 +334,15 @@ def format_results(m: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hybrid.errors import HybridError
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = load_config(argv)
+        if cfg.check:
+            print("check: the settings are valid (nothing loaded or trained: check=true)", flush=True)
+            return
         print(f"config: {asdict(cfg)}", flush=True)
         metrics = train(cfg, log=lambda s: print(s, flush=True))
-    except HybridError as e:
+    except ModelError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingFailed as e:

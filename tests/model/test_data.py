@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid.errors import ConfigError
 from model.data import evaluate_bpb, load_tokenizer, make_loader
+from model.errors import ConfigError
 
 TEXTS = [
     "",

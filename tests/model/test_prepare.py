@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import model.sources as sources
-from hybrid.errors import ConfigError, HybridError
 from model.data import load_tokenizer, make_loader
+from model.errors import ConfigError, ModelError
 from model.prepare import DataConfig, data_dir, offline_documents, prepare, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,7 +282,7 @@ def test_climbmix_downloads_resume_and_refetch_what_is_truncated(shard_server: S
     assert shard_server.gets("shard_00001.parquet") == 3
     assert (folder / "tokenizer.pkl").stat().st_mtime_ns == tokenizer_mtime
 
-    with pytest.raises(HybridError, match=r"shard_00002\.parquet.* HTTP 404.*data\.base_url"):
+    with pytest.raises(ModelError, match=r"shard_00002\.parquet.* HTTP 404.*data\.base_url"):
         prepare({**cfg, "num_shards": 3}, log=quiet)
     assert shard_server.gets("shard_00002.parquet") == 1  # a 404 is not retried
 

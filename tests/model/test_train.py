@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.errors import ConfigError
 from hybrid.targets import parse_metrics
+from model.errors import ConfigError
 from model.train import format_results, load_config, lr_multiplier, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,46 @@ def test_exploding_lr_fails_fast_with_exit_1(prepared_data_cfg):
     assert "val_bpb:" not in p.stdout
 
 
-def test_missing_data_names_the_prepare_command(tmp_path):
-    p = run_cli(["preset=gpt_tiny", f"data.cache_dir={tmp_path}"], timeout=60)
+def test_with_prepare_false_missing_data_names_the_prepare_command(tmp_path):
+    p = run_cli(["preset=gpt_tiny", "prepare=false", f"data.cache_dir={tmp_path}"], timeout=60)
     assert p.returncode == 2
     assert "python -m model.prepare" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_missing_data_is_prepared_once_by_concurrent_first_runs(tmp_path):
+    """Two experiments starting together on a machine without data (a campaign's first wave): both
+    train, the dataset is built once (the other run waits on prepare's lock, then finds it ready)."""
+    from model.data import is_prepared
+    from model.prepare import data_dir
+    from tests.model.conftest import SMALL_DATA
+
+    data = {**SMALL_DATA, "cache_dir": str(tmp_path)}
+    args = [sys.executable, "-m", "model.train", *tiny_args(data), "time_budget_s=1", "threads=1"]
+    runs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=240)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert all("val_bpb" in parse_metrics(out) for out in outputs), outputs
+    assert sum("prepare: ready at" in out for out in outputs) == 1, outputs
+    assert any("data: nothing prepared at" in out for out in outputs)
+    assert is_prepared(data_dir(data))
+
+
+def test_check_validates_the_settings_without_data_or_torch(tmp_path):
+    """check=true (a campaign's target.check_command): exit 0 for valid settings, the usual one-line
+    ConfigError (exit 2) for bad ones, at once: no data read or prepared, torch not even imported."""
+    code = ("import sys; from model.train import main; main(sys.argv[1:]); "
+            "print('torch imported:', 'torch' in sys.modules)")
+    base = [sys.executable, "-c", code, "preset=gpt_tiny", "check=true", f"data.cache_dir={tmp_path}"]
+    ok = subprocess.run([*base, "depth=3", "optim.matrix_lr=0.05"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "check: the settings are valid" in ok.stdout and "torch imported: False" in ok.stdout
+    assert "step" not in ok.stdout and list(tmp_path.iterdir()) == []
+    for bad, message in [("lr=0.01", "ConfigError: lr: unknown key; known: "),
+                         ("n_kv_head=3", "ConfigError: n_kv_head: 3 must divide the number of heads (4)"),
+                         ("data.vocab_size=12", "ConfigError: data.vocab_size: 12 must be in [257")]:
+        p = subprocess.run([*base, bad], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), (bad, p.stderr)
