@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(campaign.dir / "results.tsv") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             if row["source"] == "llm":
-                print(f"{row['experiment_id']} {row['metric'] or row['status']:>10}  {row['description']}")
+                value = row[campaign.objective.metric]  # the column is named after the metric
+                print(f"{row['experiment_id']} {value or row['status']:>10}  {row['description']}")
     print(f"results: {campaign.dir / 'results.tsv'}, hypotheses: {campaign.dir / 'hypotheses.md'}")
     return 0
 

@@ -24,12 +24,11 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import history, targets
 from hybrid.errors import BackendError, ConfigError
-from hybrid.findings import write_reports
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
-from hybrid.report import Summary, summarize, write_hypotheses_md, write_results_tsv
+from hybrid.reports import Summary, summarize, write_hypotheses_md, write_reports, write_results_tsv
 from hybrid.resume import lock_campaign, restore
 from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, StopRules
@@ -423,9 +422,11 @@ class Campaign:
         artifacts = [self.dir / "results.tsv", self.dir / "summary.txt"]
         if write_hypotheses_md(self.dir / "hypotheses.md", exps, self.objective):
             artifacts.append(self.dir / "hypotheses.md")
-        if self.findings:  # findings.md + plots/*.png (hybrid/findings.py); never raises on the data
-            written = write_reports(self.dir, elapsed_s=elapsed, objective=self.objective, space=self.space,
-                                    gp=self.findings != "no_gp")
+        if self.findings:  # findings.md + plots/*.png (hybrid/reports/); never raises on the data
+            gp = None  # the GP of its response slices, handed in: reports do not import the surrogate
+            if self.findings != "no_gp":
+                from surrogate.gp import GPSurrogate as gp  # type: ignore[assignment]  # torch: at the end only
+            written = write_reports(self.dir, elapsed_s=elapsed, objective=self.objective, space=self.space, gp=gp)
             artifacts.append(written[0])
             if len(written) > 1:
                 artifacts.append(self.dir / "plots")  # uploaded as the folder plots/

@@ -222,11 +222,13 @@ COMMANDS = {
 def _command(name: str, argv: list[str]) -> None:
     with _one_line_errors():
         if name == "report":
-            from hybrid.findings import report_command
+            from hybrid.reports import report_command
+            from hybrid.tracking import make_tracker
+            from surrogate.gp import GPSurrogate  # findings.md's GP slices: reports do not import the surrogate
 
-            report_command(compose(argv))
+            report_command(compose(argv), gp=GPSurrogate, make_tracker=make_tracker)
         elif name == "compare":
-            from hybrid.compare import compare_command
+            from hybrid.reports import compare_command
 
             compare_command(argv)
 

@@ -11,8 +11,8 @@ best/baseline reporting or resume bookkeeping, and the baseline still runs first
 Semantics chosen:
 - A name resolves to a sibling of this campaign's directory (``runs/<name>``); an entry with a
   ``/`` (or an existing directory that is not a sibling campaign) is a path to a campaign dir.
-- The earlier campaign is opened with ``Store.open_read_only`` (SQLite ``mode=ro``): never
-  claimed, never written; it may still be running (then a later resume of this campaign sees the
+- The earlier campaign is read by ``hybrid.reports.reader.read_campaign`` (``Store.open_read_only``,
+  SQLite ``mode=ro``): never claimed, never written; it may still be running (then a later resume of this campaign sees the
   results it has added since).
 - Used: every finished experiment except the cancelled ones and those the orchestrator lost
   (re-queued there). Successes are GP data; crashes/timeouts/OOMs feed the feasibility model and
@@ -20,9 +20,9 @@ Semantics chosen:
   a dropped choice) are skipped, and counted.
 - Each prior keeps its earlier campaign's order, gets the id ``"<campaign>/<id>"``, the source
   label ``"prior"`` (so per-source counters such as the LLM's share, Sobol's index or the grid's
-  turn count only this campaign's own experiments), ``extra["prior"] = <campaign>``,
-  ``extra["prior_id"]`` and ``extra["prior_source"]`` (the label it had there), and a
-  negative ``seq`` (-n..-1 over all of them: they come before experiment 1).
+  turn count only this campaign's own experiments), ``prior=Prior(<campaign>, <its id there>,
+  <the source label it had there>)`` (``hybrid.history.is_prior`` tells them apart), its
+  ``ended`` time, and a negative ``seq`` (-n..-1 over all of them: they come before experiment 1).
 - Transitive data is not followed: if B was warm-started from A, list both A and B to use both.
 - The GP predicts on ``campaign.target_hardware`` when it has results, else on the most frequent
   hardware among all successes, priors included: set it when the priors ran elsewhere. Its
@@ -43,20 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.errors import ConfigError, InvalidCandidateError, StoreError
+from hybrid.reports.reader import STORE_FILE, read_campaign
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace
-from hybrid.store import Store
 from hybrid.targets import TargetSpec
-from hybrid.types import Candidate, Experiment, ExperimentState
+from hybrid.types import Candidate, Experiment, ExperimentState, Prior
 
-__all__ = ["PRIOR_SOURCE", "PriorCampaign", "identity", "is_prior", "load_priors", "warm_start_entries"]
+__all__ = ["PRIOR_SOURCE", "PriorCampaign", "identity", "load_priors", "warm_start_entries"]
 
 PRIOR_SOURCE = "prior"  # the Candidate.source of every prior experiment
 WHERE = "campaign.warm_start"
-
-
-def is_prior(e: Experiment) -> bool:
-    """True for an earlier campaign's experiment loaded by a warm start."""
-    return bool(e.extra.get("prior"))
 
 
 def identity(target: TargetSpec, space: SearchSpace) -> dict[str, Any]:
@@ -150,20 +145,14 @@ def load_priors(entries: Sequence[str], *, campaign_name: str, campaign_dir: Pat
 
 def _load_one(entry: str, where: Path, own: Mapping[str, Any], space: SearchSpace,
               taken_names: set[str]) -> PriorCampaign:
-    path = where / "state.sqlite"
+    path = where / STORE_FILE
     try:
-        store = Store.open_read_only(path)
+        record = read_campaign(where)
     except StoreError as e:
         raise ConfigError(f"{WHERE}: {e}; drop {entry!r}") from None
-    try:
-        try:
-            name = store.get_meta("campaign")
-            theirs = _identity_of(store)
-            exps = store.experiments()
-        except sqlite3.Error as e:
-            raise ConfigError(f"{WHERE}: {path} is not a readable campaign store ({e}); drop {entry!r}") from None
-    finally:
-        store.close()
+    except sqlite3.Error as e:
+        raise ConfigError(f"{WHERE}: {path} is not a readable campaign store ({e}); drop {entry!r}") from None
+    name, theirs, exps = record.name, record.identity, record.experiments
     if name is None:
         raise ConfigError(f"{WHERE}: {where} holds no campaign yet (its state.sqlite is empty); give the name "
                           "of an earlier campaign or its directory")
@@ -174,7 +163,7 @@ def _load_one(entry: str, where: Path, own: Mapping[str, Any], space: SearchSpac
     used: list[Experiment] = []
     skipped = 0
     for e in exps:
-        if e.result is None or e.state is ExperimentState.CANCELLED or e.extra.get("requeued"):
+        if e.result is None or e.state is ExperimentState.CANCELLED or e.requeued:
             continue  # unfinished, cancelled, or lost by its orchestrator: nothing learned
         try:
             params = space.validate(e.params)
@@ -188,28 +177,9 @@ def _load_one(entry: str, where: Path, own: Mapping[str, Any], space: SearchSpac
 def _as_prior(e: Experiment, params: Mapping[str, Any], label: str) -> Experiment:
     exp_id = f"{label}/{e.id}"
     result = replace(e.result, experiment_id=exp_id) if e.result is not None else None
-    extra = {"prior": label, "prior_id": e.id, "prior_source": e.source}
-    if "_ended" in e.extra:
-        extra["_ended"] = e.extra["_ended"]
     return Experiment(exp_id, Candidate(dict(params), PRIOR_SOURCE, e.candidate.rationale), e.worker, e.hardware,
-                      0, e.state, None, e.started, 0, e.workdir, result, extra)
-
-
-def _identity_of(store: Store) -> dict[str, Any]:
-    """The earlier campaign's identity: its ``identity`` meta, else what its stored config says
-    (fields it does not tell are None, and not checked)."""
-    stored = store.get_meta("identity")
-    if stored:
-        return {k: dict(stored.get(k) or {}) for k in ("target", "objective", "space")}
-    config = store.get_meta("config") or {}
-    target = config.get("target") or {}
-    params = (config.get("space") or {}).get("params") or {}
-    return {
-        "target": {"name": target.get("name"), "command": target.get("command")} if target else {},
-        "objective": {"metric": store.get_meta("metric") or target.get("metric"),
-                      "direction": target.get("direction")},
-        "space": {str(k): (v.get("type") if isinstance(v, Mapping) else None) for k, v in params.items()},
-    }
+                      0, e.state, None, e.started, 0, e.workdir, result, ended=e.ended,
+                      prior=Prior(label, e.id, e.source))
 
 
 def _check(name: str, own: Mapping[str, Any], theirs: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Strategy comparison of a multirun (hybrid/compare.py): a real sweep in a subprocess, the
+"""Strategy comparison of a multirun (hybrid/reports/compare.py): a real sweep in a subprocess, the
 ``hybrid compare`` command, and the aggregation on stores built by hand."""
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from hybrid.compare import CompareCallback, compare_sweep
+from hybrid.callbacks import CompareCallback
 from hybrid.errors import ConfigError
+from hybrid.reports import compare_sweep, summarize
+from hybrid.reports.reader import read_campaign
 from hybrid.store import Store
-from hybrid.types import Candidate, ExperimentState, Result
+from hybrid.types import Candidate, ExperimentState, FailureKind, Result
 
-SWEEP = ["-m", "proposer=sobol,grid", "campaign.seed=0,1", "budget.max_experiments=5", "backend.workers=2",
+SWEEP = ["-m", "target=example", "surrogate=none", "proposer=sobol,grid", "campaign.seed=0,1", "budget.max_experiments=5", "backend.workers=2",
          "target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05", "tracking=none"]
 FILES = ("comparison.md", "comparison.json", "comparison.png")
 
@@ -42,7 +44,7 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def tsv_best(campaign_dir: Path) -> float:
     with open(campaign_dir / "results.tsv") as f:
-        return min(float(r["metric"]) for r in csv.DictReader(f, delimiter="\t") if r["metric"])
+        return min(float(r["val_bpb"]) for r in csv.DictReader(f, delimiter="\t") if r["val_bpb"])
 
 
 # ---- a real sweep --------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def test_crashed_unrelated_and_other_metric_jobs_are_reported_not_mixed_in(sweep
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_is_still_compared(tmp_path):
-    args = ["-m", "proposer=sobol,grid", "budget.max_experiments=2", "backend.workers=2", "campaign.progress=plain",
+    args = ["-m", "target=example", "surrogate=none", "proposer=sobol,grid", "budget.max_experiments=2", "backend.workers=2", "campaign.progress=plain",
             "target.env.EXAMPLE_SECONDS=30", "tracking=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen([sys.executable, "-m", "hybrid", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -187,18 +189,22 @@ T0 = 1_700_000_000.0
 
 
 def campaign(cdir: Path, values: list[float | None], metric: str = "loss", direction: str = "minimize",
-             status: str | None = "finished", step_s: float = 60.0, proposer_usd: float = 0.0) -> Path:
-    """A campaign store whose experiment k (1-based) runs from T0+(k-1)*step to T0+k*step and gives
-    ``values[k-1]`` (None: crashed); each costs $0.5."""
+             status: str | None = "finished", step_s: float = 60.0, proposer_usd: float = 0.0,
+             hardware: list[str] | None = None, target_hardware: str | None = None) -> Path:
+    """A campaign store whose experiment k (1-based) runs from T0+(k-1)*step to T0+k*step on
+    ``hardware[k-1]`` (default cpu) and gives ``values[k-1]`` (None: crashed); each costs $0.5."""
     store = Store(cdir / "state.sqlite")
     store.claim(cdir.name, metric)
-    store.set_meta("config", {"target": {"metric": metric, "direction": direction}, "campaign": {}})
+    store.set_meta("config", {"target": {"metric": metric, "direction": direction},
+                              "campaign": {"target_hardware": target_hardware}})
     for k, v in enumerate(values, 1):
-        exp = store.create(Candidate({"x": k}, "sobol"), "w0", "cpu", k, cdir / "experiments")
+        hw = hardware[k - 1] if hardware else "cpu"
+        exp = store.create(Candidate({"x": k}, "sobol"), "w0", hw, k, cdir / "experiments")
         store.mark_running(exp.id, f"job{k}", T0 + (k - 1) * step_s)
         state = ExperimentState.DONE if v is not None else ExperimentState.CRASHED
-        store.record(Result(exp.id, state, {} if v is None else {metric: v}, "cpu", step_s, 0.5,
-                            reason="" if v is not None else "exit code 1"), ended=T0 + k * step_s)
+        store.record(Result(exp.id, state, {} if v is None else {metric: v}, hw, step_s, 0.5,
+                            reason="" if v is not None else "exit code 1",
+                            failure=None if v is not None else FailureKind.CRASH), ended=T0 + k * step_s)
     if status:
         store.set_meta("status", status)
         store.set_meta("stop_reason", "budget.max_experiments reached")
@@ -272,6 +278,22 @@ def test_time_axis_is_active_time_and_spend_includes_the_proposers(tmp_path):
     run = c.runs[0]
     assert run.timeline == [(60.0, 2.0), (120.0, 1.0)]  # 60 s per session: the two hours between do not count
     assert run.spend_usd == 1.25
+
+
+def test_best_so_far_is_judged_where_the_summary_judges_it(tmp_path):
+    """history.best's hardware: the target when it has a result, else the label with the most
+    successes; a lucky result on another label is not the campaign's best."""
+    values, hardware = [1.0, 0.5, 0.9, None], ["h100", "h200", "h100", "h100"]
+    sweep = tmp_path / "sweep"
+    job(sweep, 0, "a", 0, values, hardware=hardware)
+    job(sweep, 1, "b", 0, values, hardware=hardware, target_hardware="h200")
+    c, _ = compare_sweep(sweep)
+    untargeted, targeted = c.runs
+    assert untargeted.curve == [1.0, 1.0, 0.9, 0.9] and untargeted.best == 0.9
+    assert [v for _, v in untargeted.timeline] == [1.0, 1.0, 0.9, 0.9]
+    assert targeted.curve == [None, 0.5, 0.5, 0.5] and targeted.best == 0.5
+    exps = read_campaign(untargeted.campaign_dir).experiments
+    assert summarize("a", exps, c.objective, "", 1.0).best_value == untargeted.best
 
 
 def test_no_jobs_is_a_config_error(tmp_path):

@@ -1,9 +1,10 @@
-"""findings.md and plots/: what a campaign learned, from a real store with known effects."""
+"""findings.md and plots/ (hybrid/reports/): what a campaign learned, from a real store with known effects."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -15,13 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hybrid.effects import main_effects
 from hybrid.errors import ConfigError
-from hybrid.findings import load_campaign, report_command, write_reports
-from hybrid.findings_analysis import analyze, hardware_rows
-from hybrid.findings_render import render
+from hybrid.reports import report_command, write_reports
+from hybrid.reports.analysis import analyze, hardware_rows, load_campaign
+from hybrid.reports.effects import main_effects
+from hybrid.reports.render import render
 from hybrid.store import Store
-from hybrid.types import Candidate, ExperimentState, Result
+from hybrid.tracking import make_tracker
+from hybrid.types import Candidate, ExperimentState, FailureKind, Result
+from surrogate.gp import GPSurrogate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +79,7 @@ def write_campaign(path: Path, runs: list[tuple[dict, str, str, str]], config: d
             oom = ooms(params)
             result = Result(e.id, ExperimentState.CRASHED, {}, hw, 20.0, 20 / 3600 * HOURLY.get(hw, 1.0),
                             "CUDA out of memory" if oom else "diverged",
-                            "out of memory" if oom else "exit code 1")
+                            "out of memory" if oom else "exit code 1", FailureKind.OOM if oom else FailureKind.CRASH)
         else:
             value += float(rng.normal(0, noise)) if noise else 0.0
             steps = 1000 if hw == "h100" else 1500
@@ -121,7 +124,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("findings") / "synthetic"
     write_campaign(d, synthetic_runs(), llm_usd=1.25,
                    cost_stop="expected gain per dollar below 0.001 for 3 decisions; about $12.50 of the budget left unspent")
-    write_reports(d)
+    write_reports(d, gp=GPSurrogate)
     return d
 
 
@@ -148,6 +151,36 @@ def test_headline_best_vs_baseline(synthetic):
     assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h(100|200): [\d.]+ \([\d.]+%\) better than "
                      r"the baseline [\d.]+ \(e0001 on h100\)", head), head
     assert "| lr | 0.003 |" in head  # the changed params, with the baseline's value
+
+
+def test_headline_lists_only_what_really_changed(tmp_path):
+    """A value that differs from the baseline's only in float noise (0.010000000000000004 vs 0.01)
+    is not a change; values print with 4 significant digits."""
+    base = {"lr": 0.01, "weight_decay": 0.0, "depth": 8, "window_pattern": "SSSL"}
+    best = {**base, "lr": 0.1 * 0.1 + 4e-18, "depth": 12, "weight_decay": 0.123456789}
+    assert best["lr"] != 0.01
+    runs = [(base, "cpu", "baseline", ""), (best, "cpu", "tpe", "")]
+    d = write_campaign(tmp_path / "c", runs, metric=lambda p, hw: 1.0 - 0.01 * p["depth"])
+    write_reports(d)
+    head = section(findings(d), "Headline")
+    table = [line for line in head.splitlines() if line.startswith("| ") and "parameter" not in line]
+    assert table == ["| weight_decay | 0 | 0.1235 |", "| depth | 8 | 12 |"], head
+
+
+def test_without_a_target_hardware_best_is_judged_where_most_results_are(tmp_path):
+    """history.best: the label with the most successes, said in the report; the best on any
+    hardware is shown beside it."""
+    base = {"lr": 0.003, "weight_decay": 0.0, "depth": 8, "window_pattern": "SSSL"}
+    runs = [(base, "h100", "baseline", "")] + [({**base, "depth": k}, "h100", "sobol", "") for k in (2, 4, 6)]
+    runs.append(({**base, "depth": 10}, "h200", "sobol", ""))  # h200 scores 0.05 lower: the luckiest label
+    d = write_campaign(tmp_path / "c", runs)
+    write_reports(d)
+    text = findings(d)
+    assert "Objective: val_bpb (minimize), judged on h100 (the hardware with the most successful results; set " \
+           "campaign.target_hardware to choose)." in text
+    head = section(text, "Headline")
+    assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e000[1-4] \[\w+\] on h100", head), head
+    assert re.search(r"\*\*Best on any hardware val_bpb [\d.]+\*\* by e0005 \[sobol\] on h200", head), head
 
 
 def test_lr_is_the_top_main_effect_with_its_direction(synthetic):
@@ -229,7 +262,7 @@ def test_plots_are_non_empty_pngs(synthetic):
 
 def test_report_is_idempotent(synthetic, tmp_path):
     before = {p.name: p.read_bytes() for p in [synthetic / "findings.md", *sorted((synthetic / "plots").iterdir())]}
-    written = write_reports(synthetic)
+    written = write_reports(synthetic, gp=GPSurrogate)
     assert [p.name for p in written] == ["findings.md", "progress.png", "effects.png", "hardware.png"]
     after = {p.name: p.read_bytes() for p in [synthetic / "findings.md", *sorted((synthetic / "plots").iterdir())]}
     assert after == before
@@ -242,7 +275,7 @@ def test_target_hardware_and_warm_start_in_the_headline(tmp_path):
     store.set_meta("warm_start", [{"name": "older", "dir": "runs/older", "n": 42}])
     store.close()
     data = load_campaign(d)
-    text = render(data, analyze(data), None, {}, [])
+    text = render(data, analyze(data, GPSurrogate), None, {}, [])
     head = section(text, "Headline")
     assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h100 \(the target hardware\)", head), head
     assert re.search(r"\*\*Best on any hardware val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h200", head), head
@@ -252,7 +285,7 @@ def test_target_hardware_and_warm_start_in_the_headline(tmp_path):
 
 def test_too_few_results_fall_back_to_rank_correlations(tmp_path):
     data = load_campaign(write_campaign(tmp_path / "c", synthetic_runs(n=9)[:9]))
-    text = render(data, analyze(data), None, {}, [])
+    text = render(data, analyze(data, GPSurrogate), None, {}, [])
     effects = section(text, "What mattered: main effects")
     assert re.search(r"Too few results for an ANOVA \(n=\d+, need > \d+\)", effects), effects
     assert "Spearman" in effects and "rho =" in effects
@@ -281,7 +314,7 @@ DEGENERATE: dict[str, tuple[list, dict | None, Any]] = {
 def test_degenerate_campaigns_still_get_a_report(tmp_path, case):
     runs, config, metric = DEGENERATE[case]
     d = write_campaign(tmp_path / "c", runs, config, metric)
-    written = write_reports(d)
+    written = write_reports(d, gp=GPSurrogate)
     text = findings(d)
     assert written[0] == d / "findings.md" and text.startswith("# Findings: campaign synthetic")
     assert "could not compute" not in text, text
@@ -317,29 +350,34 @@ def test_hybrid_report_without_a_campaign_is_one_config_error_line(tmp_path):
         "campaign under runs/, or campaign.dir=PATH"]
 
 
-@pytest.mark.slow
-def test_end_to_end_on_the_example_target_then_report(tmp_path, capsys, monkeypatch):
-    """A real campaign on the example target, mirrored to MLflow; then ``hybrid report`` (in this
-    process, as the CLI calls it, with the campaign's name): findings.md and plots written, their
-    paths printed, and uploaded to the campaign's MLflow run."""
-    p = subprocess.run([sys.executable, "-m", "hybrid", "proposer=sobol", "budget.max_experiments=8",
-                        "target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05",
-                        "backend.workers=4"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stdout + p.stderr
-    from hybrid.cli import compose
+THIRD_PARTY_LOG = re.compile(r"matplotlib|fontTools|PIL\b|font cache|fontManager|findfont", re.IGNORECASE)
 
-    monkeypatch.chdir(tmp_path)
-    report_command(compose(["proposer=sobol"]))
-    out, err = capsys.readouterr()
+
+@pytest.mark.slow
+def test_end_to_end_on_the_example_target_then_report(tmp_path):
+    """A real campaign on the example target, mirrored to MLflow, on a machine whose matplotlib has
+    no font cache yet (a fresh MPLCONFIGDIR); then ``hybrid report`` with the campaign's name:
+    findings.md (with its GP slices) and plots written, their paths printed, uploaded to the
+    campaign's MLflow run, and not one log line of matplotlib's in either output."""
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    p = subprocess.run([sys.executable, "-m", "hybrid", "target=example", "surrogate=none", "proposer=sobol", "budget.max_experiments=8",
+                        "target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05",
+                        "backend.workers=4"], cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not THIRD_PARTY_LOG.search(p.stdout + p.stderr), p.stdout + p.stderr
+    (tmp_path / "runs" / "example-sobol-s0" / "findings.md").unlink()
+    q = subprocess.run([sys.executable, "-m", "hybrid", "report", "target=example", "proposer=sobol"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert q.returncode == 0, q.stdout + q.stderr
     d = "runs/example-sobol-s0"
     run_id = load_campaign(tmp_path / d).parent_run_id
-    assert out.splitlines() == [f"{d}/findings.md", f"{d}/plots/progress.png", f"{d}/plots/effects.png",
-                                f"uploaded to MLflow run {run_id}"]
-    assert "warning" not in err
+    assert q.stdout.splitlines() == [f"{d}/findings.md", f"{d}/plots/progress.png", f"{d}/plots/effects.png",
+                                     f"uploaded to MLflow run {run_id}"]
+    assert q.stderr == ""
     text = findings(tmp_path / d)
     assert "# Findings: campaign example-sobol-s0" in text and "8 experiments:" in text
     assert re.search(r"Best val_bpb [\d.]+\*\* by e\d{4} \[(sobol|baseline)\] on cpu", text), text
-    assert "could not compute" not in text
+    assert "could not compute" not in text and "GP posterior mean" in section(text, "Response slices (GP)")
 
     from mlflow import MlflowClient
 
@@ -348,13 +386,39 @@ def test_end_to_end_on_the_example_target_then_report(tmp_path, capsys, monkeypa
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/progress.png", "plots/effects.png"}
 
 
+QUIET_SCRIPT = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)  # as chatty as a Hydra job's logging, and more
+from hybrid.reports import write_reports
+from surrogate.gp import GPSurrogate
+written = write_reports(Path(sys.argv[1]), gp=GPSurrogate)
+print("written", len(written))
+"""
+
+
+def test_a_report_prints_no_matplotlib_log_lines(synthetic, tmp_path):
+    """Root logging at DEBUG (Hydra's job logging prints INFO) and no font cache yet: writing the
+    report and its plots logs nothing of matplotlib, fontTools or PIL."""
+    d = tmp_path / "copy"
+    shutil.copytree(synthetic, d)
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    p = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(d)], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "written 4" in p.stdout
+    chatty = [line for line in (p.stdout + p.stderr).splitlines() if THIRD_PARTY_LOG.search(line)]
+    assert chatty == [], chatty[:5]
+    assert (tmp_path / "mpl").is_dir()  # matplotlib did build its font cache in that process
+
+
 def test_a_failed_upload_is_one_warning_line(tmp_path, capsys):
     config = {"space": {"params": SPACE}, "tracking": {"name": "mlflow", "uri": "http://127.0.0.1:9"}}
     d = write_campaign(tmp_path / "c", synthetic_runs(n=3), config)
     store = Store(d / "state.sqlite")
     store.set_meta("mlflow_parent_run_id", "0123456789abcdef")
     store.close()
-    report_command({"campaign": {"dir": str(d)}})
+    report_command({"campaign": {"dir": str(d)}}, make_tracker=make_tracker)
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == str(d / "findings.md")
     assert len(err.strip().splitlines()) == 1 and err.startswith("warning: MLflow upload failed")

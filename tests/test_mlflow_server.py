@@ -92,7 +92,7 @@ def test_child_runs_carry_the_params_metrics_and_tags_of_results_tsv(mirrored: M
         row = mirrored.tsv[child["info"]["run_name"]]
         assert params(child) == tsv_params(row)
         m = metrics(child)
-        assert math.isclose(m["val_bpb"], float(row["metric"]), abs_tol=5e-7), (m, row)  # tsv: 6 decimals
+        assert math.isclose(m["val_bpb"], float(row["val_bpb"]), abs_tol=5e-7), (m, row)  # tsv: 6 decimals
         assert m["duration_s"] > 0 and "cost_usd" in m
         t = tags(child)
         assert {k: t[k] for k in TSV_TAGS} == {k: row[k] for k in TSV_TAGS}
@@ -104,12 +104,12 @@ def test_child_runs_carry_the_params_metrics_and_tags_of_results_tsv(mirrored: M
 
 def test_parent_run_has_the_summary_the_stop_reason_and_the_config(server: MLflowServer, mirrored: Mirrored) -> None:
     parent = mirrored.parent
-    values = [float(row["metric"]) for row in mirrored.tsv.values()]
-    best_id = min(mirrored.tsv, key=lambda e: float(mirrored.tsv[e]["metric"]))
+    values = [float(row["val_bpb"]) for row in mirrored.tsv.values()]
+    best_id = min(mirrored.tsv, key=lambda e: float(mirrored.tsv[e]["val_bpb"]))
     m, t, p = metrics(parent), tags(parent), params(parent)
     assert m["n_experiments"] == N_EXPERIMENTS and m["n_done"] == N_EXPERIMENTS and m["n_failed"] == 0
     assert math.isclose(m["best_val_bpb"], min(values), abs_tol=5e-7)
-    assert math.isclose(m["baseline_val_bpb"], float(mirrored.tsv["e0001"]["metric"]), abs_tol=5e-7)
+    assert math.isclose(m["baseline_val_bpb"], float(mirrored.tsv["e0001"]["val_bpb"]), abs_tol=5e-7)
     assert "improvement_pct" in m and "spend_usd" in m and "elapsed_s" in m
     assert t["stop_reason"] == STOP_REASON
     assert t["status"] == "finished"

@@ -23,6 +23,7 @@ from backends.base import Worker
 from backends.local import LocalBackend
 from hybrid.campaign import Campaign
 from hybrid.errors import ConfigError
+from hybrid.history import is_prior
 from hybrid.progress import Progress
 from hybrid.proposers.hybrid import HybridProposer
 from hybrid.proposers.llm_context import PromptInputs, build_prompt, tool_definition
@@ -32,7 +33,7 @@ from hybrid.space import SearchSpace
 from hybrid.stopping import Budget
 from hybrid.store import Store
 from hybrid.targets import TargetSpec
-from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result
+from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Prior, Result
 from hybrid.warm_start import identity, load_priors
 from surrogate.acquisition import GPRanker
 
@@ -130,8 +131,8 @@ def test_priors_are_marked_read_only_and_skip_what_this_space_cannot_hold(tmp_pa
                            f"({len(results) - outside - 1} succeeded, 1 failed; {outside} outside this space, "
                            "not used)")
     e = w.experiments[0]
-    assert e.id == "A/e0001" and e.source == "prior" and e.extra["prior"] == "A"
-    assert e.extra["prior_id"] == "e0001" and e.extra["prior_source"] == "tpe" and e.hardware == "h100"
+    assert e.id == "A/e0001" and e.source == "prior" and e.prior == Prior("A", "e0001", "tpe") and is_prior(e)
+    assert e.hardware == "h100" and e.ended is not None and e.extra == {}
     assert [x.seq for x in w.experiments] == list(range(-len(w.experiments), 0))  # before experiment 1
     assert all(x.result is not None and x.result.experiment_id == x.id for x in w.experiments)
     assert not any(x.state in (ExperimentState.RUNNING, ExperimentState.CANCELLED) for x in w.experiments)
@@ -192,7 +193,7 @@ def test_a_bad_warm_start_starts_nothing(tmp_path: Path, target_dir: Path) -> No
 
 
 def test_cli_warm_start_typo_is_one_line_exit_2(tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "hybrid", "campaign.warm_start=[nope]", "campaign.progress=plain"],
+    p = subprocess.run([sys.executable, "-m", "hybrid", "target=example", "surrogate=none", "campaign.warm_start=[nope]", "campaign.progress=plain"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]

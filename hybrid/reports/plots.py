@@ -1,13 +1,17 @@
 """The campaign's plots (PNG, matplotlib's Agg canvas, no pyplot state): progress, effects, hardware.
 
-Each ``plot_*`` function takes plain data (built by :mod:`hybrid.findings`), writes one PNG and
+Each ``plot_*`` function takes plain data (built by :mod:`hybrid.reports.findings`), writes one PNG and
 returns True, or returns False (writing nothing) when the plot does not apply. Output is
 byte-for-byte deterministic: fixed sizes and DPI, sorted labels, a seeded jitter and no
 ``Software`` metadata. matplotlib is imported inside the functions: importing this module is cheap.
+Before it is, :func:`quiet_matplotlib_logs` silences its loggers (and those of fontTools and PIL,
+which it drives): their INFO/DEBUG lines, such as "generated new fontManager", would otherwise end
+up in the campaign's output, where Hydra's logging prints every INFO line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,11 +27,23 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Bar", "HardwareSeries", "ProgressPoint", "Slice", "plot_effects", "plot_hardware", "plot_progress"]
+__all__ = ["Bar", "HardwareSeries", "ProgressPoint", "Slice", "plot_effects", "plot_hardware", "plot_progress",
+           "quiet_matplotlib_logs"]
 
 DPI = 100
 _MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
 _GOOD, _BAD, _NEUTRAL = "#2a9d4b", "#c8553d", "#7f7f7f"
+_CHATTY = ("matplotlib", "fontTools", "PIL")  # the libraries a plot drives and their loggers
+
+
+def quiet_matplotlib_logs() -> None:
+    """Only errors from matplotlib, fontTools and PIL (e.g. no "Matplotlib is building the font cache"
+    warning, no font-search INFO lines). A level the user set on one of these loggers is kept. Call
+    it before matplotlib is imported: the font cache is built, and logged, on its first import."""
+    for name in _CHATTY:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -154,6 +170,7 @@ def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint
 def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Objective, baseline: float | None) -> bool:
     """Best-so-far against experiment number and against wall-clock hours; every result a dot
     (colour: hardware, marker: source), failures as x at the top edge, the baseline dashed."""
+    quiet_matplotlib_logs()
     if not points:
         return False
     from matplotlib.lines import Line2D
@@ -238,6 +255,7 @@ def _slice(ax: Axes, s: Slice, metric: str) -> None:
 def plot_effects(path: Path, bars: Sequence[Bar], slices: Sequence[Slice], objective: Objective) -> bool:
     """Main-effect bars (green: higher is better, red: higher is worse, grey: an optimum inside the
     range or a categorical) beside the GP response slices (mean ± 2 sd, observed results as dots)."""
+    quiet_matplotlib_logs()
     if not bars and not slices:
         return False
     panels = (1 if bars else 0) + len(slices)
@@ -254,6 +272,7 @@ def plot_effects(path: Path, bars: Sequence[Bar], slices: Sequence[Slice], objec
 def plot_hardware(path: Path, series: Sequence[HardwareSeries], objective: Objective,
                   throughput_unit: str = "throughput") -> bool:
     """Per hardware label: the metric's distribution, and throughput (else duration). Needs 2+ labels."""
+    quiet_matplotlib_logs()
     series = sorted(series, key=lambda s: s.label)
     if len(series) < 2:
         return False

@@ -1,6 +1,6 @@
 """Statistics of a campaign's results: what each parameter, pair of parameters and hardware label explains.
 
-Used by the findings report (:mod:`hybrid.findings`). The functions take the search space, the
+Used by the findings report (:mod:`hybrid.reports.findings`). The functions take the search space, the
 objective and the successful results as ``(experiment, value)`` rows (``interactions`` takes the
 fitted ``Anova``) and return plain dataclasses; numpy/scipy least squares, no modelling library.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.proposers.llm_context import fmt_value
+from hybrid.history import fmt_value
 from hybrid.space import CategoricalParam, Param, SearchSpace
 from hybrid.types import Experiment, Objective
 
@@ -187,11 +187,11 @@ def _numeric_words(p: Param, t: Term, b: np.ndarray, objective: Objective) -> tu
     m, s = objective.metric, objective.sign()
     grid = np.linspace(t.u.min(), t.u.max(), 101)
     curve = _numeric_curve(t, b, grid)
-    lo, hi = fmt_value(p.decode(grid[0])), fmt_value(p.decode(grid[-1]))
+    lo, hi = fmt_value(p.decode(grid[0]), 4), fmt_value(p.decode(grid[-1]), 4)
     best = int(np.argmin(s * curve))
     if 5 <= best <= 95:  # an optimum inside the observed range
         ends = s * (curve[[0, -1]] - curve[best])
-        return (f"best near {p.name}≈{fmt_value(p.decode(grid[best]))} (the ends are worse by "
+        return (f"best near {p.name}≈{fmt_value(p.decode(grid[best]), 4)} (the ends are worse by "
                 f"{ends[0]:.3g} at {lo} and {ends[1]:.3g} at {hi} {m})"), None
     delta = float(curve[-1] - curve[0])
     higher_is_better = s * delta < 0

@@ -15,17 +15,27 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.effects import Anova
-from hybrid.findings_analysis import (
+from hybrid.history import (
+    best_on,
+    changed_params,
+    clip,
+    counted,
+    failure_regions,
+    fmt_value,
+    hypothesis_outcomes,
+    judged_hardware,
+    successes,
+)
+from hybrid.reports.analysis import (
     Analysis,
     CampaignData,
+    failure_label,
     failure_pattern,
     guarded,
     hardware_rows,
     improvements,
 )
-from hybrid.proposers.llm_context import clip, failure_kind, failure_region_lines, fmt_value
-from hybrid.report import best_experiment, hypothesis_outcomes
+from hybrid.reports.effects import Anova
 from hybrid.space import CategoricalParam, IntParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState
 
@@ -36,10 +46,6 @@ TIMES = "\u00d7"  # the multiplication sign (ruff flags it as ambiguous when wri
 
 
 # ---- findings.md -----------------------------------------------------------------------------------
-def _v(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.6g}"
-
-
 def _p(p: float) -> str:
     return "n/a" if not math.isfinite(p) else ("<0.0001" if p < 1e-4 else f"{p:.2g}")
 
@@ -80,7 +86,7 @@ def _best_line(label: str, best: Experiment, base: Experiment | None, data: Camp
 
 
 def section_headline(data: CampaignData, a: Analysis) -> list[str]:
-    overall = best_experiment(data.exps, data.objective)
+    overall = best_on(data.exps, data.objective, None)  # on any hardware
     if overall is None or a.best is None:
         return ["No successful experiment yet: nothing to compare with the baseline."]
     base = a.baseline
@@ -89,11 +95,12 @@ def section_headline(data: CampaignData, a: Analysis) -> list[str]:
         out += _best_line("Best on any hardware", overall, base, data)
     if data.target_hardware and a.best.hardware != data.target_hardware:
         out.append(f"- No successful result on the target hardware {data.target_hardware} yet.")
-    diff = [(k, base.params.get(k), v) for k, v in a.best.params.items() if base.params.get(k) != v] if base else []
+    diff = changed_params(a.best.params, base.params) if base else {}
     if diff:
         out += ["", f"What {a.best.id} changed from the baseline:", "",
                 "| parameter | baseline | best |", "|---|---|---|"]
-        out += [f"| {_cell(k)} | {_cell(fmt_value(b))} | {_cell(fmt_value(v))} |" for k, b, v in diff]
+        out += [f"| {_cell(k)} | {_cell(fmt_value(base.params.get(k), 4))} | {_cell(fmt_value(v, 4))} |"  # type: ignore[union-attr]
+                for k, v in diff.items()]
     return out
 
 
@@ -109,8 +116,8 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
     if imps:
         last = imps[-1]
         when = ""
-        if data.created is not None and last.exp.extra.get("_ended"):
-            when = f", {_duration(last.exp.extra['_ended'] - data.created)} after the start"
+        if data.created is not None and last.exp.ended:
+            when = f", {_duration(last.exp.ended - data.created)} after the start"
         out.append(f"- The best so far improved {len(imps)} times (results in finish order); the last improvement "
                    f"was {last.exp.id}, result #{last.rank} in finish order{when}.")
     elif n_done:
@@ -184,9 +191,9 @@ def section_slices(data: CampaignData, a: Analysis) -> list[str]:
     for s in a.slices:
         k = int(np.argmin(obj.sign() * s.mean))
         word = "argmin" if obj.direction == "minimize" else "argmax"
-        out.append(f"- {s.param}: GP {word} at {s.param}={fmt_value(_as_param(data.space, s.param, s.x[k]))} "
+        out.append(f"- {s.param}: GP {word} at {s.param}={fmt_value(_as_param(data.space, s.param, s.x[k]), 4)} "
                    f"(predicted {m} {s.mean[k]:.6g} ± {2 * s.sd[k]:.2g}); the best config has "
-                   f"{s.param}={fmt_value(_as_param(data.space, s.param, s.at))}.")
+                   f"{s.param}={fmt_value(_as_param(data.space, s.param, s.at), 4)}.")
     return out
 
 
@@ -223,7 +230,7 @@ def section_hardware(data: CampaignData, a: Analysis, plots: Mapping[str, Path])
 
 def section_sources(data: CampaignData, a: Analysis) -> list[str]:
     imps = improvements(data.exps, data.objective)
-    overall = best_experiment(data.exps, data.objective)
+    overall = best_on(data.exps, data.objective, None)  # on any hardware
     by: dict[str, list[Experiment]] = {}
     for e in data.exps:
         by.setdefault(e.source, []).append(e)
@@ -241,25 +248,25 @@ def section_sources(data: CampaignData, a: Analysis) -> list[str]:
 
 def section_failures(data: CampaignData, a: Analysis) -> list[str]:
     finished = [e for e in data.exps if e.result is not None]
-    lost = [e for e in finished if e.extra.get("requeued")]
-    counted = [e for e in finished if not e.extra.get("requeued")]
-    kinds = Counter(failure_kind(e) for e in counted if e.state.is_failure())
-    cancelled = sum(e.state is ExperimentState.CANCELLED for e in counted)
+    lost = [e for e in finished if e.requeued]
+    kept = counted(finished)
+    kinds = Counter(failure_label(e) for e in kept if e.state.is_failure())
+    cancelled = sum(e.state is ExperimentState.CANCELLED for e in kept)
     if not kinds and not cancelled and not lost:
         return ["No failures."]
     parts = [f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
     parts += [f"cancelled {cancelled}"] * bool(cancelled) + [f"lost by the orchestrator and re-run {len(lost)}"] * bool(lost)
     out = ["- Counts: " + ", ".join(parts) + "."]
-    reasons = Counter(_reason(e) for e in counted if e.state.is_failure())
+    reasons = Counter(_reason(e) for e in kept if e.state.is_failure())
     if reasons:
         out.append("- Reasons: " + "; ".join(f"\"{r}\" {TIMES}{n}" for r, n in
                                              sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) + ".")
-    valid = [e for e in counted if data.space is not None and data.space.contains(e.params)
+    valid = [e for e in kept if data.space is not None and data.space.contains(e.params)
              and e.state is not ExperimentState.CANCELLED]
     if data.space is not None and valid:
         patterns = [p for kind in sorted(kinds) if (p := failure_pattern(data.space, valid, kind))]
         out += [f"- Pattern: {p}." for p in patterns]
-        regions = failure_region_lines(data.space, valid)
+        regions = failure_regions(data.space, valid)
         if regions and not patterns:
             out += ["- Where failures concentrate (a third of a numeric range or one choice, at least twice the "
                     "overall failure rate):"] + [f"  - {r}" for r in regions]
@@ -306,12 +313,22 @@ def section_hypotheses(data: CampaignData, a: Analysis) -> list[str] | None:
     return out
 
 
+def _judged(data: CampaignData) -> str:
+    """Where "best" is judged (history.judged_hardware), when it is not simply the only hardware."""
+    if data.target_hardware:
+        return f", judged on {data.target_hardware}"
+    labels = {e.hardware for e, _ in successes(data.exps, data.objective)}
+    if len(labels) < 2:
+        return ""
+    return (f", judged on {judged_hardware(data.exps, data.objective)} (the hardware with the most successful "
+            "results; set campaign.target_hardware to choose)")
+
+
 def render(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapping[str, Path],
            plot_notes: Sequence[str]) -> str:
     obj = data.objective
     head = [f"# Findings: campaign {data.name}", "",
-            f"Objective: {obj.metric} ({obj.direction})"
-            + (f", judged on {data.target_hardware}" if data.target_hardware else "")
+            f"Objective: {obj.metric} ({obj.direction}){_judged(data)}"
             + f". Stop reason: {data.stop_reason or 'not stopped yet'}."]
     if data.space_note:
         head.append(f"Note: {data.space_note}.")

@@ -8,12 +8,15 @@ failures, spend and the LLM's hypotheses. ``hybrid report campaign.name=NAME`` r
 single-thread GP, PNGs without metadata; writing twice gives byte-identical files.
 
 The parts, in the order a report runs them:
-- :mod:`hybrid.findings_analysis`: the campaign as stored (``load_campaign``, read-only) and the
-  analysis run once per report (``analyze``);
-- :mod:`hybrid.effects`: its statistics (ANOVA main effects and interactions, rank correlations,
-  paired hardware offsets) and how they are computed;
-- :mod:`hybrid.findings_render`: the text of findings.md, section by section;
-- this module: the plots' data (drawn by :mod:`hybrid.plots`), the files, and ``hybrid report``.
+- :mod:`hybrid.reports.analysis`: the campaign as stored (``load_campaign``, read-only, through
+  :mod:`hybrid.reports.reader`) and the analysis run once per report (``analyze``);
+- :mod:`hybrid.reports.effects`: its statistics (ANOVA main effects and interactions, rank
+  correlations, paired hardware offsets); :mod:`hybrid.reports.slices`: the GP response slices;
+- :mod:`hybrid.reports.render`: the text of findings.md, section by section;
+- this module: the plots' data (drawn by :mod:`hybrid.reports.plots`), the files, and ``hybrid report``.
+
+The GP (``surrogate.gp.GPSurrogate``) and the MLflow tracker (``hybrid.tracking.make_tracker``)
+are handed in by the caller: the reports wing imports neither the surrogate nor the tracking.
 
 A report never raises on the campaign's data: a section that cannot be computed says why.
 """
@@ -21,14 +24,15 @@ A report never raises on the campaign's data: a section that cannot be computed 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from hybrid.effects import Anova, Effect
 from hybrid.errors import ConfigError, HybridError
-from hybrid.findings_analysis import (
+from hybrid.history import throughput
+from hybrid.reports.analysis import (
     Analysis,
     CampaignData,
     analyze,
@@ -36,15 +40,16 @@ from hybrid.findings_analysis import (
     guarded,
     hardware_rows,
     load_campaign,
-    throughput_of,
 )
-from hybrid.findings_render import render
-from hybrid.plots import Bar, HardwareSeries, ProgressPoint
-from hybrid.report import write_hypotheses_md
+from hybrid.reports.effects import Anova, Effect
+from hybrid.reports.hypotheses import write_hypotheses_md
+from hybrid.reports.plots import Bar, HardwareSeries, ProgressPoint
+from hybrid.reports.render import render
+from hybrid.reports.slices import GPFactory
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState, Objective
 
-__all__ = ["CampaignData", "load_campaign", "report_command", "write_reports"]
+__all__ = ["CampaignData", "TrackerFactory", "load_campaign", "report_command", "write_reports"]
 
 PLOTS_DIR = "plots"
 
@@ -52,7 +57,7 @@ PLOTS_DIR = "plots"
 # ---- entry points ----------------------------------------------------------------------------------
 def write_plots(data: CampaignData, a: Analysis, plots_dir: Path) -> tuple[dict[str, Path], list[str]]:
     """Every plot that applies: ({file name: path}, notes on plots that failed). Never raises."""
-    from hybrid import plots
+    from hybrid.reports import plots
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -82,8 +87,7 @@ def progress_points(data: CampaignData) -> list[ProgressPoint]:
         (e.started for e in data.exps if e.started is not None), default=None)
     out = []
     for e in finish_order(data.exps):
-        ended = e.extra.get("_ended")
-        hours = (ended - start) / 3600 if ended is not None and start is not None else None
+        hours = (e.ended - start) / 3600 if e.ended is not None and start is not None else None
         out.append(ProgressPoint(e.seq, hours, e.value(data.objective.metric),
                                  e.state is not ExperimentState.DONE or e.value(data.objective.metric) is None,
                                  e.hardware, e.source))
@@ -118,7 +122,7 @@ def hardware_series(data: CampaignData) -> list[HardwareSeries]:
         by.setdefault(e.hardware, []).append(e)
     out = []
     for label, exps in sorted(by.items()):
-        rates = [t[0] for e in exps if e.value(m) is not None and (t := throughput_of(e.result.metrics))]  # type: ignore[union-attr]
+        rates = [t[0] for e in exps if e.value(m) is not None and (t := throughput(e.result.metrics))]  # type: ignore[union-attr]
         out.append(HardwareSeries(label, [v for e in exps if (v := e.value(m)) is not None],
                                   [e.result.duration_s for e in exps if e.result is not None and e.result.duration_s > 0],
                                   rates))
@@ -131,14 +135,23 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Uploader(Protocol):
+    def upload_artifacts(self, campaign_dir: Path, run_id: str, files: Sequence[Path]) -> None: ...
+
+
+# ``hybrid.tracking.make_tracker``: the ``tracking`` config node -> a tracker that can upload files
+TrackerFactory = Callable[[Mapping[str, Any]], Any]
+
+
 def write_reports(campaign_dir: Path, *, elapsed_s: float | None = None, objective: Objective | None = None,
-                  space: SearchSpace | None = None, gp: bool = True) -> list[Path]:
+                  space: SearchSpace | None = None, gp: GPFactory | None = None) -> list[Path]:
     """Write ``findings.md`` and ``plots/*.png`` of the campaign in ``campaign_dir``; return the files
     written (findings.md first). Opens its own read-only store connection (the campaign may be running).
 
     ``elapsed_s``: the campaign's active time (default: the store's ``active_s``);
     ``objective``/``space``: override the stored config's (for campaigns built in Python);
-    ``gp``: False skips the GP response slices (the only part that takes seconds).
+    ``gp``: the GP of the response slices, ``surrogate.gp.GPSurrogate`` (the only part that takes
+    seconds); None skips them.
     Never raises on the campaign's data: what cannot be computed is said in findings.md.
     """
     campaign_dir = Path(campaign_dir)
@@ -155,15 +168,16 @@ def write_reports(campaign_dir: Path, *, elapsed_s: float | None = None, objecti
     return [path, *plots.values()]
 
 
-def report_command(container: Mapping[str, Any]) -> list[Path]:
+def report_command(container: Mapping[str, Any], *, gp: GPFactory | None = None,
+                   make_tracker: TrackerFactory | None = None) -> list[Path]:
     """``hybrid report <overrides>``: regenerate findings.md, the plots (and hypotheses.md with LLM
-    experiments) of ``campaign.dir``, print
-    their paths, and upload them to the campaign's MLflow run when it was mirrored."""
+    experiments) of ``campaign.dir``, print their paths, and upload them to the campaign's MLflow
+    run when it was mirrored (with ``make_tracker``: ``hybrid.tracking.make_tracker``)."""
     campaign_dir = Path(str(container["campaign"]["dir"])).expanduser()
     if not (campaign_dir / "state.sqlite").is_file():
         raise ConfigError(f"campaign.name: no campaign at {campaign_dir} (no state.sqlite); give the name of a "
                           "campaign under runs/, or campaign.dir=PATH")
-    paths = write_reports(campaign_dir)
+    paths = write_reports(campaign_dir, gp=gp)
     try:  # the LLM's hypotheses.md too, as the campaign's end writes it
         data = load_campaign(campaign_dir)
         if write_hypotheses_md(campaign_dir / "hypotheses.md", data.exps, data.objective):
@@ -172,22 +186,19 @@ def report_command(container: Mapping[str, Any]) -> list[Path]:
         pass
     for p in paths:
         print(p, flush=True)
-    _upload(campaign_dir, paths)
+    if make_tracker is not None:
+        _upload(campaign_dir, paths, make_tracker)
     return paths
 
 
-def _upload(campaign_dir: Path, paths: Sequence[Path]) -> None:
+def _upload(campaign_dir: Path, paths: Sequence[Path], make_tracker: TrackerFactory) -> None:
     """Best effort: one warning line on failure, never a traceback."""
-    import sys
-
     try:
         data = load_campaign(campaign_dir)
         if str(data.tracking.get("name", "")).lower() != "mlflow" or not data.parent_run_id:
             return
-        from hybrid.tracking import make_tracker
-
-        tracker = make_tracker(data.tracking)
-        tracker.upload_artifacts(campaign_dir, data.parent_run_id, paths)  # type: ignore[attr-defined]
+        tracker: Uploader = make_tracker(data.tracking)
+        tracker.upload_artifacts(campaign_dir, data.parent_run_id, paths)
         print(f"uploaded to MLflow run {data.parent_run_id}", flush=True)
     except Exception as err:
         first = (str(err).strip().splitlines() or [""])[0][:300]

@@ -13,8 +13,11 @@ and every one left out with the reason), ``comparison.json`` (the same, with the
 
     hybrid compare runs/multirun/2025-01-01_12-00-00 [--out DIR] [--metric NAME]
 
-``CompareCallback`` (registered in conf/config.yaml under ``hydra.callbacks``) runs it when a
-multirun ends.
+``hybrid.callbacks.CompareCallback`` (registered in conf/config.yaml under ``hydra.callbacks``)
+runs it when a multirun ends. "Best" is :mod:`hybrid.history`'s: a campaign's best-so-far curve
+counts the results on its judged hardware (``campaign.target_hardware`` when it has a result,
+else the label with the most successes), as its summary does. The files are written by
+:mod:`hybrid.reports.compare_render`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ import json
 import math
 import os
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-
 from hybrid.errors import ConfigError, HybridError
-from hybrid.types import Objective
+from hybrid.history import counted, judged_hardware
+from hybrid.reports.compare_render import as_json, markdown, plot, summary_text, write_atomic
+from hybrid.reports.reader import STORE_FILE, read_campaign
+from hybrid.types import Experiment, Objective
+
+__all__ = ["Comparison", "JobRun", "Strategy", "aggregate", "compare_command", "compare_sweep", "find_jobs",
+           "read_job", "strategy_overrides"]
 
 POINTER = "campaign.json"
 SEED_KEYS = ("campaign.seed", "seed")
@@ -123,72 +129,63 @@ def _active_clock(stamps: Sequence[float], resumes: Sequence[float]) -> Callable
     return lambda t: max(0.0, t - t0 - sum(g for r, g in gaps if r <= t))
 
 
+def best_so_far(exps: Sequence[Experiment], objective: Objective, hardware: str | None) -> list[float | None]:
+    """After each experiment (in the given order), the best result so far on ``hardware``: the value
+    of ``history.best_on`` over that prefix; a failure keeps the previous best."""
+    out: list[float | None] = []
+    top: float | None = None
+    for e in exps:
+        v = e.value(objective.metric) if e.hardware == hardware else None
+        if v is not None and (top is None or objective.better(v, top)):
+            top = v
+        out.append(top)
+    return out
+
+
 def read_job(job: str, pointer: dict[str, Any]) -> JobRun:
     """A job's campaign as its store holds it (a campaign may still be running: read only)."""
-    from hybrid.store import Store
-
     seed = pointer.get("seed")
     run = JobRun(job=job, campaign=str(pointer.get("campaign", "?")), campaign_dir=str(pointer["campaign_dir"]),
                  overrides=strategy_overrides(pointer.get("overrides") or []),
                  seed=seed if isinstance(seed, int) else None,
                  objective=Objective(str(pointer.get("metric") or "val_bpb"), pointer.get("direction") or "minimize"),
                  proposer=str(pointer.get("proposer") or ""), surrogate=str(pointer.get("surrogate") or ""))
-    path = Path(run.campaign_dir) / "state.sqlite"
+    path = Path(run.campaign_dir) / STORE_FILE
     if not path.is_file():
         run.note = f"the campaign never started: no {path}"
         return run
     try:
-        store = Store.open_read_only(path)
+        record = read_campaign(run.campaign_dir)
     except HybridError as e:
         run.note = f"unreadable store: {e}"
         return run
-    try:
-        held = store.get_meta("campaign")
-        if held is not None and held != run.campaign:
-            run.note = f"{path} belongs to campaign {held!r}, not {run.campaign!r}"
-            return run
-        config = store.get_meta("config") or {}
-        target = config.get("target") or {}  # the campaign's own config decides the objective
-        run.objective = Objective(str(target.get("metric") or store.get_meta("metric") or run.objective.metric),
-                                  target.get("direction") or run.objective.direction)
-        hardware = (config.get("campaign") or {}).get("target_hardware") or pointer.get("target_hardware")
-        exps = [e for e in store.experiments() if not e.extra.get("requeued")]
-        events = store.events()
-        status = store.get_meta("status")
-        run.status = status or "incomplete"
-        run.stop_reason = store.get_meta("stop_reason") or ("" if status else "no final status: still running, or "
-                                                             "the job was killed")
-        run.elapsed_s = float(store.get_meta("active_s") or 0.0)
-    finally:
-        store.close()
-    metric, sign = run.objective.metric, run.objective.sign()
+    if record.name is not None and record.name != run.campaign:
+        run.note = f"{path} belongs to campaign {record.name!r}, not {run.campaign!r}"
+        return run
+    run.objective = record.objective(default=run.objective)  # the campaign's own config decides it
+    hardware = record.target_hardware or pointer.get("target_hardware")
+    exps = counted(record.experiments)  # a lost experiment that was re-run counts once
+    run.status = record.status or "incomplete"
+    run.stop_reason = record.stop_reason or ("" if record.status else "no final status: still running, or "
+                                             "the job was killed")
+    run.elapsed_s = record.active_s or 0.0
     run.n_experiments = len(exps)
     run.n_finished = sum(1 for e in exps if e.result is not None)
     run.n_failed = sum(1 for e in exps if e.state.is_failure())
-    run.spend_usd = sum(e.result.cost_usd for e in exps if e.result is not None) + sum(
-        float(json.loads(d or "{}").get("cost_usd", 0.0)) for _, k, d in events if k == "proposer_call")
-    on_target = hardware is not None and any(e.hardware == hardware and e.value(metric) is not None for e in exps)
-
-    def improve(best: float | None, e: Any) -> float | None:  # the summary's rule: on the target hardware if any
-        v = e.value(metric) if not on_target or e.hardware == hardware else None
-        return v if v is not None and (best is None or sign * v < sign * best) else best
-
-    best: float | None = None
-    for e in exps:  # creation order
-        best = improve(best, e)
-        run.curve.append(best)
-    stamps = [ts for ts, _, _ in events] + [t for e in exps for t in (e.started, e.extra.get("_ended")) if t]
+    run.spend_usd = record.worker_usd(exps) + record.proposer_usd
+    judged = judged_hardware(exps, run.objective, hardware)
+    run.curve = best_so_far(exps, run.objective, judged)  # creation order
+    events = record.events
+    stamps = [ts for ts, _, _ in events] + [t for e in exps for t in (e.started, e.ended) if t]
     active = _active_clock(stamps, [ts for ts, kind, _ in events if kind == "resume"])
-    best = None
-    for e in sorted((e for e in exps if e.result is not None and "_ended" in e.extra), key=lambda e: e.extra["_ended"]):
-        best = improve(best, e)
-        if best is not None:
-            run.timeline.append((round(active(e.extra["_ended"]), 3), best))
+    ended = sorted((e for e in exps if e.result is not None and e.ended is not None), key=lambda e: e.ended or 0.0)
+    run.timeline = [(round(active(e.ended or 0.0), 3), v) for e, v in
+                    zip(ended, best_so_far(ended, run.objective, judged), strict=True) if v is not None]
     if not run.elapsed_s and stamps:
         run.elapsed_s = active(max(stamps))
     if run.best is None:
         states = Counter(e.state.name.lower() for e in exps)
-        run.note = (f"no {metric} among {run.n_experiments} experiments ("
+        run.note = (f"no {run.objective.metric} among {run.n_experiments} experiments ("
                     + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + ")" if exps
                     else "no experiment was created") + f"; campaign {run.status}"
     return run
@@ -343,123 +340,6 @@ def aggregate(sweep_dir: Path | str, runs: Sequence[JobRun], left_out: Sequence[
     return Comparison(str(sweep_dir), objective, strategies, common, left_out, sorted(kept, key=lambda r: _job_order(r.job)))
 
 
-# ---- outputs ---------------------------------------------------------------------------------
-def _g(v: float | None) -> str:
-    return "—" if v is None else f"{v:.6g}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown(c: Comparison) -> str:
-    m, w = c.objective.metric, c.winner
-    lines = [f"# Strategy comparison: {c.sweep_dir}", "",
-             f"{m} ({c.objective.direction}) over {len(c.runs)} jobs in {len(c.strategies)} strategies (jobs that "
-             "differ only by seed are one strategy)."]
-    if c.common:
-        lines.append("Common overrides: " + " ".join(f"`{o}`" for o in c.common) + ".")
-    if w is not None:
-        lines += ["", f"**Winner: {w.label}**: median best {m} {_g(w.median)} over {len(w.with_result)} runs, "
-                      f"reached by its median curve at experiment {w.evals_to_reach}."]
-    else:
-        lines += ["", f"No strategy has a {m} result yet."]
-    lines += ["", f"| strategy | runs | median best [q25, q75] | mean ± sd | best | experiments | spend $ | elapsed "
-                  f"| failures | to reach {_g(w.median if w else None)} | ratio | winner needs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in c.strategies:
-        seeds = ",".join(str(r.seed) for r in s.runs if r.seed is not None)
-        missing = len(s.runs) - len(s.with_result)
-        runs = f"{len(s.runs)}" + (f" (seeds {seeds})" if seeds else "") + (f", {missing} no result" if missing else "")
-        med = "—" if s.median is None else f"{_g(s.median)} [{_g(s.q25)}, {_g(s.q75)}]"
-        mean = "—" if s.mean is None else _g(s.mean) + ("" if s.sd is None else f" ± {s.sd:.3g}")
-        fails = "—" if s.failure_rate is None else f"{s.failure_rate:.0%}"
-        lines.append(f"| {f'**{_cell(s.label)}** (winner)' if s.winner else _cell(s.label)} | {runs} | {med} | {mean} "
-                     f"| {'—' if s.best is None else f'{_g(s.best)} (job {s.best_job})'} | {s.median_experiments:g} "
-                     f"| {s.median_spend_usd:.2f} | {_duration(s.median_elapsed_s)} | {fails} | {s.to_reach} "
-                     f"| {s.ratio} | {s.winner_needs} |")
-    lines += ["", "Medians, means and curves are over the runs with a result; experiments, spend and elapsed (active "
-              "campaign time) are medians over the runs that started; failures: crashed or timed-out experiments "
-              "over finished ones. *to reach*: experiments the strategy's median best-so-far curve needs to reach "
-              "the winner's final median; *ratio*: that over the winner's own count (>x: not reached within its "
-              "runs). *winner needs*: k of n, the winner's median curve reaches this strategy's final median after "
-              "k experiments, this strategy's after n.",
-              "", "![median best-so-far per strategy](comparison.png)", "", "## Jobs", "",
-              f"| job | strategy | seed | campaign dir | best {m} | experiments | failed | status |",
-              "|---|---|---|---|---|---|---|---|"]
-    label = {id(r): s.label for s in c.strategies for r in s.runs}
-    for r in c.runs:
-        status = f"no result: {r.note}" if r.best is None else r.status + (f": {r.stop_reason}" if r.stop_reason else "")
-        lines.append(f"| {r.job} | {_cell(label[id(r)])} | {'' if r.seed is None else r.seed} | {r.campaign_dir} "
-                     f"| {_g(r.best)} | {r.n_experiments} | {r.n_failed} | {_cell(status)} |")
-    if c.left_out:
-        lines += ["", "## Not compared", ""] + [f"- `{job}`: {reason}" for job, reason in c.left_out]
-    return "\n".join(lines) + "\n"
-
-
-def as_json(c: Comparison) -> dict[str, Any]:
-    label = {id(r): s.label for s in c.strategies for r in s.runs}
-    return {
-        "version": 1, "sweep_dir": c.sweep_dir, "objective": asdict(c.objective), "common_overrides": c.common,
-        "winner": c.winner.label if c.winner else None,
-        "strategies": [{**{k: v for k, v in asdict(s).items() if k != "runs"}, "jobs": [r.job for r in s.runs],
-                        "seeds": [r.seed for r in s.runs], "runs": len(s.runs), "runs_with_result": len(s.with_result)}
-                       for s in c.strategies],
-        "jobs": [{"strategy": label[id(r)], **{k: v for k, v in asdict(r).items() if k != "overrides"}, "best": r.best}
-                 for r in c.runs],
-        "left_out": [{"job": job, "reason": reason} for job, reason in c.left_out],
-    }
-
-
-def plot(c: Comparison, path: Path) -> None:
-    """Median best-so-far per strategy with its IQR band: over experiments, and over active minutes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
-    for i, s in enumerate(c.strategies):
-        if s.median is None:
-            continue
-        name = f"{s.label} ({len(s.with_result)} runs)" + (" - winner" if s.winner else "")
-        for ax, x, curve in ((axes[0], np.arange(1, len(s.curve["median"]) + 1), s.curve),
-                             (axes[1], np.array(s.time_curve["minutes"]), s.time_curve)):
-            med, lo, hi = (np.array([np.nan if v is None else v for v in curve[k]], dtype=float)
-                           for k in ("median", "q25", "q75"))
-            ax.step(x, med, where="post", color=colors[i % 10], lw=2.2 if s.winner else 1.4, label=name)
-            ax.plot(x[-1:], med[-1:], "o", color=colors[i % 10], ms=4)  # where the strategy's runs ended
-            ax.fill_between(x, lo, hi, step="post", color=colors[i % 10], alpha=0.18, lw=0)
-    for ax, xlabel in ((axes[0], "experiments (creation order)"), (axes[1], "active wall-clock minutes")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"best {c.objective.metric} so far ({c.objective.direction})")
-        ax.grid(alpha=0.3)
-        ax.set_title(f"median best-so-far [IQR] vs {xlabel.split(' (')[0]}", fontsize=10)
-    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    if c.winner is not None:
-        axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})  # no version stamp: same bytes
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def compare_sweep(sweep_dir: Path | str, out_dir: Path | str | None = None,
                   metric: str | None = None) -> tuple[Comparison, list[Path]]:
     """Compare the strategies of a sweep: writes comparison.md/.json/.png into ``out_dir`` (default:
@@ -477,24 +357,10 @@ def compare_sweep(sweep_dir: Path | str, out_dir: Path | str | None = None,
     out = Path(out_dir).resolve() if out_dir is not None else sweep
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
-    _write(paths[0], markdown(comparison))
-    _write(paths[1], json.dumps(as_json(comparison), indent=1, allow_nan=False) + "\n")
+    write_atomic(paths[0], markdown(comparison))
+    write_atomic(paths[1], json.dumps(as_json(comparison), indent=1, allow_nan=False) + "\n")
     plot(comparison, paths[2])
     return comparison, paths
-
-
-def summary_text(c: Comparison, paths: Sequence[Path]) -> str:
-    """What the CLI prints: one line per strategy, the winner, and where the files are."""
-    lines = [f"comparison of {len(c.strategies)} strategies ({len(c.runs)} jobs), "
-             f"{c.objective.metric} ({c.objective.direction}):"]
-    width = max(len(s.label) for s in c.strategies)
-    for s in c.strategies:
-        med = "no result" if s.median is None else f"median {_g(s.median)} [{_g(s.q25)}, {_g(s.q75)}]"
-        lines.append(f"  {s.label:<{width}}  {len(s.with_result)}/{len(s.runs)} runs  {med}  to reach "
-                     f"{s.to_reach} (ratio {s.ratio})" + ("  <- winner" if s.winner else ""))
-    if c.left_out:
-        lines.append(f"  not compared: {len(c.left_out)} job(s), see comparison.md")
-    return "\n".join([*lines, f"comparison: {paths[0]} (+ {paths[1].name}, {paths[2].name})"])
 
 
 # ---- entry points ----------------------------------------------------------------------------
@@ -512,29 +378,3 @@ def compare_command(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     comparison, paths = compare_sweep(a.sweep_dir, a.out, a.metric)
     print(summary_text(comparison, paths), flush=True)
-
-
-class CompareCallback(Callback):
-    """Hydra callback: when a multirun ends, compare its strategies in the sweep dir. A failure is
-    one printed line; it never changes how the sweep ends."""
-
-    def __init__(self) -> None:
-        self.sweep_dir: str | None = None
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        try:  # resolved once, at the start, as the launcher does (the default name holds ${now:...})
-            self.sweep_dir = str(config.hydra.sweep.dir)
-        except Exception:  # resolved again at the end
-            self.sweep_dir = None
-        else:
-            print(f"sweep dir: {self.sweep_dir} (its strategies are compared at the end; again with "
-                  f"`hybrid compare {self.sweep_dir}`)", flush=True)
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        try:
-            comparison, paths = compare_sweep(self.sweep_dir or str(config.hydra.sweep.dir))
-            print(summary_text(comparison, paths), flush=True)
-        except Exception as e:  # the sweep's own outcome must not depend on its report
-            msg = " ".join(str(e).split()) or type(e).__name__
-            print(f"compare: skipped ({type(e).__name__}: {msg}); run `hybrid compare <sweep dir>` to retry",
-                  file=sys.stderr, flush=True)
