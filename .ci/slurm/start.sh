@@ -2,7 +2,15 @@
 # .ci/slurm/start.sh - bring up a REAL single-node Slurm cluster (Debian 12 packages, Slurm 22.05)
 # on this machine WITHOUT systemd, for the Slurm backend's tests: munged, MariaDB + slurmdbd (so
 # `sacct` works), slurmctld and slurmd run as plain background processes whose PIDs are recorded in
-# $RUN_DIR/*.pid; .ci/slurm/stop.sh stops exactly those. Needs root (apt-get, mknod, daemons).
+# $HYBRID_SLURM_DIR/run/*.pid; .ci/slurm/stop.sh stops exactly those. Needs root (apt-get, mknod, daemons).
+#
+# All its state - generated config, controller state, slurmd spool, logs, PID files - lives in ONE
+# directory of its own, HYBRID_SLURM_DIR (default /var/tmp/hybrid-ci-slurm; layout in common.sh), so a
+# machine whose /var/lib/slurm holds another cluster's state starts this one all the same. Clients
+# find it through /etc/slurm/slurm.conf, a symlink to its slurm.conf while it runs.
+#
+# A start that fails stops again every daemon this run had started (and puts /etc/slurm/slurm.conf
+# back when nothing of the cluster is left running): a failed start leaves no daemon behind.
 #
 # The node advertises typed fake GPUs (character devices cloned from /dev/null), so jobs can ask for
 # --gres=gpu:h100:1 and Slurm sets CUDA_VISIBLE_DEVICES as on a real GPU node. conf/fleet/local_slurm.yaml
@@ -13,67 +21,74 @@
 # the node is idle.
 #
 # Knobs (environment variables):
+#   HYBRID_SLURM_DIR=/var/tmp/hybrid-ci-slurm  where everything lives (give stop.sh the same)
 #   SLURM_GPUS="h100:2,h200:1"  typed fake GPUs, type:count[,type:count...]; "" = no GRES
 #   SLURM_CPUS=N                CPUs to advertise (default 8; more than the real count is fine:
 #                               test jobs mostly sleep)
 #   SLURM_WITH_DBD=1|0          1 (default): MariaDB + slurmdbd, so sacct works; 0: no accounting
 #   SLURM_RESET=1               wipe the controller's saved jobs (and the accounting DB) first
-#   HYBRID_SLURM_RUN_DIR        PID files and daemon output (default /run/hybrid-slurm)
+#   HYBRID_SLURM_WAIT_S=60      how long to wait for the node to become idle before giving up
 set -euo pipefail
 
-T_START=$(date +%s%N)
-RUN_DIR=${HYBRID_SLURM_RUN_DIR:-/run/hybrid-slurm}
+LOG_NAME=start
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 WITH_DBD=${SLURM_WITH_DBD:-1}
 GPUS=${SLURM_GPUS-h100:2,h200:1}
-CONF_DIR=/etc/slurm
-STATE_DIR=/var/lib/slurm/slurmctld
-SPOOL_DIR=/var/lib/slurm/slurmd
-LOG_DIR=/var/log/slurm
-FAKEGPU_DIR=/var/lib/slurm/fakegpu
-MUNGE_SOCKET=/run/munge/munge.socket.2
-MYSQL_SOCKET=/run/mysqld/mysqld.sock
-DB_NAME=slurm_acct_db
-DB_USER=slurm
-DB_PASS=slurmpw
-export SLURM_CONF=$CONF_DIR/slurm.conf
+CPUS=${SLURM_CPUS:-8}
+WAIT_S=${HYBRID_SLURM_WAIT_S:-60}
+# The accounting database and its user are this cluster's own: SLURM_RESET=1 drops only them, and
+# a user of that name that another cluster created with another password cannot lock slurmdbd out.
+DB_NAME=hybrid_ci_slurm_acct
+DB_USER=hybrid_ci_slurm
+DB_PASS=hybrid-ci-slurm
 
-log() { local ms=$(( ($(date +%s%N) - T_START) / 1000000 )); printf '[slurm start %d.%03ds] %s\n' $((ms / 1000)) $((ms % 1000)) "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (apt-get, mknod, daemons): run it with sudo"
+[[ "$CPUS" =~ ^[1-9][0-9]*$ ]] || die "SLURM_CPUS: '$CPUS' is not a positive whole number"
+[[ "$WAIT_S" =~ ^[0-9]+$ ]] || die "HYBRID_SLURM_WAIT_S: '$WAIT_S' is not a whole number of seconds"
 
-# Alive, not a zombie, and still the program we started (a recycled PID is not ours).
-pid_alive() { # name
-  local f="$RUN_DIR/$1.pid" pid stat comm
-  [ -s "$f" ] || return 1
-  pid=$(cat "$f")
-  stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
-  case "$stat" in Z*) return 1 ;; esac
-  comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
-  [ "$comm" = "$1" ]
-}
-
-stop_one() { # name: SIGTERM the recorded PID, SIGKILL after 10 s
-  local name=$1 pid i
-  if pid_alive "$name"; then
-    pid=$(cat "$RUN_DIR/$name.pid")
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 40); do pid_alive "$name" || break; sleep 0.25; done
-    pid_alive "$name" && { kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; }
+# On any failure (set -e, die, a signal): stop the daemons THIS run started, newest first, so a
+# failed start leaves nothing running; daemons that were running before are left as they were.
+STARTED=()
+on_exit() {
+  local rc=$? d
+  trap - EXIT
+  set +e
+  [ "$rc" = 0 ] && exit 0
+  if [ ${#STARTED[@]} -gt 0 ]; then
+    log "start failed (exit $rc): stopping what this run started: ${STARTED[*]}"
+    for d in "${DAEMONS[@]}"; do
+      [[ " ${STARTED[*]} " == *" $d "* ]] && stop_one "$d"
+    done
   fi
-  rm -f "$RUN_DIR/$name.pid"
+  if ! any_alive; then rm -f "$RUN_DIR"/*.daemon.pid; restore_client_conf; fi
+  exit "$rc"
 }
+trap on_exit EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Start a daemon in its foreground mode, detached (setsid), and record ITS pid: inside the ( )
 # subshell the job is never a process-group leader, so setsid does not fork and $! is the daemon.
 launch() { # name cmd...
   local name=$1; shift
+  STARTED+=("$name")
   ( setsid "$@" </dev/null >"$RUN_DIR/$name.out" 2>&1 & echo $! > "$RUN_DIR/$name.pid" )
+}
+
+# Something already listens on a port one of our daemons needs: another cluster's daemon (or one of
+# ours from before, whose PID file is gone). Starting ours would only fail later and less clearly.
+port_free() { # port daemon
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    die "port $1, which $2 needs, is taken by a process start.sh did not record in $RUN_DIR (another Slurm cluster?): stop that first"
+  fi
 }
 
 dump_logs() {
   local f
-  for f in "$LOG_DIR"/slurmctld.log "$LOG_DIR"/slurmd.log "$LOG_DIR"/slurmdbd.log "$RUN_DIR"/*.out; do
+  for f in "$LOG_DIR"/*.log "$RUN_DIR"/*.out; do
     [ -f "$f" ] && { echo "----- tail $f"; tail -n 25 "$f"; }
   done
   return 0
@@ -106,12 +121,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # ----------------------------------------------------------------------------------- config --
-mkdir -p "$RUN_DIR" "$CONF_DIR" "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
+mkdir -p "$HYBRID_SLURM_DIR" "$ETC_DIR" "$RUN_DIR" "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
+# the daemons drop to the slurm user: it must reach the directory, and write state and logs
+chmod 755 "$HYBRID_SLURM_DIR" "$ETC_DIR" "$RUN_DIR"
 chown slurm:slurm "$STATE_DIR" "$LOG_DIR"
 
 NODE=$(hostname -s 2>/dev/null || uname -n | cut -d. -f1)
 REAL_MEM=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
-CPUS=${SLURM_CPUS:-8}
 
 # Typed fake GPUs: one character device (a clone of /dev/null) per GPU; Slurm rejects regular
 # files and drops file-less GPUs, and with devices it sets CUDA_VISIBLE_DEVICES per job.
@@ -203,13 +219,13 @@ CONF
 sed -i '/^$/d' "$NEW/slurm.conf"
 changed=0
 for f in slurm.conf gres.conf slurmdbd.conf; do
-  if ! cmp -s "$NEW/$f" "$CONF_DIR/$f"; then changed=1; cp "$NEW/$f" "$CONF_DIR/$f"; fi
+  if ! cmp -s "$NEW/$f" "$ETC_DIR/$f"; then changed=1; cp "$NEW/$f" "$ETC_DIR/$f"; fi
 done
 rm -rf "$NEW"
-chmod 644 "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf"
-chown slurm:slurm "$CONF_DIR/slurmdbd.conf"; chmod 600 "$CONF_DIR/slurmdbd.conf"   # slurmdbd insists
+chmod 644 "$ETC_DIR/slurm.conf" "$ETC_DIR/gres.conf"
+chown slurm:slurm "$ETC_DIR/slurmdbd.conf"; chmod 600 "$ETC_DIR/slurmdbd.conf"   # slurmdbd insists
 if [ "$changed" = 1 ]; then
-  log "config written to $CONF_DIR (node $NODE: $CPUS CPUs${GRES_NODE:+, $GRES_NODE})"
+  log "config written to $ETC_DIR (node $NODE: $CPUS CPUs${GRES_NODE:+, $GRES_NODE})"
   for d in slurmd slurmctld slurmdbd; do
     pid_alive "$d" && { log "config changed: restarting $d"; stop_one "$d"; }
   done
@@ -219,6 +235,7 @@ if [ "${SLURM_RESET:-0}" = 1 ]; then
   log "reset: wiping $STATE_DIR and $SPOOL_DIR"
   rm -rf "${STATE_DIR:?}"/* "${SPOOL_DIR:?}"/*
 fi
+install_client_conf
 
 # ------------------------------------------------------------------------------------ munge --
 munge_ok() { munge -n -S "$MUNGE_SOCKET" 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
@@ -268,6 +285,7 @@ if [ "$WITH_DBD" = 1 ]; then
   if pid_alive slurmdbd; then
     log "slurmdbd already running (pid $(cat "$RUN_DIR/slurmdbd.pid"))"
   else
+    port_free 6819 slurmdbd
     launch slurmdbd /usr/sbin/slurmdbd -D
     for _ in $(seq 1 60); do pid_alive slurmdbd || break; dbd_ok && break; sleep 0.5; done
     dbd_ok || { dump_logs; die "slurmdbd did not come up"; }
@@ -279,6 +297,7 @@ fi
 if pid_alive slurmctld; then
   log "slurmctld already running (pid $(cat "$RUN_DIR/slurmctld.pid"))"
 else
+  port_free 6817 slurmctld
   launch slurmctld /usr/sbin/slurmctld -D
   log "slurmctld started (pid $(cat "$RUN_DIR/slurmctld.pid"))"
 fi
@@ -286,6 +305,7 @@ SLURMD_T0=0
 if pid_alive slurmd; then
   log "slurmd already running (pid $(cat "$RUN_DIR/slurmd.pid"))"
 else
+  port_free 6818 slurmd
   SLURMD_T0=$(date +%s)
   launch slurmd /usr/sbin/slurmd -D
   log "slurmd started (pid $(cat "$RUN_DIR/slurmd.pid"))"
@@ -293,7 +313,7 @@ fi
 
 # Wait for the node. Every client call gets `timeout`: with slurmctld down a client retries for long.
 state=""; resumed=0
-for i in $(seq 1 120); do
+for i in $(seq 1 $((WAIT_S * 2))); do
   pid_alive slurmctld || { dump_logs; die "slurmctld exited"; }
   pid_alive slurmd || { dump_logs; die "slurmd exited"; }
   state=$(timeout 5 sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n1 || true)
@@ -315,7 +335,7 @@ for i in $(seq 1 120); do
 done
 case "$state" in
   idle|mixed|allocated|completing) ;;
-  *) dump_logs; die "node $NODE not ready (state '$state')" ;;
+  *) dump_logs; die "node $NODE not ready after ${WAIT_S}s (state '$state')" ;;
 esac
-log "cluster ready: node $NODE is $state; stop it with .ci/slurm/stop.sh"
+log "cluster ready: node $NODE is $state; state in $HYBRID_SLURM_DIR, clients read $CLIENT_CONF -> $SLURM_CONF; stop it with .ci/slurm/stop.sh"
 timeout 5 sinfo -N -o '%N %P %T %c %G' || true
