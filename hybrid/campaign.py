@@ -129,6 +129,8 @@ class Campaign:
         self.warm = load_priors(self.warm_start, campaign_name=self.name, campaign_dir=self.dir,
                                 target=self.target, space=self.space)
         self.priors = [e for w in self.warm for e in w.experiments]
+        # a space the target does not know fails here, once, not in every experiment (target.check_command)
+        targets.check_params(self.target, self.space.defaults())
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = self._lock()
         try:

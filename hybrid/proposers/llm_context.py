@@ -420,9 +420,3 @@ def fixed_tokens(space: SearchSpace, objective: Objective, program: str, tool: M
     b = PromptBuilder(PromptInputs(space, objective, "", []), tool)
     return estimate_tokens(b.system("")) + b.tool_tokens + estimate_tokens(b.user(dict.fromkeys(DEFAULT_LIMITS, 0)))
 
-
-# TRANSITIONAL (removed in this issue): the reports wing still imports these names from here.
-from hybrid.history import clip  # noqa: E402, F401
-
-fmt_value = _v
-failure_region_lines = failure_regions
