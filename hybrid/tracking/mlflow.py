@@ -1,9 +1,5 @@
-"""Mirror a campaign into MLflow: one parent run per campaign, one child run per experiment.
-
-The campaign's SQLite store is the source of truth; MLflow is a *mirror* that is never read back
-for decisions. So a tracker never stops a campaign: every MLflow call is guarded, a failure is
-reported once per kind (what happened, how to fix or silence it) and the campaign goes on. After a
-few failures in a row the tracker stops trying, so an unreachable server cannot stall dispatch.
+"""The MLflow tracker: one parent run per campaign, one child run per experiment, every MLflow call
+guarded (a failure warns once per kind and the campaign goes on; after a few in a row it stops trying).
 
 ``mlflow`` is imported inside the methods that need it: importing this module stays cheap.
 """
@@ -12,109 +8,43 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import os
-import posixpath
-import re
 import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from hybrid.errors import ConfigError
-from hybrid.types import Experiment, ExperimentState, Objective, Result
+from hybrid.tracking.base import CampaignInfo, TrackingWarning
+from hybrid.tracking.scrub import scrub, scrub_env_secrets
+from hybrid.tracking.values import (
+    BATCH_METRICS,
+    BATCH_PARAMS_TAGS,
+    MAX_RATIONALE,
+    MAX_TAG,
+    as_text,
+    finite_number,
+    flatten,
+    safe_key,
+    to_params,
+    truncate,
+)
+from hybrid.types import Experiment, ExperimentState, Result
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["CampaignInfo", "MLflowTracker", "NullTracker", "Tracker", "TrackingWarning", "make_tracker"]
-
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hybrid.tracking")  # the logger name of the module before it was split
 T = TypeVar("T")
 
-REDACTED = "<redacted>"
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-# `API_KEY=abc`, `token: abc` and `--api-key abc` inside string values (commands, env strings)
-_SECRET_ASSIGNMENT = re.compile(r"(?i)(\b\w*(?:key|token|secret|password)\w*\s*[=:]\s*)(['\"]?)[^\s'\",}]+")
-_SECRET_FLAG = re.compile(r"(?i)(--?[\w-]*(?:key|token|secret|password)[\w-]*[\s=]+)(['\"]?)[^\s'\"]+")
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+):[^/\s@]+@")
-
-# MLflow's limits (mlflow.utils.validation; tags: the stricter limit of older servers). A batch holds
-# at most 100 params, 100 tags and 1000 entities in all.
-_MAX_KEY, _MAX_PARAM, _MAX_TAG, _MAX_RATIONALE = 250, 6000, 5000, 2000
-_BATCH_PARAMS_TAGS, _BATCH_METRICS = 100, 800
 # consecutive failures after which the tracker gives up for the rest of the campaign
 _MAX_CONSECUTIVE_FAILURES = 3
 
 _RUN_STATUS = {ExperimentState.DONE: "FINISHED", ExperimentState.CRASHED: "FAILED",
                ExperimentState.TIMEOUT: "FAILED", ExperimentState.CANCELLED: "KILLED"}
 _CAMPAIGN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
-
-
-class TrackingWarning(UserWarning):
-    """MLflow mirroring failed and the campaign went on. Silence with ``tracking=none``."""
-
-
-@dataclass(frozen=True)
-class CampaignInfo:
-    """What a tracker needs to know about the campaign it mirrors."""
-
-    name: str  # campaign name
-    dir: Path  # the campaign dir (runs/<name>)
-    config: Mapping[str, Any]  # the resolved config as a nested dict (plain python types)
-    objective: Objective
-    parent_run_id: str | None = None  # from the store when resuming; reuse that run
-
-
-@runtime_checkable
-class Tracker(Protocol):
-    """Mirrors a campaign somewhere. Implementations never raise out of these methods."""
-
-    def start(self, campaign: CampaignInfo) -> str | None:
-        """Open (or re-open on resume) the campaign's run; return its id for the store to persist."""
-
-    def log(self, exp: Experiment, result: Result) -> bool:
-        """Mirror one finished experiment; True once it is mirrored (False: retry on resume).
-        Idempotent by ``exp.id``: a resume may re-log them all."""
-
-    def update(self, summary: Mapping[str, Any]) -> None:
-        """Progress on the campaign run; numbers become metrics with step = ``n_finished``."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Metrics of one event on the campaign run, e.g. one LLM call (``llm.input_tokens``...)."""
-
-    def close(
-        self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
-    ) -> None:
-        """Final summary, artifacts (report files, plots) and end of the campaign run."""
-
-
-class NullTracker:
-    """Tracks nothing (``tracking=none``)."""
-
-    name = "none"
-
-    def start(self, campaign: CampaignInfo) -> str | None:
-        return None
-
-    def log(self, exp: Experiment, result: Result) -> bool:
-        return True
-
-    def update(self, summary: Mapping[str, Any]) -> None:
-        return None
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        return None
-
-    def close(
-        self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
-    ) -> None:
-        return None
 
 
 class MLflowTracker:
@@ -204,7 +134,7 @@ class MLflowTracker:
             "hybrid.objective.direction": campaign.objective.direction,
             "status": "running",
         }
-        params = _to_params(campaign.config)
+        params = to_params(campaign.config)
         parent = None
         if campaign.parent_run_id:
             try:
@@ -223,7 +153,7 @@ class MLflowTracker:
             changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
             params = {k: v for k, v in params.items() if k not in old}
             if changed:
-                tags["hybrid.changed_on_resume"] = _truncate(", ".join(changed), _MAX_TAG)
+                tags["hybrid.changed_on_resume"] = truncate(", ".join(changed), MAX_TAG)
             client.update_run(run_id, status="RUNNING")
         _log_batch(client, run_id, params=params, tags=tags)
         self._parent = run_id
@@ -260,25 +190,25 @@ class MLflowTracker:
         if result.reason and result.state is not ExperimentState.DONE:
             tags["reason"] = result.reason
         if exp.candidate.rationale:
-            tags["rationale"] = _truncate(exp.candidate.rationale, _MAX_RATIONALE)
+            tags["rationale"] = truncate(exp.candidate.rationale, MAX_RATIONALE)
             tags["mlflow.note.content"] = tags["rationale"]  # the run's description in the UI
         run_id = client.create_run(experiment_id, start_time=_ms(start), tags=tags, run_name=exp.id).info.run_id
-        metrics = {k: v for k, v in result.metrics.items() if _number(v) is not None}
+        metrics = {k: v for k, v in result.metrics.items() if finite_number(v) is not None}
         metrics.update(duration_s=result.duration_s, cost_usd=result.cost_usd)
-        _log_batch(client, run_id, params=_to_params(exp.params, by_key=False), metrics=metrics, timestamp=_ms(end))
+        _log_batch(client, run_id, params=to_params(exp.params, by_key=False), metrics=metrics, timestamp=_ms(end))
         if result.log_tail:
-            client.log_text(run_id, _scrub_env_secrets(result.log_tail), "log_tail.txt")
+            client.log_text(run_id, scrub_env_secrets(result.log_tail), "log_tail.txt")
         client.set_terminated(run_id, status=_RUN_STATUS[result.state], end_time=_ms(end))
         self._logged.add(exp.id)
 
     def _log_summary(self, summary: Mapping[str, Any], extra_tags: Mapping[str, str] | None = None) -> None:
         flat: dict[str, Any] = {}
-        _flatten(summary, "", flat)
-        metrics = {k: v for k, v in flat.items() if _number(v) is not None}
-        tags = {k: _truncate(_scrub(_text(v)), _MAX_TAG) for k, v in flat.items()
+        flatten(summary, "", flat)
+        metrics = {k: v for k, v in flat.items() if finite_number(v) is not None}
+        tags = {k: truncate(scrub(as_text(v)), MAX_TAG) for k, v in flat.items()
                 if k not in metrics and v is not None}
         tags.update(extra_tags or {})
-        step = int(_number(summary.get("n_finished")) or 0)
+        step = int(finite_number(summary.get("n_finished")) or 0)
         _log_batch(*self._run(), metrics=metrics, tags=tags, step=step)
 
     def _log_artifact(self, path: Path) -> None:
@@ -374,22 +304,6 @@ class MLflowTracker:
         warnings.warn(message, TrackingWarning, stacklevel=4)
 
 
-def make_tracker(cfg: Mapping[str, Any]) -> Tracker:
-    """Build the tracker from the ``tracking`` config node: ``{name: mlflow|none, uri, experiment}``."""
-    name = cfg.get("name", "mlflow")
-    if name is None or str(name).lower() == "none":
-        return NullTracker()
-    if str(name).lower() != "mlflow":
-        raise ConfigError(f"tracking.name: unknown tracker {name!r}; use 'mlflow' or 'none'")
-    for field_name in ("uri", "experiment"):
-        value = cfg.get(field_name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(
-                f"tracking.{field_name}: expected a string or null, got {type(value).__name__} {value!r}"
-            )
-    return MLflowTracker(uri=cfg.get("uri") or None, experiment=cfg.get("experiment") or None)
-
-
 # -- helpers -----------------------------------------------------------------------------------
 def _system_tags() -> dict[str, str]:
     """The tags MLflow's UI shows as a run's User and Source (the client API sets none itself)."""
@@ -400,87 +314,6 @@ def _system_tags() -> dict[str, str]:
     except (KeyError, OSError):  # no passwd entry (some containers)
         user = "unknown"
     return {"mlflow.user": user, "mlflow.source.name": "hybrid", "mlflow.source.type": "LOCAL"}
-
-
-def _is_secret(key: str) -> bool:
-    return any(word in key.upper() for word in _SECRET_WORDS)
-
-
-def _secret_env_values() -> list[str]:
-    """Values of environment variables named like secrets (long enough not to match by chance)."""
-    return [v for k, v in os.environ.items() if _is_secret(k) and len(v) >= 8]
-
-
-def _scrub_env_secrets(text: str) -> str:
-    for value in _secret_env_values():
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def _scrub(text: str) -> str:
-    """Redact secrets written inside a string value: ``API_KEY=...``, ``--token ...``, URL passwords."""
-    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
-    text = _SECRET_FLAG.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}:{REDACTED}@", text)
-    return _scrub_env_secrets(text)
-
-
-def _redact_nested(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: REDACTED if _is_secret(str(k)) else _redact_nested(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_nested(v) for v in value]
-    return value
-
-
-def _flatten(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, value in node.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            _flatten(value, dotted, out)
-        else:
-            out[dotted] = value
-
-
-def _to_params(config: Mapping[str, Any], by_key: bool = True) -> dict[str, str]:
-    """Flattened dotted keys -> stringified, redacted, truncated values, with MLflow-safe keys.
-
-    ``by_key`` False (an experiment's hyperparameters, e.g. ``batch_tokens``): values are scrubbed
-    but a key that merely looks secret is not enough to hide the value.
-    """
-    flat: dict[str, Any] = {}
-    _flatten(config, "", flat)
-    if not by_key:
-        return {_safe_key(k): _truncate(_scrub_env_secrets(_text(v)), _MAX_PARAM) for k, v in flat.items()}
-    return {
-        _safe_key(k): REDACTED if _is_secret(k) else _truncate(_scrub(_text(_redact_nested(v))), _MAX_PARAM)
-        for k, v in flat.items()
-    }
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, Mapping | list | tuple):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _safe_key(key: str) -> str:
-    """MLflow keys: alphanumerics, ``_ - . space : /``, and no path tricks (``a//b``, ``../x``)."""
-    key = re.sub(r"[^/\w.\- :]", "_", key)[:_MAX_KEY]
-    if posixpath.normpath(key) != key or key.startswith(("/", "..")):
-        key = key.replace("/", "_").replace("..", "__")
-    return key or "_"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -517,10 +350,10 @@ def _log_batch(
 
     now = timestamp if timestamp is not None else _ms(time.time())
     p = [Param(k, v) for k, v in (params or {}).items()]
-    t = [RunTag(k if k.startswith("mlflow.") else _safe_key(k), _truncate(str(v), _MAX_TAG))
+    t = [RunTag(k if k.startswith("mlflow.") else safe_key(k), truncate(str(v), MAX_TAG))
          for k, v in (tags or {}).items()]
-    m = [Metric(_safe_key(k), x, now, step) for k, v in (metrics or {}).items() if (x := _number(v)) is not None]
-    n, k = _BATCH_PARAMS_TAGS, _BATCH_METRICS
+    m = [Metric(safe_key(k), x, now, step) for k, v in (metrics or {}).items() if (x := finite_number(v)) is not None]
+    n, k = BATCH_PARAMS_TAGS, BATCH_METRICS
     for i in range(max(-(-len(p) // n), -(-len(t) // n), -(-len(m) // k))):
         client.log_batch(run_id, metrics=m[i * k : (i + 1) * k], params=p[i * n : (i + 1) * n],
                          tags=t[i * n : (i + 1) * n])
