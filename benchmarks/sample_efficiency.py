@@ -1,32 +1,38 @@
 """Sample efficiency of the hybrid (benchmark 1) and where cost-aware stopping would stop (benchmark 4).
 
-A discrete-event simulation of an ASYNC campaign: ``--workers`` workers (default 8), lognormal
-durations (median 1 h, sigma 0.5) at ``HOURLY_USD`` per worker-hour; a freed worker at once gets the
-next candidate. No processes, but the product's real proposers and rankers, called as
-``Campaign._dispatch`` calls them (in-flight experiments are RUNNING in the history, and the
-ranker's ``pending``). For one seed every method sees the same durations (own random stream).
+Every method runs an ASYNC campaign on a simulated fleet (benchmarks/simbackend.py):
+``--workers`` workers (default 8), lognormal durations (median 1 h, sigma 0.5) at ``HOURLY_USD``
+per worker-hour, on a virtual clock; a freed worker at once gets the next candidate. For one
+seed every method sees the same fleet: the k-th experiment submitted gets the k-th duration and
+noise draw (the backend's own random streams).
 
 Methods:
-  hybrid       HybridProposer (conf/proposer/hybrid.yaml) + GPRanker (conf/surrogate/gp.yaml):
-               the product's ``proposer=hybrid surrogate=gp``
-  hybrid-nogp  the same proposer + InOrderRanker (``surrogate=none``)
-  tpe, cmaes, random  OptunaProposer with that sampler (Optuna's sampler via ask on a study rebuilt
-               from history, running experiments as RUNNING trials)
-  gpsampler    optuna.samplers.GPSampler on one persistent study, ask/tell, pending trials RUNNING
-               (a peer only: not a product proposer)
-Unlike a product campaign, no method gets the baseline (defaults) first: all start from nothing.
+  hybrid       the product's ``hybrid proposer=hybrid surrogate=gp``, built by hybrid.assemble
+               from conf/ and run by its own campaign loop (candidate pool, GP ranker, store)
+  hybrid-nogp  the same with ``surrogate=none`` (the proposers' order)
+  tpe, cmaes, random  the product's ``proposer=optuna proposer.sampler=<that> surrogate=none``:
+               Optuna's sampler on a study rebuilt from the history, running experiments as
+               RUNNING trials, in the same campaign loop
+  gpsampler    optuna.samplers.GPSampler on one persistent study, ask/tell, pending trials
+               RUNNING, submitting straight to the same simulated fleet (a peer only: not a
+               product proposer, so not a campaign)
+The campaigns (every method but gpsampler) start with the baseline (the space's defaults), as
+every product campaign does; gpsampler starts from nothing. Campaign dirs go to a temp dir.
 
 Simple regret after k finished evaluations = (best TRUE value among them) - optimum, so curves
 are non-increasing and noise never flatters a method. Per problem the table shows median
 [q25, q75] over seeds, and how many evaluations each method's median curve needs to reach the
 reference's (hybrid's) final median regret, and the ratio to the reference's own count.
+s/decision: wall seconds from a poll of the backend to the wave submitted (the campaign's
+bookkeeping, pool, ranking and submits: what a freed worker waits).
 
---stopping: every hybrid decision records GPRanker.last_decision's gain per USD (what the campaign
-feeds CostAwareStop), then CostAwareStop is replayed over them per threshold. The rule changes a run
-only by dispatching nothing after it fires, so the stop point, the money saved and the regret given
-up (best of the experiments dispatched before the stop vs all at the cap) are exact for every
-threshold from one set of runs. --stop-gain thresholds are fractions of the problem's scale (median
-regret of random configs) per mean experiment cost, so one setting means the same on every problem.
+--stopping: every hybrid decision records the GP's expected gain per USD, as the campaign feeds
+it to CostAwareStop (benchmarks/product.py: DecisionLog), then CostAwareStop is replayed over them
+per threshold. The rule changes a run only by dispatching nothing after it fires, so the stop
+point, the money saved and the regret given up (best of the experiments dispatched before the
+stop vs all at the cap) are exact for every threshold from one set of runs. --stop-gain thresholds
+are fractions of the problem's scale (median regret of random configs) per mean experiment cost,
+so one setting means the same on every problem.
 
     python benchmarks/sample_efficiency.py --quick --problems hartmann6,fcnet-protein
     python benchmarks/sample_efficiency.py [--problems ...] [--methods ...] [--seeds 10] [--evals 100]
@@ -38,15 +44,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import heapq
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
-import zlib
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,65 +64,89 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backends.base import Worker  # noqa: E402
+from backends.base import RunSpec  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem, make_problem  # noqa: E402
-from benchmarks.product import build  # noqa: E402
-from hybrid.proposers.base import Proposer  # noqa: E402
+from benchmarks.product import ProductRun, run_product  # noqa: E402
+from benchmarks.simbackend import SimBackend  # noqa: E402
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace  # noqa: E402
 from hybrid.stopping import CostAwareStop  # noqa: E402
-from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result  # noqa: E402
-from surrogate.acquisition import InOrderRanker, Ranker  # noqa: E402
+from hybrid.targets import to_result  # noqa: E402
+from hybrid.types import Candidate, Experiment, Objective  # noqa: E402
 
 METHODS = ("hybrid", "hybrid-nogp", "tpe", "cmaes", "random", "gpsampler")
+# each product method is `hybrid <these overrides>` (plus benchmarks.product.QUIET)
+PRODUCT = {
+    "hybrid": ("proposer=hybrid", "surrogate=gp"),
+    "hybrid-nogp": ("proposer=hybrid", "surrogate=none"),
+    **{s: ("proposer=optuna", f"proposer.sampler={s}", "surrogate=none") for s in ("tpe", "cmaes", "random")},
+}
 DEFAULT_PROBLEMS = ("hartmann6", "ackley10", "fcnet-protein", "fcnet-naval", "fcnet-parkinsons", "fcnet-slice")
-OBJECTIVE = Objective("loss", "minimize")
+OBJECTIVE = Objective("loss", "minimize")  # the simulated target prints "loss: <value>"
 HOURLY_USD = 2.5  # simulated price of one worker-hour
-DURATION_MEDIAN_S, DURATION_SIGMA = 3600.0, 0.5
+DURATION_MEDIAN_S, DURATION_SIGMA = 3600.0, 0.5  # SimBackend's default durations
 MEAN_COST_USD = HOURLY_USD * DURATION_MEDIAN_S / 3600 * float(np.exp(DURATION_SIGMA**2 / 2))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-# ---- methods ---------------------------------------------------------------------------------
-class Method(ABC):
-    """One optimizer as the simulated campaign drives it."""
-
-    @abstractmethod
-    def ask(self, history: Sequence[Experiment], free: Sequence[Worker]) -> list[tuple[Candidate, Worker]]:
-        """Candidates for (some of) the free workers, given every experiment so far."""
-
-    def tell(self, exp: Experiment) -> None:  # noqa: B027 - only stateful methods listen
-        """An experiment finished (``exp.result`` is set)."""
-
-    def gain_per_usd(self) -> float | None:
-        """The ranker's expected gain per USD at the last decision (None: no fitted model)."""
-        return None
-
-
-class ProductMethod(Method):
-    """A product proposer + ranker, called the way ``Campaign._dispatch`` calls them."""
-
-    def __init__(self, space: SearchSpace, proposer: Proposer, ranker: Ranker) -> None:
-        self.space, self.proposer, self.ranker = space, proposer, ranker
-        self.propose_s: list[float] = []  # the proposers' share of each decision
-
-    def ask(self, history, free):
-        t0 = time.perf_counter()
-        proposed = self.proposer.propose(history, self.ranker.pool_size(len(free)))
-        self.propose_s.append(time.perf_counter() - t0)
-        seen, pool = {self.space.key(e.params) for e in history}, []
-        for c in proposed:  # the campaign drops duplicates of the history and of each other
-            if self.space.key(c.params) not in seen:
-                seen.add(self.space.key(c.params))
-                pool.append(c)
-        running = [e for e in history if e.state is ExperimentState.RUNNING]
-        return self.ranker.rank(pool, history, running, list(free))[: len(free)]
-
-    def gain_per_usd(self) -> float | None:
-        decision = getattr(self.ranker, "last_decision", None)
-        return decision.best_gain_per_usd if decision is not None and decision.fitted else None
+# ---- one run ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    problem: str
+    method: str
+    seed: int
+    regret: list[float]  # simple regret after k = 1, 2, ... finished evaluations
+    decision_s: list[float]  # wall time of every dispatch decision
+    propose_s: list[float]  # seconds per proposer call (product methods; empty otherwise)
+    wall_s: float
+    # for the stopping replay: (gain per USD or None, finished, created) at every decision, and
+    # (true regret, cost USD, end hour) of every experiment in creation order
+    decisions: list[tuple[float | None, int, int]] = field(default_factory=list)
+    experiments: list[tuple[float, float, float]] = field(default_factory=list)
 
 
-class OptunaGPMethod(Method):
+@lru_cache(maxsize=8)
+def _problem(name: str) -> Problem:
+    return make_problem(name)
+
+
+def _regret_curve(problem: Problem, finished: Sequence[tuple[dict[str, Any], bool]]) -> list[float]:
+    """Simple regret after each finished evaluation (params, succeeded), in arrival order."""
+    best, out = float("inf"), []
+    for params, ok in finished:
+        if ok:
+            best = min(best, problem.true_value(params))
+        out.append(best - problem.optimum)
+    return out
+
+
+def simulate(problem_name: str, method_name: str, seed: int, evals: int, n_workers: int) -> Run:
+    """Run one async campaign of ``evals`` evaluations of ``method_name`` on the simulated fleet."""
+    problem = _problem(problem_name)
+    with tempfile.TemporaryDirectory(prefix="hybrid-bench-") as tmp:
+        if method_name == "gpsampler":
+            return _gpsampler_run(problem, seed, evals, n_workers, Path(tmp))
+        if method_name not in PRODUCT:
+            raise SystemExit(f"--methods: {method_name!r} is not one of {', '.join(METHODS)}")
+        run = run_product(problem, PRODUCT[method_name], seed=seed, evals=evals, workers=n_workers, root=Path(tmp),
+                          name=f"{method_name}-{problem.name}-s{seed}", hourly_usd=HOURLY_USD,
+                          metric=OBJECTIVE.metric, proposer_yaml=os.environ.get("HYBRID_BENCH_HYBRID_YAML")
+                          if method_name.startswith("hybrid") else None)
+        return _product_result(problem, method_name, seed, run)
+
+
+def _product_result(problem: Problem, method: str, seed: int, run: ProductRun) -> Run:
+    """A finished campaign, read from its store, as one Run."""
+    finished = [(dict(e.params), e.value(OBJECTIVE.metric) is not None) for e in run.finished()]
+    out = Run(problem.name, method, seed, _regret_curve(problem, finished), run.backend.decision_s, run.propose_s,
+              run.wall_s)
+    if method == "hybrid":
+        out.decisions = run.decisions
+        out.experiments = [(problem.true_value(e.params) - problem.optimum, e.result.cost_usd if e.result else 0.0,
+                            ((e.ended or run.backend.epoch) - run.backend.epoch) / 3600) for e in run.experiments]
+    return out
+
+
+class OptunaGP:
     """Optuna's own GPSampler: one study for the whole run, asked trials stay RUNNING until told."""
 
     def __init__(self, space: SearchSpace, seed: int) -> None:
@@ -137,109 +165,48 @@ class OptunaGPMethod(Method):
                 self.dists[p.name] = IntDistribution(p.low, p.high, log=p.log and p.step == 1, step=p.step)
         self.study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=seed))
 
-    def ask(self, history, free):
-        trials = [self.study.ask(self.dists) for _ in free]
-        return [(Candidate(dict(t.params), "gpsampler", f"trial {t.number}"), w) for t, w in zip(trials, free, strict=True)]
+    def ask(self) -> tuple[int, dict[str, Any]]:
+        trial = self.study.ask(self.dists)
+        return trial.number, dict(trial.params)
 
-    def tell(self, exp: Experiment) -> None:
-        self.study.tell(int(exp.candidate.rationale.split()[-1]), exp.value(OBJECTIVE.metric))
+    def tell(self, number: int, value: float | None) -> None:
+        from optuna.trial import TrialState
 
-
-def make_method(name: str, space: SearchSpace, seed: int) -> Method | None:
-    from hybrid.proposers.optuna import OptunaProposer
-
-    if name in ("hybrid", "hybrid-nogp"):
-        # the product as `hybrid proposer=hybrid surrogate=gp|none` builds it (benchmarks/product.py);
-        # --hybrid-yaml swaps in another proposer node for ablations
-        overrides = ["proposer=hybrid", "surrogate=gp" if name == "hybrid" else "surrogate=none"]
-        proposer, ranker = build(space, OBJECTIVE, seed, overrides)
-        alt = os.environ.get("HYBRID_BENCH_HYBRID_YAML")
-        if alt:
-            from hydra.utils import instantiate
-            from omegaconf import OmegaConf
-
-            node = OmegaConf.load(alt)
-            node.pop("defaults", None)
-            proposer = instantiate(node, _partial_=True)(space=space, objective=OBJECTIVE, seed=seed)
-        return ProductMethod(space, proposer, ranker)
-    if name in ("tpe", "cmaes", "random"):
-        return ProductMethod(space, OptunaProposer(space, OBJECTIVE, seed, sampler=name), InOrderRanker())
-    if name == "gpsampler":
-        return OptunaGPMethod(space, seed)
-    raise SystemExit(f"--methods: {name!r} is not one of {', '.join(METHODS)}")
+        if value is None:
+            self.study.tell(number, state=TrialState.FAIL)
+        else:
+            self.study.tell(number, value)
 
 
-# ---- one simulated campaign ------------------------------------------------------------------
-@dataclass
-class Run:
-    problem: str
-    method: str
-    seed: int
-    regret: list[float]  # simple regret after k = 1, 2, ... finished evaluations
-    decision_s: list[float]  # wall time of every dispatch decision
-    propose_s: list[float]  # of which the proposers took (product methods; empty otherwise)
-    wall_s: float
-    # for the stopping replay: (gain per USD or None, finished, created) at every decision, and
-    # (true value, cost USD, end hour) of every experiment in creation order
-    decisions: list[tuple[float | None, int, int]] = field(default_factory=list)
-    experiments: list[tuple[float, float, float]] = field(default_factory=list)
-
-
-@lru_cache(maxsize=8)
-def _problem(name: str) -> Problem:
-    return make_problem(name)
-
-
-def simulate(problem_name: str, method_name: str, seed: int, evals: int, n_workers: int) -> Run | None:
-    """Run one async campaign of ``evals`` evaluations; None when the method is unavailable."""
+def _gpsampler_run(problem: Problem, seed: int, evals: int, n_workers: int, root: Path) -> Run:
+    """GPSampler's ask/tell on the same simulated fleet: each freed worker gets a fresh ask."""
     t_start = time.perf_counter()
-    problem = _problem(problem_name)
-    method = make_method(method_name, problem.space, seed)
-    if method is None:
-        return None
-    streams = np.random.SeedSequence([seed, zlib.crc32(problem.name.encode())]).spawn(2)
-    durations, noise = np.random.default_rng(streams[0]), np.random.default_rng(streams[1])
-    free = [Worker(f"w{i}", "sim", HOURLY_USD) for i in range(n_workers)]
-    history: list[Experiment] = []
-    events: list[tuple[float, int, Experiment, Worker]] = []
-    t, best, regret, decision_s, decisions = 0.0, float("inf"), [], [], []
-    n_finished = 0
+    peer = OptunaGP(problem.space, seed)
+    backend = SimBackend(problem, n_workers, seed=seed, hourly_usd=HOURLY_USD, metric=OBJECTIVE.metric)
+    trials: dict[str, tuple[int, dict[str, Any]]] = {}  # experiment id -> (trial number, params)
+    finished: list[tuple[dict[str, Any], bool]] = []
+    decision_s: list[float] = []
     while True:
-        if free and len(history) < evals:
+        free = backend.free_workers()[: evals - len(trials)]
+        if free:
             t0 = time.perf_counter()
-            wave = method.ask(history, free[: evals - len(history)])
+            asked = [peer.ask() for _ in free]
             decision_s.append(time.perf_counter() - t0)
-            decisions.append((method.gain_per_usd(), n_finished, len(history)))
-            for cand, worker in wave:
-                exp = Experiment(f"e{len(history) + 1:04d}", cand, worker.name, worker.hardware, len(decision_s),
-                                 ExperimentState.RUNNING, started=t, seq=len(history) + 1)
-                history.append(exp)
-                free.remove(worker)
-                duration = DURATION_MEDIAN_S * float(np.exp(DURATION_SIGMA * durations.standard_normal()))
-                heapq.heappush(events, (t + duration, exp.seq, exp, worker))
-            if not wave and not events:
-                break  # the space is used up
-        if not events:
+            for (number, params), worker in zip(asked, free, strict=True):
+                exp = Experiment(f"e{len(trials) + 1:04d}", Candidate(params, "gpsampler", f"trial {number}"),
+                                 worker.name, worker.hardware, 0, seq=len(trials) + 1)
+                (root / exp.id).mkdir()
+                backend.submit(exp, RunSpec("simulated", root / exp.id))
+                trials[exp.id] = (number, params)
+        if not backend.running():
             break
-        t, _, exp, worker = heapq.heappop(events)
-        duration = t - (exp.started or 0.0)
-        value = problem.evaluate(exp.params, noise)
-        exp.result = Result(exp.id, ExperimentState.DONE, {OBJECTIVE.metric: value}, worker.hardware,
-                            duration, duration / 3600 * worker.hourly_usd)
-        exp.state = ExperimentState.DONE
-        exp.extra["ended"] = t
-        n_finished += 1
-        method.tell(exp)
-        free.append(worker)
-        best = min(best, problem.true_value(exp.params))
-        regret.append(best - problem.optimum)
-    run = Run(problem.name, method_name, seed, regret, decision_s, getattr(method, "propose_s", []),
-              time.perf_counter() - t_start)
-    if method_name == "hybrid":
-        run.decisions = decisions
-        run.experiments = [(problem.true_value(e.params) - problem.optimum, e.result.cost_usd if e.result else 0.0,
-                            e.extra["ended"] / 3600) for e in history]
-    return run
+        for f in backend.poll():
+            value = to_result(f, OBJECTIVE, f.worker.hardware, f.worker.hourly_usd).value(OBJECTIVE.metric)
+            number, params = trials[f.experiment_id]
+            peer.tell(number, value)
+            finished.append((params, value is not None))
+    return Run(problem.name, "gpsampler", seed, _regret_curve(problem, finished), decision_s, [],
+               time.perf_counter() - t_start)
 
 
 def stop_point(run: Run, rule: CostAwareStop) -> dict[str, Any]:
@@ -260,7 +227,7 @@ def stop_point(run: Run, rule: CostAwareStop) -> dict[str, Any]:
 
 
 # ---- many runs, tables, files ----------------------------------------------------------------
-def _job(args: tuple) -> Run | None:
+def _job(args: tuple) -> Run:
     import torch
 
     torch.set_num_threads(1)  # --jobs processes share the cores
@@ -275,11 +242,9 @@ def run_all(problems: Sequence[str], methods: Sequence[str], seeds: int, evals: 
     if "hybrid" in methods:
         import surrogate.gp  # noqa: F401 - imported once here, so every --jobs process runs the same code
     if jobs <= 1:
-        out = [simulate(*a) for a in tasks]
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            out = list(pool.map(_job, tasks))
-    return [r for r in out if r is not None]
+        return [simulate(*a) for a in tasks]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_job, tasks))
 
 
 def curves(runs: Sequence[Run], evals: int) -> np.ndarray:

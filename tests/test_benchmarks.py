@@ -1,38 +1,143 @@
-"""Smoke tests of the benchmark harnesses: one seed, a dozen evaluations."""
+"""Smoke tests of the benchmarks: each script's smallest configuration, really run, and the
+simulated backend under the product's own campaign loop."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from collections.abc import Mapping
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from benchmarks.problems import make_problem
-from benchmarks.sample_efficiency import main, report, run_all
+from backends.base import JobState, RunSpec
+from benchmarks.problems import hartmann6, make_problem
+from benchmarks.product import run_product
+from benchmarks.sample_efficiency import PRODUCT, _product_result, main, report, simulate
+from benchmarks.simbackend import SimBackend
+from hybrid.store import Store
+from hybrid.targets import to_result
+from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Objective, Worker
 
 
-def test_harness_produces_a_table_of_finite_non_increasing_regrets() -> None:
-    runs = run_all(["hartmann6"], ["random", "tpe"], seeds=1, evals=12, workers=4)
-    assert {r.method for r in runs} == {"random", "tpe"}
-    for r in runs:
-        assert len(r.regret) == 12
-        assert all(math.isfinite(x) and x >= 0 for x in r.regret)
-        assert all(b <= a for a, b in zip(r.regret, r.regret[1:], strict=False))
-        assert len(r.decision_s) >= 12 - 4 + 1  # one wave of 4, then one decision per freed worker
-    text, rows, _ = report(runs, ["hartmann6"], evals=12)
-    assert "== hartmann6" in text and "random" in text and "tpe" in text
-    assert {row["method"] for row in rows} == {"random", "tpe"} and len(rows) == 2 * 12
+def _non_increasing_and_non_negative(regret: list[float]) -> bool:
+    return all(math.isfinite(x) and x >= 0 for x in regret) and all(b <= a for a, b in pairwise(regret))
 
 
-def test_cli_writes_curves(tmp_path, monkeypatch, capsys) -> None:
+def test_sim_fleet_is_async_a_slow_worker_gets_fewer_experiments(tmp_path) -> None:
+    workers = [Worker(f"w{i}", "sim", 2.5) for i in range(4)]
+    run = run_product(hartmann6(), ["proposer=sobol", "surrogate=none"], seed=3, evals=24, workers=workers,
+                      root=tmp_path, name="slow", slowdown={"w0": 3.0})
+    exps = Store(tmp_path / "slow" / "state.sqlite").experiments()  # the campaign's own store
+    assert len(exps) == 24 and exps[0].source == "baseline" and exps[0].params == hartmann6().space.defaults()
+    assert all(e.state is ExperimentState.DONE and e.value("val_bpb") is not None for e in exps)
+    per_worker = Counter(e.worker for e in exps)
+    assert all(per_worker[w] > per_worker["w0"] for w in ("w1", "w2", "w3")), per_worker
+    # every worker was kept busy: each of its experiments starts when its previous one ended (virtual clock)
+    epoch = run.backend.epoch
+    for w in per_worker:
+        mine = sorted((e for e in exps if e.worker == w), key=lambda e: e.seq)
+        assert mine[0].started == pytest.approx(epoch)
+        for a, b in pairwise(mine):
+            assert b.started == pytest.approx(a.ended)
+    assert run.backend.elapsed_s > 3 * 3600  # hours of fleet time ...
+    assert run.wall_s < 60  # ... in seconds
+    assert (tmp_path / "slow" / "results.tsv").is_file()
+    assert "val_bpb: " in (Path(exps[5].workdir) / "run.log").read_text()
+
+    again = run_product(hartmann6(), ["proposer=sobol", "surrogate=none"], seed=3, evals=24, workers=workers,
+                        root=tmp_path, name="slow-again", slowdown={"w0": 3.0})
+    assert [(e.worker, e.value("val_bpb")) for e in again.experiments] == [(e.worker, e.value("val_bpb")) for e in exps]
+    assert [e.ended - again.backend.epoch for e in again.experiments] == pytest.approx(
+        [e.ended - epoch for e in exps])  # deterministic for a seed
+
+
+class _OomAbove(type(hartmann6())):  # hartmann6 whose x0 > 0.8 runs out of memory
+    def __init__(self) -> None:
+        base = hartmann6()
+        super().__init__(base.name, base.function, [(0.0, 1.0)] * 6, base.noise_std)
+
+    def oom(self, params: Mapping[str, Any], hardware: str) -> bool:
+        return params["x0"] > 0.8
+
+
+def test_sim_backend_waits_for_the_campaign_then_advances_and_crashes_like_a_real_oom(tmp_path) -> None:
+    problem = _OomAbove()
+    backend = SimBackend(problem, 2, seed=0, metric="loss")
+    objective = Objective("loss")
+
+    def submit(i: int, x0: float) -> None:
+        params = {**problem.space.defaults(), "x0": x0}
+        exp = Experiment(f"e{i}", Candidate(params, "test"), f"w{i}", "sim", 1, seq=i)
+        (tmp_path / exp.id).mkdir()
+        backend.submit(exp, RunSpec("simulated", tmp_path / exp.id))
+
+    submit(0, 0.5)
+    assert backend.poll() == [] and backend.elapsed_s == 0  # a free worker: the campaign may fill it first
+    submit(1, 0.9)
+    first = backend.poll()  # every worker busy: time passes to the first end (the OOM: it crashes early)
+    assert [f.experiment_id for f in first] == ["e1"] and backend.elapsed_s > 0
+    t = backend.elapsed_s
+    assert backend.poll() == [] and backend.elapsed_s == t  # its worker is free: a chance to refill it first
+    second = backend.poll()  # nothing submitted: time passes
+    assert [f.experiment_id for f in second] == ["e0"] and backend.elapsed_s > t and not backend.running()
+    results = {f.experiment_id: to_result(f, objective, "sim", 0.0) for f in [*first, *second]}
+    assert results["e0"].state is ExperimentState.DONE and results["e0"].value("loss") is not None
+    oom = results["e1"]
+    assert oom.state is ExperimentState.CRASHED and oom.failure is FailureKind.OOM  # classified by the product
+    assert "CUDA out of memory" in (tmp_path / "e1" / "run.log").read_text()
+
+
+def test_sim_backend_kills_at_the_timeout(tmp_path) -> None:
+    backend = SimBackend(hartmann6(), 1, seed=0)
+    exp = Experiment("e1", Candidate(hartmann6().space.defaults(), "test"), "w0", "sim", 1, seq=1)
+    backend.submit(exp, RunSpec("simulated", tmp_path, timeout_s=60.0))  # runs ~1 h
+    (f,) = backend.poll()
+    assert f.state is JobState.TIMEOUT and f.duration_s == pytest.approx(60.0)
+
+
+def test_hybrid_arm_runs_the_product_loop_and_reports(tmp_path) -> None:
+    problem = make_problem("hartmann6")
+    product = run_product(problem, PRODUCT["hybrid"], seed=0, evals=12, workers=4, root=tmp_path, name="h",
+                          hourly_usd=2.5, metric="loss")
+    exps = Store(tmp_path / "h" / "state.sqlite").experiments()
+    assert [e.id for e in exps] == [e.id for e in product.experiments] and len(exps) == 12
+    assert exps[0].source == "baseline" and {e.source for e in exps[1:]} <= {"tpe", "local", "sobol", "grid"}
+    assert product.campaign.stop_reason == "budget.max_experiments reached (12)"
+    run = _product_result(problem, "hybrid", 0, product)
+    assert len(run.regret) == 12 and _non_increasing_and_non_negative(run.regret)
+    assert len(run.decision_s) >= 12 - 4 + 1  # one wave of 4, then (about) one decision per freed worker
+    assert any(g is not None for g, _, _ in run.decisions)  # the GP's gain per USD reached the stopping feed
+    assert len(run.experiments) == 12 and all(r >= 0 and c > 0 for r, c, _ in run.experiments)
+
+    peer = simulate("hartmann6", "random", 0, 12, 4)
+    assert len(peer.regret) == 12 and _non_increasing_and_non_negative(peer.regret)
+    text, rows, stops = report([run, peer], ["hartmann6"], evals=12, stop_gains=[0.01], min_experiments=4)
+    assert "reference hybrid" in text and "\nhybrid " in text and "\nrandom " in text
+    assert "cost-aware stop of hybrid" in text and len(stops) == 1
+    assert {row["method"] for row in rows} == {"hybrid", "random"} and len(rows) == 2 * 12
+
+
+def test_sample_efficiency_cli_writes_its_table_and_files(tmp_path, monkeypatch, capsys) -> None:
     import benchmarks.sample_efficiency as se
 
     monkeypatch.setattr(se, "RESULTS", tmp_path)
-    assert main(["--problems", "hartmann6", "--methods", "random", "--seeds", "1", "--evals", "6",
+    assert main(["--problems", "hartmann6", "--methods", "tpe,gpsampler", "--seeds", "1", "--evals", "8",
                  "--workers", "2", "--tag", "t"]) == 0
-    assert "random" in capsys.readouterr().out
-    assert (tmp_path / "sample_efficiency-t.csv").exists() and (tmp_path / "sample_efficiency-t.json").exists()
+    out = capsys.readouterr().out
+    assert "== hartmann6: simple regret" in out and "\ntpe " in out and "\ngpsampler " in out
+    saved = json.loads((tmp_path / "sample_efficiency-t.json").read_text())
+    assert {r["method"] for r in saved["runs"]} == {"tpe", "gpsampler"}
+    for r in saved["runs"]:
+        assert len(r["regret"]) == 8 and _non_increasing_and_non_negative(r["regret"])
+    assert (tmp_path / "sample_efficiency-t.csv").read_text().startswith("problem,method,evals,median")
+    assert main(["--report", str(tmp_path / "sample_efficiency-t.json"), "--problems", "hartmann6",
+                 "--methods", "tpe"]) == 0
+    assert "\ntpe " in capsys.readouterr().out
 
 
 def test_tabular_problem_noise_and_optimum() -> None:
@@ -57,4 +162,24 @@ def test_hardware_benchmark_runs_both_arms(tmp_path, monkeypatch, capsys) -> Non
     assert {r["arm"] for r in runs} == {"task", "noise"}
     for r in runs:  # regret of the best h100 config, after each h100 run: finite, non-increasing
         assert r["n_total"] == 12 and 0 < r["n_target"] < 12
-        assert all(b <= a for a, b in zip(r["target_regret"], r["target_regret"][1:], strict=False))
+        assert _non_increasing_and_non_negative(r["target_regret"])
+
+
+def test_latency_benchmark_writes_its_results(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.latency as la
+
+    monkeypatch.setattr(la, "RESULTS", tmp_path)
+    assert la.main(["--sizes", "20", "--decisions", "2", "--pool", "24", "--q", "2", "--tag", "t"]) == 0
+    assert "median" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "latency-t.json").read_text())["rows"]
+    assert row["n"] == 20 and 0 < row["median"] <= row["max"] and row["gen_median"] > 0
+
+
+def test_fleet_benchmark_runs_real_processes_through_the_campaign(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.fleet as fl
+
+    monkeypatch.setattr(fl, "RESULTS", tmp_path)
+    assert fl.main(["--experiments", "18", "--modes", "async", "--time-scale", "0.05", "--tag", "t"]) == 0
+    assert "\nasync " in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "fleet-t.json").read_text())["rows"]
+    assert row["experiments"] == 18 and 0 < row["utilization"] <= 1
