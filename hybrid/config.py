@@ -32,6 +32,10 @@ class TargetConfig:
     env: dict[str, str] = field(default_factory=dict)
     # glob patterns left out of the workdir snapshot, on top of the built-in ones (.git, caches, runs/, .env*)
     exclude: list[str] = field(default_factory=list)
+    # run once here, in workdir, with the baseline's params (same placeholders as command) before
+    # anything is dispatched; a non-zero exit (e.g. parameter names the target does not know) is a
+    # ConfigError naming its first stderr line. None: no check
+    check_command: str | None = None
 
 
 @dataclass

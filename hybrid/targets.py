@@ -9,8 +9,10 @@ ways: dotted ``key=value`` arguments, ``params.json`` in the workdir, and the en
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class TargetSpec:
     timeout_s: float | None
     env: Mapping[str, str] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    check_command: str | None = None  # run once before the first dispatch: see check_params
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TargetSpec:
@@ -60,8 +63,38 @@ class TargetSpec:
         if not workdir.is_dir():
             raise ConfigError(f"target.workdir: {workdir} is not a directory; point it at the target's code")
         env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
+        check = cfg.get("check_command")
+        if check is not None and (not isinstance(check, str) or not check.strip()):
+            raise ConfigError(f"target.check_command: expected a command (or null for no check), got {check!r}")
         return cls(str(cfg.get("name") or "target"), str(command), workdir, Objective(metric, direction),
-                   float(timeout) if timeout is not None else None, env, tuple(cfg.get("exclude") or ()))
+                   float(timeout) if timeout is not None else None, env, tuple(cfg.get("exclude") or ()),
+                   check or None)
+
+
+CHECK_TIMEOUT_S = 120.0  # a check validates settings; it must not train (generous for a cold start)
+_ERROR_PREFIX = re.compile(r"^\w*Error:\s*")
+
+
+def check_params(target: TargetSpec, params: Mapping[str, Any]) -> None:
+    """Run ``target.check_command`` once, here, in ``target.workdir``, with ``params`` (the baseline's)
+    passed as the experiments get them. A non-zero exit -- a space whose names the target does not
+    know -- is a ConfigError before anything is dispatched, instead of every experiment crashing.
+    No check_command: nothing is run."""
+    if not target.check_command:
+        return
+    command = build_command(target.check_command, params, "check", "local")
+    env = {**os.environ, **build_env(target.env, "check", "local", params)}
+    try:
+        proc = subprocess.run(command, shell=True, cwd=target.workdir, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"target.check_command: still running after {CHECK_TIMEOUT_S:g}s ({command}); "
+                          "it should only validate the parameters, not train") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr.strip() or proc.stdout).splitlines() if ln.strip()]
+        first = _ERROR_PREFIX.sub("", lines[0]) if lines else f"exit code {proc.returncode}, no output"
+        raise ConfigError(f"space: target {target.name} rejects the parameters: {first}; pick a space made "
+                          "for it (leave out space= to get the target's own, e.g. space=gpt_tiny for target=gpt)")
 
 
 def format_value(v: Any) -> str:
