@@ -30,7 +30,7 @@ import requests
 # a fresh SQLite store runs MLflow's schema migrations at start: ~15 s, far more on a busy 2-core box
 STARTUP_TIMEOUT_S = 180.0
 # what the campaigns of these tests look like: fast experiments of the example target
-FAST = ["target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
+FAST = ["target=example", "surrogate=none", "target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
 # quiet, self-contained servers: no background job runner (seven extra processes) and no telemetry
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
               "DO_NOT_TRACK": "true"}

@@ -16,7 +16,7 @@ import pytest
 from hybrid.store import Store
 from hybrid.types import ExperimentState
 
-FAST = ["target.env.EXAMPLE_SECONDS=0.3", "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
+FAST = ["target=example", "surrogate=none", "target.env.EXAMPLE_SECONDS=0.3", "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
 
 
 def hybrid(args: list[str], cwd: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def runners_alive(campaign_dir: Path) -> list[int]:
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, args, message):
-    p = hybrid(args, tmp_path, timeout=60)
+    p = hybrid(["target=example", "surrogate=none", *args], tmp_path, timeout=60)  # the old defaults
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
@@ -136,7 +136,7 @@ def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 60) -> str:
 @pytest.mark.parametrize("on_interrupt", ["cancel", "detach"])
 def test_ctrl_c_cancels_or_detaches(tmp_path, on_interrupt):
     seconds = "30" if on_interrupt == "cancel" else "2"
-    args = ["campaign.progress=plain", f"target.env.EXAMPLE_SECONDS={seconds}", "backend.workers=2",
+    args = ["target=example", "surrogate=none", "campaign.progress=plain", f"target.env.EXAMPLE_SECONDS={seconds}", "backend.workers=2",
             "budget.max_experiments=2", "proposer=sobol", "tracking=none", f"campaign.on_interrupt={on_interrupt}"]
     campaign = tmp_path / "runs" / "example-sobol-s0"
     proc = start(args, tmp_path)

@@ -157,7 +157,7 @@ class _MessagesHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-CLI = ["budget.max_experiments=6", "backend.workers=2", "tracking=none", "target.env.EXAMPLE_SECONDS=0.2",
+CLI = ["target=example", "surrogate=none", "budget.max_experiments=6", "backend.workers=2", "tracking=none", "target.env.EXAMPLE_SECONDS=0.2",
        "campaign.progress=plain", "campaign.poll_interval_s=0.05"]
 
 

@@ -35,6 +35,7 @@ def target(overrides: list[str]) -> TargetSpec:
 @pytest.mark.parametrize(
     ("overrides", "target_name", "space"),
     [
+        ([], "gpt", "gpt_tiny"),  # the default target brings its space
         (["target=gpt"], "gpt", "gpt_tiny"),
         (["target=gpt_h100"], "gpt_h100", "gpt_h100"),
         (["target=example"], "example", "example"),  # as before

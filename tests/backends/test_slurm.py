@@ -259,7 +259,7 @@ def test_missing_slurm_commands_are_a_clear_error(no_slurm_on_path: None) -> Non
 
 def test_without_sbatch_the_cli_starts_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "hybrid", "backend=slurm", "campaign.progress=plain"], cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "hybrid", "target=example", "surrogate=none", "backend=slurm", "campaign.progress=plain"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert re.fullmatch(r"BackendError: backend=slurm: sbatch, .* not found on PATH; .*\n", p.stderr), p.stderr
@@ -343,7 +343,7 @@ def test_backend_slurm_with_a_fleet_is_built_from_the_hydra_config(fake_slurm_to
 
     _register()
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=["backend=slurm", "fleet=reference", "backend.validate=false"])
+        cfg = compose("config", overrides=["target=example", "backend=slurm", "fleet=reference", "backend.validate=false"])
     backend = instantiate(cfg.backend)
     assert isinstance(backend, SlurmBackend) and backend.job_prefix == "example-hybrid-s0"
     workers = backend.workers()
@@ -545,7 +545,7 @@ def test_out_of_memory_reaches_the_result() -> None:
 
 
 # ---- whole campaigns through the CLI -----------------------------------------------------------------------
-FAST = ["target.env.EXAMPLE_SECONDS=0.3", "campaign.progress=plain", "campaign.poll_interval_s=0.05",
+FAST = ["target=example", "surrogate=none", "target.env.EXAMPLE_SECONDS=0.3", "campaign.progress=plain", "campaign.poll_interval_s=0.05",
         "proposer=sobol", "budget.max_experiments=6"]
 
 

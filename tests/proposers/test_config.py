@@ -85,7 +85,7 @@ def test_hybrid_carries_the_llm_settings_and_overrides_reach_them(tmp_path: Path
     program = tmp_path / "program.md"
     program.write_text("# Goal\nmy goal")
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=["proposer=hybrid", f"proposer.llm.program={program}",
+        cfg = compose("config", overrides=["target=example", "proposer=hybrid", f"proposer.llm.program={program}",
                                            "proposer.llm.max_proposals=3", "proposer.llm_share=0.5"])
     assert cfg.proposer.llm.model and cfg.proposer.llm.target_name == "example"
     space = mixed_space()

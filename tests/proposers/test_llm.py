@@ -359,7 +359,7 @@ def test_the_default_program_follows_the_target(tmp_path: Path) -> None:
 
 def test_cli_proposer_llm_without_a_key_exits_2_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-    p = subprocess.run([sys.executable, "-m", "hybrid", "proposer=llm"], cwd=tmp_path, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "hybrid", "target=example", "surrogate=none", "proposer=llm"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120, env=env)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
