@@ -1,15 +1,75 @@
-"""Config schemas (dataclasses registered in Hydra's ConfigStore); the values live in conf/*.yaml.
+"""Config schemas: the one place where each option is explained. The values live in conf/*.yaml.
 
-Only the schema is here. Objects are built from their config node with ``_target_`` by the CLI.
-Importing this module must stay cheap (no torch, mlflow...): ``hybrid --help`` is instant.
+Hydra composes conf/ against these dataclasses (registered by :mod:`hybrid.assemble`), so a value
+of the wrong type or an unknown key is one ``ConfigError`` line before anything starts. The CLI
+then turns the composed config into these objects with ``OmegaConf.to_object``: the campaign's
+parts receive typed values, and ``__post_init__`` checks, once, what a type alone cannot say.
+
+Where configs are found: the current directory's ``conf/`` (your project's) first, then the
+packaged ``conf/``, for every group: ``conf/space/mine.yaml`` in your project is ``space=mine``,
+and a file of yours wins over a packaged one of the same name. A ``conf/config.yaml`` of your own
+(another Hydra app's) is never read as hybrid's main config.
+
+Enums are ``StrEnum``s, so ``mode == "async"`` and ``f"{mode}"`` behave as the plain strings did;
+their member *names* are the YAML spellings, because OmegaConf reads an enum value by name.
+Importing this module must stay cheap (no torch, mlflow, hydra...): ``hybrid --help`` is instant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING
+
+from hybrid.errors import ConfigError
+
+# "async" is a Python keyword, hence the functional form: Mode["async"], Mode.sync
+Mode = StrEnum("Mode", ["async", "sync"])
+
+
+class OnInterrupt(StrEnum):
+    cancel = "cancel"
+    detach = "detach"
+
+
+class Direction(StrEnum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+class ProgressMode(StrEnum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    none = "none"
+
+
+class StoppingKind(StrEnum):
+    budget = "budget"
+    cost_aware = "cost_aware"
+
+
+class TrackingKind(StrEnum):
+    mlflow = "mlflow"
+    none = "none"
+
+
+# campaign.findings and campaign.prefetch_pool are a boolean or one word. OmegaConf cannot type a
+# union of bool and an enum, so these fields are `bool | str` and __post_init__ admits only these
+# values (a string "true"/"false" counts as the boolean): they stay True / False / the word.
+FINDINGS: tuple[bool | str, ...] = (True, "no_gp", False)
+PREFETCH_POOL: tuple[bool | str, ...] = (True, "inline", False)
+
+
+def _one_of(key: str, value: bool | str, allowed: tuple[bool | str, ...]) -> bool | str:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if value not in allowed:  # bool and str only (the field's type): no 1 == True surprise
+        names = ", ".join(str(a).lower() for a in allowed)
+        raise ConfigError(f"{key}: {value!r} is not one of {names}")
+    return value
 
 
 @dataclass
@@ -21,13 +81,12 @@ class TargetConfig:
     # {experiment_id}, {hardware}
     command: str = MISSING
     # directory snapshotted for every experiment (None: the current directory)
-    workdir: Any = None
+    workdir: str | None = None
     # the metric printed by the target as "name: value" that the campaign optimizes
     metric: str = "val_bpb"
-    # minimize | maximize
-    direction: str = "minimize"
-    # an experiment running longer than this is killed with its whole process tree -> TIMEOUT
-    timeout_s: float = 900.0
+    direction: Direction = Direction.minimize
+    # an experiment running longer than this is killed with its whole process tree -> TIMEOUT (None: no limit)
+    timeout_s: float | None = 900.0
     # extra environment variables for every experiment
     env: dict[str, str] = field(default_factory=dict)
     # glob patterns left out of the workdir snapshot, on top of the built-in ones (.git, caches, runs/, .env*)
@@ -40,7 +99,8 @@ class TargetConfig:
 
 @dataclass
 class SpaceConfig:
-    # name -> {type: float|int|categorical, low, high, log, step, choices, default}
+    # name -> {type: float|int|categorical, low, high, log, step, choices, default}; checked by
+    # hybrid.space.SearchSpace (one place), which names the faulty field
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,35 +114,44 @@ class BackendConfig:
 
 @dataclass
 class LocalBackendConfig(BackendConfig):
+    """Experiments run as local processes, one per worker."""
+
     _target_: str = "backends.local.LocalBackend"
     name: str = "local"
-    # a number of identical workers, or a list of {name, hardware, hourly_usd, gpus: [0]}
+    # N identical workers, or a list of {name, hardware, hourly_usd, gpus: [0]}. Typed Any: OmegaConf
+    # unions hold primitives only (no int | list), so LocalBackend checks it, naming the entry
     workers: Any = 2
-    # "auto": one worker per GPU found by nvidia-smi; a list of indices; None: CPU workers
+    # "auto": one worker per GPU found by nvidia-smi (CUDA_VISIBLE_DEVICES); a list of indices;
+    # None: CPU workers. Any for the same reason as workers
     gpus: Any = None
-    # hardware label and price of the workers made from a number or from `gpus`
+    # hardware label and price per hour of the workers made from a number or from `gpus`
     hardware: str = "cpu"
     hourly_usd: float = 0.0
 
 
 @dataclass
 class SlurmBackendConfig(BackendConfig):
+    """Experiments run as Slurm jobs, one sbatch job per experiment, submitted from a login node;
+    the campaign dir must be on a file system the compute nodes share."""
+
     _target_: str = "backends.slurm.SlurmBackend"
     name: str = "slurm"
     # worker pools: a list of {hardware, count, hourly_usd, gres, partition, account, name}, each
     # making `count` job slots (default: the `fleet` group's workers); None: `max_jobs` slots
-    fleet: Any = None
-    # without a fleet: how many jobs may be queued or running at once, labelled `hardware`
+    fleet: list[dict[str, Any]] | None = None
+    # without a fleet: how many jobs may be queued or running at once, labelled `hardware` (a GPU
+    # label such as h100 requests --gres=gpu:h100:1), each costing hourly_usd per hour
     max_jobs: int = 2
     hardware: str = "cpu"
     hourly_usd: float = 0.0
     # sbatch --partition/--account of every job (None: the cluster's defaults); a fleet entry may set its own
-    partition: Any = None
-    account: Any = None
+    partition: str | None = None
+    account: str | None = None
     # sbatch --gres of every job; {hardware} is the worker's label; cpu workers get none; None: never
-    gres: Any = "gpu:{hardware}:1"
-    # sbatch --time (minutes or [D-]HH:MM:SS); None: target.timeout_s + time_margin_s
-    time_limit: Any = None
+    gres: str | None = "gpu:{hardware}:1"
+    # sbatch --time (minutes or [D-]HH:MM:SS); None: target.timeout_s + time_margin_s (the job
+    # script's own timer fires first)
+    time_limit: int | str | None = None
     time_margin_s: float = 300.0
     # job names are <job_prefix>-<experiment id>
     job_prefix: str = "hybrid"
@@ -102,26 +171,37 @@ class SlurmBackendConfig(BackendConfig):
 
 @dataclass
 class SkyPilotBackendConfig(BackendConfig):
+    """Experiments run on SkyPilot clusters (any cloud, Kubernetes, Slurm): one cluster per worker,
+    named <campaign>-w01, <campaign>-w02..., launched once with `setup`, then one exec per
+    experiment. Needs pip install 'hybrid-autoresearch[skypilot]', a SkyPilot API server and
+    `sky check` passing, e.g. hybrid backend=skypilot backend.workers=4 backend.infra=k8s
+    'backend.accelerators={H100:1,H200:1}' 'backend.hourly_usd={H100:2.5,H200:3.5}'"""
+
     _target_: str = "backends.skypilot.SkyPilotBackend"
     name: str = "skypilot"
-    # clusters are named <campaign>-<worker>: one cluster per worker, torn down at close
+    # clusters are named <campaign>-<worker>, torn down at close
     campaign: str = "${campaign.name}"
     # a number N of alike workers (w01..wNN), or a list of {name, accelerators, infra, cpus, memory,
-    # resources, hardware, hourly_usd} overriding the values below
+    # resources, hardware, hourly_usd} overriding the values below. Any: OmegaConf unions hold
+    # primitives only, so SkyPilotBackend checks it, naming the entry
     workers: Any = 1
-    # H100:1; alternatives {H100: 1, H200: 1} (any of) or [H100:1, H200:1] (in order); None: CPU only
+    # H100:1; alternatives {H100: 1, H200: 1} (any of; the granted type is recorded) or
+    # [H100:1, H200:1] (in order); None: CPU only. Any (a string, a mapping or a list): checked by the backend
     accelerators: Any = None
     # where to run: aws, gcp, k8s, slurm, slurm/<cluster>, aws/us-east-1...; None: anywhere enabled
-    infra: Any = None
-    cpus: Any = None
-    memory: Any = None
+    infra: str | None = None
+    # e.g. 4 or "4+" CPUs; memory in GB, e.g. "32+"
+    cpus: int | float | str | None = None
+    memory: int | float | str | None = None
     # more SkyPilot resource fields, e.g. {use_spot: true, disk_size: 100, image_id: ...}
     resources: dict[str, Any] = field(default_factory=dict)
     # hardware label; None: from the granted accelerator (h100, h200, cpu)
-    hardware: Any = None
+    hardware: str | None = None
     # USD per hour of one worker, or one price per accelerator type {H100: 2.5, H200: 3.5}
+    # (Any: a number or a mapping; checked by the backend)
     hourly_usd: Any = 0.0
-    # shell commands run once per cluster at launch, in the code's directory (install, prepare data)
+    # shell commands run once per cluster at launch, in the code's directory, e.g.
+    # pip install -e . && python -m model.prepare
     setup: str = ""
     # the interpreter on the clusters; replaces this machine's interpreter that {python} put in the command
     python: str = "python3"
@@ -132,7 +212,7 @@ class SkyPilotBackendConfig(BackendConfig):
     # seconds between job status checks (one batch of requests for all clusters)
     status_interval_s: float = 5.0
     # stop a cluster after this many idle minutes (None: never; not supported on plain Slurm)
-    autostop_minutes: Any = None
+    autostop_minutes: int | None = None
     # accelerator names SkyPilot's list lacks (custom Kubernetes/Slurm GPU types)
     extra_accelerators: list[str] = field(default_factory=list)
     # lines of a job's log fetched when it ends (0: all)
@@ -141,34 +221,26 @@ class SkyPilotBackendConfig(BackendConfig):
 
 @dataclass
 class FleetConfig:
+    """A named pool of workers with hardware labels and prices, read by backend=slurm."""
+
     # the fleet's name
     name: str = MISSING
-    # worker pools: a list of {hardware, count, hourly_usd} (+ backend-specific keys such as gres, partition)
-    workers: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class ProposerConfig:
-    # the Proposer class to build; it receives space, objective and seed too
-    _target_: str = MISSING
-    # short name, recorded in the campaign and used in its default name
-    name: str = MISSING
-
-
-@dataclass
-class SurrogateConfig:
-    # the Ranker class that orders the candidate pool into a wave
-    _target_: str = MISSING
-    name: str = MISSING
+    # worker pools: a list of {hardware, count, hourly_usd} (+ backend-specific keys); the backend
+    # checks each entry (its keys differ per backend). On Slurm each slot requests
+    # --gres=gpu:<hardware>:1: add gres/partition to an entry where the cluster names its GPU
+    # types or partitions differently
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class StoppingConfig:
-    # budget | cost_aware (the latter needs surrogate=gp); budget.* caps apply in both
-    name: str = "budget"
+    # budget: stop at a budget.* cap (or past campaign.max_failure_rate). cost_aware: also stop when
+    # the expected gain per dollar is no longer worth it (needs surrogate=gp); the caps still apply
+    name: StoppingKind = StoppingKind.budget
     # cost_aware: judge only after this many finished experiments
     min_experiments: int = 20
-    # cost_aware: stop when the best candidate's expected improvement of the metric per USD is below this
+    # cost_aware: stop when the best candidate's expected improvement of the metric per USD
+    # (e.g. val_bpb per $) is below this...
     min_gain_per_usd: float = 0.001
     # cost_aware: ... for this many consecutive dispatch decisions
     patience: int = 3
@@ -176,22 +248,23 @@ class StoppingConfig:
 
 @dataclass
 class TrackingConfig:
-    # mlflow | none
-    name: str = "mlflow"
-    # MLflow tracking URI; None: an SQLite store next to the campaign dirs (runs/mlflow.db)
-    uri: Any = None
+    # mlflow: one parent run per campaign, one child run per experiment. none: no tracking (the
+    # campaign's own store and results.tsv still record everything)
+    name: TrackingKind = TrackingKind.mlflow
+    # MLflow tracking URI, e.g. http://host:5000; None: sqlite:///<campaign dir's parent>/mlflow.db
+    uri: str | None = None
     # MLflow experiment name; None: the campaign name
-    experiment: Any = None
+    experiment: str | None = None
 
 
 @dataclass
 class BudgetConfig:
-    # stop after this many experiments have been created (None: no cap)
-    max_experiments: Any = 20
-    # stop after this many hours of wall-clock time (None: no cap)
-    max_hours: Any = None
-    # stop once worker spend (plus LLM tokens, later) reaches this many USD (None: no cap)
-    max_cost_usd: Any = None
+    # stop after this many experiments have been created, baseline included (None: no cap)
+    max_experiments: int | None = 20
+    # stop after this many hours of wall-clock time over all resumed sessions (None: no cap)
+    max_hours: float | None = None
+    # stop once worker spend (plus LLM tokens) reaches this many USD (None: no cap)
+    max_cost_usd: float | None = None
 
 
 @dataclass
@@ -200,60 +273,75 @@ class CampaignSection:
     name: str = "${target.name}-${proposer.name}-s${campaign.seed}"
     # where state.sqlite, results.tsv and experiment workdirs go
     dir: str = "runs/${campaign.name}"
+    # seeds the proposers and the GP: the same seed and overrides give the same campaign
     seed: int = 0
     # async: a freed worker gets work at once. sync: strict waves of one experiment per worker
-    mode: str = "async"
+    mode: Mode = Mode["async"]
     # seconds between backend polls when nothing happens
     poll_interval_s: float = 0.1
     # stop when more than this fraction of finished experiments failed (after 5 finished)
     max_failure_rate: float = 0.5
     # Ctrl-C: cancel running jobs, or detach (leave them running; a resume re-attaches them)
-    on_interrupt: str = "cancel"
+    on_interrupt: OnInterrupt = OnInterrupt.cancel
     # live view: auto (rich on a terminal, plain lines otherwise) | rich | plain | none
-    progress: str = "auto"
+    progress: ProgressMode = ProgressMode.auto
     # hardware label on which "best" is judged (None: every label counts)
-    target_hardware: Any = None
+    target_hardware: str | None = None
     # screening/validation: the k best configs seen on other hardware re-run on free
     # target-hardware workers before anything new goes there (0: off; needs target_hardware)
     validate_top_k: int = 0
     # with surrogate=gp: generate the next candidate pool on a background thread right after a
-    # wave is dispatched, so a freed worker waits only for the ranking (inline: same pool,
-    # generated synchronously at the same moment; false: asked when the worker frees)
-    prefetch_pool: Any = True
-    # earlier campaigns (names, or paths to their directories) whose results are prior data for
-    # the GP, the proposers and the LLM's summary: same target and space, other hardware allowed
-    warm_start: Any = field(default_factory=list)
+    # wave is dispatched, so a freed worker waits only for the ranking (true); inline: the same
+    # pool, generated synchronously at the same moment; false: asked when the worker frees
+    prefetch_pool: bool | str = True
+    # earlier campaigns (names under runs/, or paths to their directories) whose results are prior
+    # data for the GP, the proposers and the LLM's summary: same target and space, other hardware
+    # allowed, e.g. [gpt-hybrid-s0]
+    warm_start: list[str] = field(default_factory=list)
     # at the end, write findings.md and plots/*.png (true), the same without the GP response
     # slices (no_gp: a second less), or nothing (false); `hybrid report` writes them any time
-    findings: Any = True
+    findings: bool | str = True
+
+    def __post_init__(self) -> None:  # runs in OmegaConf.to_object, i.e. once per composed config
+        self.findings = _one_of("campaign.findings", self.findings, FINDINGS)
+        self.prefetch_pool = _one_of("campaign.prefetch_pool", self.prefetch_pool, PREFETCH_POOL)
+        if self.validate_top_k < 0:
+            raise ConfigError(f"campaign.validate_top_k: expected an integer >= 0, got {self.validate_top_k}")
+        if self.validate_top_k and self.target_hardware is None:
+            raise ConfigError("campaign.validate_top_k: set campaign.target_hardware too (the hardware that validates)")
 
 
 @dataclass
 class Config:
+    """``hybrid <overrides>`` runs this (conf/config.yaml picks one option per group)."""
+
+    # what is run (target=example, gpt, command...) and the params a campaign may vary (space=...)
     target: TargetConfig = MISSING
     space: SpaceConfig = MISSING
     # backend/proposer/surrogate options differ per implementation: each YAML names its own schema
+    # (backend: one of the *BackendConfig above; proposer/surrogate: documented in their YAML files)
     backend: Any = MISSING
     proposer: Any = MISSING
     surrogate: Any = MISSING
+    # when to stop (stopping=budget | cost_aware) and where results are mirrored (tracking=mlflow | none)
     stopping: StoppingConfig = MISSING
     tracking: TrackingConfig = MISSING
     # a named pool of workers with hardware labels and $/h (optional: `fleet=reference`)
-    fleet: Any = None
+    fleet: FleetConfig | None = None
+    # the caps and the campaign's own settings (conf/config.yaml)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     campaign: CampaignSection = field(default_factory=CampaignSection)
 
 
-def register_configs() -> None:
-    """Register the schemas so Hydra type-checks the YAML values against them."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    cs.store(group="target", name="schema", node=TargetConfig)
-    cs.store(group="backend", name="local_schema", node=LocalBackendConfig)
-    cs.store(group="backend", name="slurm_schema", node=SlurmBackendConfig)
-    cs.store(group="backend", name="skypilot_schema", node=SkyPilotBackendConfig)
-    cs.store(group="fleet", name="schema", node=FleetConfig)
-    cs.store(group="stopping", name="schema", node=StoppingConfig)
-    cs.store(group="tracking", name="schema", node=TrackingConfig)
+# (group, name, schema) as Hydra's ConfigStore holds them (hybrid.assemble.register_configs); a
+# YAML file selects its schema with `defaults: [<name>]`
+SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
+    (None, "config_schema", Config),
+    ("target", "schema", TargetConfig),
+    ("backend", "local_schema", LocalBackendConfig),
+    ("backend", "slurm_schema", SlurmBackendConfig),
+    ("backend", "skypilot_schema", SkyPilotBackendConfig),
+    ("fleet", "schema", FleetConfig),
+    ("stopping", "schema", StoppingConfig),
+    ("tracking", "schema", TrackingConfig),
+)

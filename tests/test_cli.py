@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 import re
@@ -59,10 +61,20 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["campaign.seed=abc"], r"ConfigError: campaign.seed: .*abc"),
         (["budget.max_experiments=-3"], r"ConfigError: budget.max_experiments: expected a positive number"),
         (["backend.workers=[{name:a,hardware:cpu,price:1}]"], r"ConfigError: backend.workers\[0\]"),
-        (["campaign.mode=fast"], r"ConfigError: campaign.mode: 'fast' is not async or sync"),
+        # typed config (hybrid/config.py): the key, the value and what is allowed
+        (["campaign.mode=bogus"], r"ConfigError: campaign.mode: 'bogus' is not one of async, sync$"),
+        (["target.direction=up"], r"ConfigError: target.direction: 'up' is not one of minimize, maximize$"),
+        (["campaign.findings=maybe"], r"ConfigError: campaign.findings: 'maybe' is not one of true, no_gp, false$"),
+        (["budget.max_experiments=lots"], r"ConfigError: budget.max_experiments: expected an integer, got 'lots'$"),
+        (["campaign.on_interrupt=stop"], r"ConfigError: campaign.on_interrupt: 'stop' is not one of cancel, detach$"),
+        (["campaign.progress=fancy"], r"ConfigError: campaign.progress: 'fancy' is not one of auto, rich, plain, none$"),
+        (["stopping.name=never"], r"ConfigError: stopping.name: 'never' is not one of budget, cost_aware$"),
+        (["campaign.validate_top_k=-1"], r"ConfigError: campaign.validate_top_k: expected an integer >= 0, got -1$"),
+        (["space=mine"], r"ConfigError: space=mine: no such option; available: .*example.* "
+                         r"\(or add conf/space/mine.yaml to the current directory\)$"),
         (["stopping=cost_aware"], r"ConfigError: stopping=cost_aware: needs surrogate=gp"),
         (["campaign.validate_top_k=2"], r"ConfigError: campaign.validate_top_k: set campaign.target_hardware too"),
-        (["campaign.prefetch_pool=maybe"], r"ConfigError: campaign.prefetch_pool: 'maybe' is not true, false or inline"),
+        (["campaign.prefetch_pool=maybe"], r"ConfigError: campaign.prefetch_pool: 'maybe' is not one of true, inline, false$"),
         (["surrogate=gp", "surrogate.hardware=pooled"], r"ConfigError: surrogate.hardware: 'pooled' is not task or noise"),
     ],
 )
@@ -137,7 +149,8 @@ def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 60) -> str:
 def test_ctrl_c_cancels_or_detaches(tmp_path, on_interrupt):
     seconds = "30" if on_interrupt == "cancel" else "2"
     args = ["target=example", "surrogate=none", "campaign.progress=plain", f"target.env.EXAMPLE_SECONDS={seconds}", "backend.workers=2",
-            "budget.max_experiments=2", "proposer=sobol", "tracking=none", f"campaign.on_interrupt={on_interrupt}"]
+            "budget.max_experiments=2", "proposer=sobol", "tracking=none", f"campaign.on_interrupt={on_interrupt}",
+            "campaign.findings=false"]  # findings.md + plots take seconds: the detached jobs would end first
     campaign = tmp_path / "runs" / "example-sobol-s0"
     proc = start(args, tmp_path)
     _wait_for(proc, r"e0002 -> ")
@@ -182,11 +195,53 @@ def test_multirun_makes_one_campaign_and_parent_run_per_job(tmp_path):
         assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 
 
-def test_help_is_instant_and_lists_groups(tmp_path):
-    p = hybrid(["--help"], tmp_path, timeout=60)
-    assert p.returncode == 0
+CONSOLE_SCRIPT = Path(sys.executable).with_name("hybrid")  # installed by pip install -e .
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m hybrid"])
+def test_help_lists_the_groups_and_the_subcommands(tmp_path, entry):
+    cmd = [str(CONSOLE_SCRIPT)] if entry == "console script" else [sys.executable, "-m", "hybrid"]
+    p = subprocess.run([*cmd, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
     for group in ("target", "space", "backend", "proposer", "surrogate", "stopping", "tracking"):
         assert f"{group}:" in p.stdout
+    assert "hybrid report campaign.name=NAME" in p.stdout and "hybrid compare SWEEP_DIR" in p.stdout
+    assert "hybrid/config.py" in p.stdout  # where every option is explained
+
+
+@pytest.mark.parametrize(("command", "usage"), [("report", "usage: hybrid report"),
+                                                ("compare", "usage: hybrid compare")])
+def test_subcommand_help_prints_its_usage_and_exits_0(tmp_path, command, usage):
+    for flag in ("--help", "-h"):
+        p = subprocess.run([str(CONSOLE_SCRIPT), command, flag], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.startswith(usage) and p.stderr == ""
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_space_file_of_the_users_project_is_found_from_its_directory(tmp_path):
+    """The quickstart: conf/space/mine.yaml in your own project, then `hybrid space=mine` there.
+    A conf/config.yaml of the project (its own Hydra app's) is not taken for hybrid's."""
+    project = tmp_path / "myproject"
+    (project / "conf" / "space").mkdir(parents=True)
+    (project / "conf" / "space" / "mine.yaml").write_text(
+        "params:\n  lr: {type: float, low: 0.005, high: 0.05, log: true, default: 0.02}\n")
+    (project / "conf" / "config.yaml").write_text("defaults: [not_hybrid]\nlr: 3\n")
+    args = ["target=example", "space=mine", "tracking=none", "budget.max_experiments=2",
+            "target.env.EXAMPLE_SECONDS=0", "campaign.progress=plain"]
+    p = hybrid(args, project, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    campaign = project / "runs" / "example-hybrid-s0"
+    with open(campaign / "results.tsv", newline="") as f:
+        params = [row["params"] for row in csv.DictReader(f, delimiter="\t")]
+    assert len(params) == 2 and all(set(json.loads(x)) == {"lr"} for x in params), params  # mine's names only
+    assert "lr=0.02" in p.stdout  # mine's default is the baseline
+    # hybrid report finds it the same way
+    (campaign / "findings.md").unlink()
+    p = hybrid(["report", *args[:2]], project, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (campaign / "findings.md").is_file()
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,78 @@
+"""hybrid.assemble: the one assembly of a campaign. What ``assemble(compose([...]))`` builds is
+what ``hybrid ...`` runs: same parts, and the same results for the same seed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends.local import LocalBackend
+from hybrid.assemble import assemble, compose, compose_node
+from hybrid.config import Mode, OnInterrupt
+from hybrid.errors import ConfigError
+from hybrid.proposers.sobol import SobolProposer
+from hybrid.store import Store
+from hybrid.tracking import NullTracker
+from surrogate.acquisition import InOrderRanker
+
+# the example target, tiny and quiet: a sobol campaign of 4 experiments on 2 local workers
+RUN = ["target=example", "surrogate=none", "proposer=sobol", "tracking=none", "budget.max_experiments=4",
+       "backend.workers=2", "target.env.EXAMPLE_SECONDS=0", "campaign.poll_interval_s=0.05"]
+
+
+def test_assemble_builds_the_parts_the_config_names(tmp_path: Path) -> None:
+    cfg = compose([*RUN, "campaign.mode=sync", "campaign.on_interrupt=detach", f"campaign.dir={tmp_path / 'c'}"])
+    campaign = assemble(cfg)
+    assert campaign.name == "example-sobol-s0" and campaign.dir == tmp_path / "c"
+    assert isinstance(campaign.backend, LocalBackend) and [w.name for w in campaign.backend.workers()] == ["w00", "w01"]
+    assert isinstance(campaign.proposer, SobolProposer) and isinstance(campaign.ranker, InOrderRanker)
+    assert isinstance(campaign.tracker, NullTracker)
+    assert campaign.budget.max_experiments == 4 and campaign.objective.metric == "val_bpb"
+    assert campaign.mode is Mode.sync and campaign.on_interrupt is OnInterrupt.detach
+    assert sorted(campaign.space.names) == ["depth", "lr", "warmup_ratio", "weight_decay", "window_pattern"]
+    assert campaign.config["campaign"]["mode"] == "sync"  # recorded as plain data
+    assert not (tmp_path / "c").exists()  # nothing is written before run()
+
+
+def test_a_composed_node_and_its_typed_config_assemble_alike(tmp_path: Path) -> None:
+    overrides = [*RUN, f"campaign.dir={tmp_path}"]
+    a, b = assemble(compose(overrides)), assemble(compose_node(overrides))
+    assert (a.name, a.dir, a.config) == (b.name, b.dir, b.config)
+
+
+def test_injected_backend_and_tracker_are_the_ones_used(tmp_path: Path) -> None:
+    backend, tracker = LocalBackend(workers=1), NullTracker()
+    campaign = assemble(compose([*RUN, "budget.max_experiments=2", "campaign.progress=none"]), name="mine",
+                        campaign_dir=tmp_path / "mine", backend=backend, tracker=tracker)
+    assert campaign.backend is backend and campaign.tracker is tracker
+    campaign.run()
+    store = Store(tmp_path / "mine" / "state.sqlite")
+    assert [(e.id, e.hardware) for e in store.experiments()] == [("e0001", "cpu"), ("e0002", "cpu")]
+    store.close()
+
+
+def test_the_cost_aware_rule_needs_the_gp() -> None:
+    with pytest.raises(ConfigError, match=r"^stopping=cost_aware: needs surrogate=gp"):
+        assemble(compose([*RUN, "stopping=cost_aware"]))
+
+
+def _results(campaign_dir: Path) -> list[tuple[str, dict, float | None]]:
+    store = Store(campaign_dir / "state.sqlite")
+    try:
+        return [(e.id, dict(e.params), e.value("val_bpb")) for e in store.experiments()]
+    finally:
+        store.close()
+
+
+def test_assembled_campaign_gives_the_clis_results_for_the_same_seed(tmp_path: Path) -> None:
+    cli_dir, lib_dir = tmp_path / "cli", tmp_path / "lib"
+    p = subprocess.run([sys.executable, "-m", "hybrid", *RUN, "campaign.progress=plain", f"campaign.dir={cli_dir}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = assemble(compose([*RUN, "campaign.progress=none", f"campaign.dir={lib_dir}"])).run()
+    cli, lib = _results(cli_dir), _results(lib_dir)
+    assert len(cli) == 4 and cli == lib
+    assert summary.best_value == min(v for _, _, v in lib if v is not None)
