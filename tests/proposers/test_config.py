@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from hybrid.config import register_configs
+from hybrid.assemble import register_configs
 from hybrid.proposers import (
     GridProposer,
     HybridProposer,
