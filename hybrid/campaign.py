@@ -23,7 +23,8 @@ from typing import Any
 from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import history, targets
-from hybrid.errors import BackendError, ConfigError
+from hybrid.config import Mode, OnInterrupt
+from hybrid.errors import BackendError
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
@@ -84,10 +85,6 @@ class Campaign:
         warm_start: Sequence[str | Path] = (),
         findings: bool | str = True,
     ) -> None:
-        if mode not in ("async", "sync"):
-            raise ConfigError(f"campaign.mode: {mode!r} is not async or sync")
-        if on_interrupt not in ("cancel", "detach"):
-            raise ConfigError(f"campaign.on_interrupt: {on_interrupt!r} is not cancel or detach")
         self.name, self.dir, self.space, self.target = name, Path(dir), space, target
         self.objective = target.objective
         self.backend, self.proposer = backend, proposer
@@ -95,8 +92,9 @@ class Campaign:
         self.budget = budget or Budget()
         self.stopping = StopRules(self.budget, max_failure_rate, cost_stop)
         self.tracker = tracker or NullTracker()
-        self.mode, self.poll_interval_s = mode, poll_interval_s
-        self.on_interrupt = on_interrupt
+        # values were checked with the config (hybrid.config); the enums keep a direct caller honest
+        self.mode, self.poll_interval_s = Mode(mode), poll_interval_s
+        self.on_interrupt = OnInterrupt(on_interrupt)
         self.progress = progress or Progress("none")
         self.config = dict(config or {})
         self.target_hardware = target_hardware
@@ -104,11 +102,7 @@ class Campaign:
         self.warm_start = warm_start_entries(warm_start)
         self.warm: list[PriorCampaign] = []
         self.priors: list[Experiment] = []  # their experiments: in the decision history only
-        if findings not in (True, False, "no_gp"):
-            raise ConfigError(f"campaign.findings: {findings!r} is not true, false or no_gp")
         self.findings = findings
-        if prefetch_pool not in (True, False, "inline"):
-            raise ConfigError(f"campaign.prefetch_pool: {prefetch_pool!r} is not true, false or inline")
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}

@@ -285,7 +285,8 @@ class CampaignSection:
     on_interrupt: OnInterrupt = OnInterrupt.cancel
     # live view: auto (rich on a terminal, plain lines otherwise) | rich | plain | none
     progress: ProgressMode = ProgressMode.auto
-    # hardware label on which "best" is judged (None: every label counts)
+    # hardware label on which "best" is judged (None, or no success there yet: the label with the most
+    # successes; hybrid.history.judged_hardware)
     target_hardware: str | None = None
     # screening/validation: the k best configs seen on other hardware re-run on free
     # target-hardware workers before anything new goes there (0: off; needs target_hardware)

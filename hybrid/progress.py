@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybrid.config import ProgressMode
 from hybrid.history import fmt_params, fmt_value, improvement_pct
 from hybrid.types import Experiment, ExperimentState, Objective, Result
 
@@ -43,12 +44,9 @@ class Progress:
     """``mode``: auto | rich | plain | none."""
 
     def __init__(self, mode: str = "auto", console: Any = None) -> None:
-        if mode == "auto":
-            mode = "rich" if sys.stdout.isatty() else "plain"
-        if mode not in ("rich", "plain", "none"):
-            from hybrid.errors import ConfigError
-
-            raise ConfigError(f"campaign.progress: {mode!r} is not one of auto, rich, plain, none")
+        mode = ProgressMode(mode)  # checked with the config (hybrid.config); this keeps a direct caller honest
+        if mode is ProgressMode.auto:
+            mode = ProgressMode.rich if sys.stdout.isatty() else ProgressMode.plain
         self.mode = mode
         self._console = console  # a rich Console (tests); None: the terminal
         self._live = None

@@ -34,13 +34,12 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 def _cap(cfg: Any, key: str, kind: type) -> Any:
+    """A budget cap: its type is checked with the config (hybrid.config.BudgetConfig), its range here."""
     value = _get(cfg, key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if value <= 0:
         raise ConfigError(f"budget.{key}: expected a positive number or null, got {value!r}")
-    if kind is int and not float(value).is_integer():
-        raise ConfigError(f"budget.{key}: expected a whole number, got {value!r}")
     return kind(value)
 
 
@@ -97,11 +96,12 @@ class CostAwareStop:
         min_exp = _get(cfg, "min_experiments", 20)
         gain = _get(cfg, "min_gain_per_usd", 0.001)
         patience = _get(cfg, "patience", 3)
-        if isinstance(min_exp, bool) or not isinstance(min_exp, int) or min_exp < 1:
+        # types are checked with the config (hybrid.config.StoppingConfig); the ranges here
+        if min_exp < 1:
             raise ConfigError(f"stopping.min_experiments: expected a positive integer, got {min_exp!r}")
-        if isinstance(gain, bool) or not isinstance(gain, int | float) or gain < 0:
+        if gain < 0:
             raise ConfigError(f"stopping.min_gain_per_usd: expected a number >= 0, got {gain!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        if patience < 1:
             raise ConfigError(f"stopping.patience: expected a positive integer, got {patience!r}")
         return cls(min_exp, float(gain), patience)
 
