@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Finished
+from hybrid.config import Direction
 from hybrid.errors import ConfigError
 from hybrid.history import classify
 from hybrid.types import Objective, Result
@@ -50,14 +51,13 @@ class TargetSpec:
         command = cfg.get("command")
         if not command or not str(command).strip() or str(command) == "???":
             raise ConfigError('target.command: missing; set it, e.g. target.command="python train.py"')
-        direction = cfg.get("direction", "minimize")
-        if direction not in ("minimize", "maximize"):
-            raise ConfigError(f"target.direction: {direction!r} is not minimize or maximize")
+        # types and choices were checked with the config (hybrid.config.TargetConfig); ranges and paths here
+        direction = str(Direction(cfg.get("direction", "minimize")))
         metric = str(cfg.get("metric") or "val_bpb")
         if not re.fullmatch(r"[A-Za-z_][\w./-]*", metric):
             raise ConfigError(f"target.metric: {metric!r} is not a metric name like val_bpb")
         timeout = cfg.get("timeout_s")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        if timeout is not None and timeout <= 0:
             raise ConfigError(f"target.timeout_s: expected a positive number of seconds, got {timeout!r}")
         workdir = Path(cfg.get("workdir") or ".").expanduser().resolve()
         if not workdir.is_dir():
