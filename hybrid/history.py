@@ -31,7 +31,7 @@ from hybrid.types import Experiment, ExperimentState, FailureKind, JobState, Obj
 __all__ = [
     "HypothesisOutcome", "baseline", "best", "best_on", "changed_params", "classify", "clip", "counted",
     "failure_of", "failure_regions", "fmt_params", "fmt_value", "hypothesis_outcomes", "improvement_pct", "is_oom",
-    "is_prior", "judged_hardware", "judged_label", "own", "ranked", "successes", "throughput", "throughput_by_hardware",
+    "is_prior", "judged_hardware", "judged_label", "own", "ranked", "running_best", "successes", "throughput", "throughput_by_hardware",
 ]
 
 # ---- failures ---------------------------------------------------------------------------------
@@ -168,6 +168,18 @@ def ranked(exps: Sequence[Experiment], objective: Objective, hardware: str | Non
     rows = [(e, v) for e, v in successes(exps, objective) if hardware is None or e.hardware == hardware]
     rows.sort(key=lambda ev: objective.sign() * ev[1])
     return [e for e, _ in rows]
+
+
+def running_best(values: Sequence[float | None], objective: Objective) -> list[float | None]:
+    """The best value so far after each entry (None: a failure, or a run that does not count, which
+    keeps the previous best): the best-so-far curves of findings, plots and the strategy comparison."""
+    out: list[float | None] = []
+    top: float | None = None
+    for v in values:
+        if v is not None and (top is None or objective.better(v, top)):
+            top = v
+        out.append(top)
+    return out
 
 
 def baseline(exps: Sequence[Experiment]) -> Experiment | None:

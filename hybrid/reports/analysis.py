@@ -24,7 +24,7 @@ import numpy as np
 
 from hybrid import history
 from hybrid.errors import HybridError
-from hybrid.history import clip, failure_of, fmt_value, throughput_by_hardware
+from hybrid.history import clip, failure_of, fmt_value, running_best, throughput_by_hardware
 from hybrid.reports.effects import (
     Anova,
     Correlation,
@@ -184,16 +184,13 @@ def finish_order(exps: Sequence[Experiment]) -> list[Experiment]:
 
 def improvements(exps: Sequence[Experiment], objective: Objective) -> list[Improvement]:
     """Each result (in finish order) that beat the best result before it; the first success is not one."""
-    out, best = [], None
-    for rank, e in enumerate(finish_order(exps), 1):
-        v = e.value(objective.metric)
-        if v is None:
-            continue
-        if best is not None and objective.better(v, best):
-            out.append(Improvement(e, v, abs(best - v), rank))
-        if best is None or objective.better(v, best):
-            best = v
-    return out
+    order = finish_order(exps)
+    values = [e.value(objective.metric) for e in order]
+    after = running_best(values, objective)
+    before = [None, *after[:-1]]  # the best before each result
+    return [Improvement(e, v, abs(b - v), rank)
+            for rank, (e, v, b, a) in enumerate(zip(order, values, before, after, strict=True), 1)
+            if v is not None and b is not None and a != b]
 
 
 def failure_label(e: Experiment) -> str:

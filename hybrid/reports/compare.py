@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.errors import ConfigError, HybridError
-from hybrid.history import counted, judged_hardware
+from hybrid.history import counted, judged_hardware, running_best
 from hybrid.reports.compare_render import as_json, markdown, plot, summary_text, write_atomic
 from hybrid.reports.reader import STORE_FILE, read_campaign
 from hybrid.types import Experiment, Objective
@@ -132,14 +132,7 @@ def _active_clock(stamps: Sequence[float], resumes: Sequence[float]) -> Callable
 def best_so_far(exps: Sequence[Experiment], objective: Objective, hardware: str | None) -> list[float | None]:
     """After each experiment (in the given order), the best result so far on ``hardware``: the value
     of ``history.best_on`` over that prefix; a failure keeps the previous best."""
-    out: list[float | None] = []
-    top: float | None = None
-    for e in exps:
-        v = e.value(objective.metric) if e.hardware == hardware else None
-        if v is not None and (top is None or objective.better(v, top)):
-            top = v
-        out.append(top)
-    return out
+    return running_best([e.value(objective.metric) if e.hardware == hardware else None for e in exps], objective)
 
 
 def read_job(job: str, pointer: dict[str, Any]) -> JobRun:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hybrid.history import running_best
 from hybrid.types import Objective
 
 if TYPE_CHECKING:
@@ -126,13 +127,7 @@ def _robust_limits(values: Sequence[float], baseline: float | None, objective: O
 
 
 def _best_so_far(xs: Sequence[float], ys: Sequence[float], objective: Objective) -> tuple[list[float], list[float]]:
-    bx, by, best = [], [], None
-    for x, y in zip(xs, ys, strict=True):
-        if best is None or objective.better(y, best):
-            best = y
-        bx.append(x)
-        by.append(best)
-    return bx, by
+    return list(xs), [float(b) for b in running_best(list(ys), objective) if b is not None]
 
 
 def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint], xkey: str, objective: Objective,
