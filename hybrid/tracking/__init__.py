@@ -18,7 +18,7 @@ from typing import Any
 from hybrid.errors import ConfigError
 from hybrid.tracking.base import CampaignInfo, NullTracker, Tracker, TrackingWarning
 from hybrid.tracking.mlflow import MLflowTracker
-from hybrid.tracking.scrub import REDACTED
+from hybrid.secrets import REDACTED
 
 __all__ = ["REDACTED", "CampaignInfo", "MLflowTracker", "NullTracker", "Tracker", "TrackingWarning", "make_tracker"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hybrid.tracking.base import CampaignInfo, TrackingWarning
-from hybrid.tracking.scrub import scrub, scrub_env_secrets
+from hybrid.secrets import scrub, scrub_env_secrets
 from hybrid.tracking.values import (
     BATCH_METRICS,
     BATCH_PARAMS_TAGS,

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from hybrid.tracking.scrub import REDACTED, is_secret, redact_nested, scrub, scrub_env_secrets
+from hybrid.secrets import REDACTED, is_secret, redact_nested, scrub, scrub_env_secrets
 
 # MLflow's limits (mlflow.utils.validation; tags: the stricter limit of older servers). A batch holds
 # at most 100 params, 100 tags and 1000 entities in all.

@@ -1,7 +1,5 @@
-"""Secret redaction for what the tracker mirrors: keys named like secrets, secrets written inside
-string values (commands, env strings, URLs), and the values of secret environment variables.
-
-The store keeps everything as it was; only the copy sent to MLflow is redacted.
+"""Secrets: what counts as one, and their redaction wherever a value leaves the orchestrator or an
+experiment (MLflow, the LLM prompt, reports, files at rest). One module, used by every layer above.
 """
 
 from __future__ import annotations
