@@ -9,7 +9,11 @@ learning rate, a stepped int and a plain float. For a parameter whose incumbent 
   its bound still gets k distinct levels;
 - ints snap to their grid; when snapping merges levels the window widens until there are k
   distinct values (or the whole range is used); a categorical takes the incumbent's choice and
-  the next k-1 choices of its list.
+  the next k-1 choices of its list;
+- when every design point around the incumbent has been tried (or is in flight), the discrete
+  factors (ints, categoricals) take one more level at a time, until there are enough new points
+  or every value of theirs is in the design: a grid over discrete parameters reports "search space
+  exhausted" only once all their values were tried, not after the first k. Floats keep theirs.
 
 ``design="fractional"``: with at least three factors, one factor is derived from the others
 (the defining relation) so the design keeps 1/L of the runs and stays balanced:
@@ -191,14 +195,16 @@ class GridProposer(Proposer):
         n_values = self._n_values(self.space.params[name])
         return k if n_values is None else min(k, n_values)
 
-    def level_values(self, name: str, value: Any) -> list[Any]:
-        """The values parameter ``name`` takes in a design around ``value``, in design order."""
+    def level_values(self, name: str, value: Any, extra: int = 0) -> list[Any]:
+        """The values parameter ``name`` takes in a design around ``value``, in design order;
+        ``extra`` more levels than configured for a discrete parameter (a widened design)."""
         p = self.space.params[name]
-        k = self.levels[name]
+        n_values = self._n_values(p)
+        k = self.levels[name] + (extra if n_values is not None else 0)
         if isinstance(p, CategoricalParam):
             i = p.index(value)
             return [p.choices[(i + j) % len(p.choices)] for j in range(min(k, len(p.choices)))]
-        want = self._nominal_levels(name)
+        want = k if n_values is None else min(k, n_values)
         u = p.encode(value)
         width = self.span if k == 2 else 2 * self.span
         while True:
@@ -215,9 +221,26 @@ class GridProposer(Proposer):
         counts = [c for c in (self._nominal_levels(n) for n in group) if c >= 2]
         return len(design_runs(counts, self.design == "fractional")[0]) if counts else 0
 
-    def design_points(self, group: Sequence[str], center: Mapping[str, Any], label: str) -> Iterator[tuple[dict, str]]:
-        """(params, rationale) of every run of the design over ``group`` around ``center``."""
-        factors = [(n, self.level_values(n, center[n])) for n in group]
+    def _most_extra_levels(self) -> int:
+        """How far a design can widen: until the discrete parameter with the most values left
+        beyond its configured levels has all of them."""
+        extras = [n - self.levels[name] for name, p in self.space.params.items() if (n := self._n_values(p)) is not None]
+        return max([0, *extras])
+
+    def _can_widen(self, group: Sequence[str], extra: int) -> bool:
+        """Whether ``extra`` more levels add a value to some discrete factor of ``group``."""
+        for name in group:
+            n_values = self._n_values(self.space.params[name])
+            if n_values is not None and self.levels[name] + extra <= n_values:
+                return True
+        return False
+
+    def design_points(
+        self, group: Sequence[str], center: Mapping[str, Any], label: str, extra: int = 0
+    ) -> Iterator[tuple[dict, str]]:
+        """(params, rationale) of every run of the design over ``group`` around ``center``, its
+        discrete factors widened by ``extra`` levels."""
+        factors = [(n, self.level_values(n, center[n], extra)) for n in group]
         factors = [(n, vals) for n, vals in factors if len(vals) >= 2]
         if not factors:
             return
@@ -261,16 +284,21 @@ class GridProposer(Proposer):
         seen = seen_keys(self.space, history)
         first = self._first_group(history)
         out: list[Candidate] = []
+        groups = [self.groups[(first + step) % len(self.groups)] for step in range(len(self.groups))]
         # Start with the group whose turn it is; when its design around the incumbent is used up,
-        # go on with the next groups so a call still fills its quota.
-        for step in range(len(self.groups)):
-            group = self.groups[(first + step) % len(self.groups)]
-            for params, rationale in self.design_points(group, center, label):
-                key = self.space.key(params)
-                if key in seen:
-                    continue
-                seen.add(key)
-                out.append(Candidate(params=params, source=self.name, rationale=rationale))
-                if len(out) == n:
-                    return out
+        # go on with the next groups so a call still fills its quota. Only when every group's
+        # design has nothing new left, widen them by one level of each discrete factor, and
+        # again, until the quota is filled or no discrete value is left to add (floats don't widen).
+        for extra in range(self._most_extra_levels() + 1):
+            for group in groups if extra == 0 else [g for g in groups if self._can_widen(g, extra)]:
+                for params, rationale in self.design_points(group, center, label, extra):
+                    key = self.space.key(params)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(Candidate(params=params, source=self.name, rationale=rationale))
+                    if len(out) == n:
+                        return out
+            if out and extra == 0:
+                return out  # the designs' own runs: a wave of its own, as before any widening
         return out

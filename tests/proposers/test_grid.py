@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hybrid.assemble import assemble, compose
 from hybrid.errors import ConfigError
 from hybrid.proposers.grid import GridProposer, design_runs
 from hybrid.space import SearchSpace
+from hybrid.store import Store
 from hybrid.types import ExperimentState, Objective
 
 from .suite import (
@@ -161,6 +164,69 @@ def test_explicit_params_stop_when_their_design_is_used_up() -> None:
     p = GridProposer(space, MINIMIZE, params=["x0"])
     h = extend([baseline(space, 1.0)], p.propose([baseline(space, 1.0)], 5), state=ExperimentState.RUNNING)
     assert len(h) == 3 and p.propose(h, 5) == []
+
+
+CHOICES = list("abcdefgh")
+
+
+def run_one_by_one(p: GridProposer, space: SearchSpace, f, limit: int = 50) -> tuple[list, list[str]]:
+    """Propose one at a time, each run to its end, until the grid has nothing new; the history
+    and the rationale of each proposal."""
+    h, why = [baseline(space, f(space.defaults()))], []
+    while len(h) < limit and (cands := p.propose(h, 1)):
+        h, why = extend(h, cands, f), [*why, cands[0].rationale]
+    return h, why
+
+
+def test_every_choice_of_a_categorical_runs_before_the_grid_is_used_up() -> None:
+    """Was: a 2-level design over 8 choices ran a and b, then "search space exhausted"."""
+    space = SearchSpace.from_config({"c": {"type": "categorical", "choices": CHOICES, "default": "a"}})
+    worse_in_turn = dict(zip(CHOICES, [1.0, 0.8, 0.9, 1.1, 1.2, 1.3, 1.4, 1.5], strict=True))
+    h, why = run_one_by_one(GridProposer(space, MINIMIZE), space, lambda params: worse_in_turn[params["c"]])
+    assert sorted(e.params["c"] for e in h) == CHOICES
+    # e0004 (d): the design around the new best b (b, c) is used up, so it widens by one level
+    assert why[:3] == ["2-level sweep around e0001 over c (run 2/2)", "2-level sweep around e0002 over c (run 2/2)",
+                       "3-level sweep around e0002 over c (run 3/3)"]
+
+
+def test_a_widened_design_fills_every_free_worker_and_ints_widen_too() -> None:
+    space = SearchSpace.from_config(
+        {
+            "c": {"type": "categorical", "choices": CHOICES[:4], "default": "a"},
+            "k": {"type": "int", "low": 1, "high": 4, "default": 1},
+            "x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5},
+        }
+    )
+    p = GridProposer(space, MINIMIZE)
+    h = extend([baseline(space, 1.0)], p.propose([baseline(space, 1.0)], 8), state=ExperimentState.RUNNING)
+    assert len(h) == 9  # the baseline and the 2^3 design (x at 0.375 and 0.625, not 0.5)
+    more = p.propose(h, 8)
+    assert len(more) == 8 and all(c.rationale.startswith("3x3x2 factorial") for c in more)
+    h, _ = run_one_by_one(p, space, lambda _: 1.0, limit=200)
+    assert {(e.params["c"], e.params["k"]) for e in h} == set(itertools.product(CHOICES[:4], [1, 2, 3, 4]))
+    assert sorted({e.params["x"] for e in h}) == [0.375, 0.5, 0.625]  # floats keep their two levels: it ends
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_grid_campaign_runs_all_eight_choices_within_its_budget(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "objective.py").write_text(
+        "import json\n"
+        "c = json.load(open('params.json'))['c']\n"
+        "print('val_bpb:', 1 + 'abcdefgh'.index(c) / 10)\n"
+    )
+    space = "{type:categorical,choices:[a,b,c,d,e,f,g,h],default:a}"
+    cfg = compose(["target=command", 'target.command="{python} objective.py"', f"target.workdir={tmp_path}",
+                   "space=none", f"+space.params.c={space}", "proposer=grid", "surrogate=none", "tracking=none",
+                   "budget.max_experiments=8", f"backend.workers={workers}", "campaign.poll_interval_s=0.05",
+                   "campaign.progress=none", f"campaign.dir={tmp_path / 'campaign'}"])
+    summary = assemble(cfg).run()
+    store = Store(tmp_path / "campaign" / "state.sqlite")
+    try:
+        ran = [(e.params["c"], e.state) for e in store.experiments()]
+    finally:
+        store.close()
+    assert sorted(ran) == [(c, ExperimentState.DONE) for c in CHOICES]
+    assert summary.stop_reason.startswith("budget.max_experiments reached"), summary.stop_reason
 
 
 def test_maximize_centres_on_the_highest_value() -> None:
