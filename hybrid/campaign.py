@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,18 @@ from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
 from hybrid.reports import Summary, summarize, write_hypotheses_md, write_reports, write_results_tsv
-from hybrid.resume import lock_campaign, restore
+from hybrid.resume import (
+    INTERRUPTED,
+    STORE_NAME,
+    StoreWatch,
+    campaign_identity,
+    check_identity,
+    check_store_missing,
+    lock_campaign,
+    record_changes,
+    restore,
+)
+from hybrid.secrets import redact_nested
 from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, StopRules
 from hybrid.store import Store
@@ -58,6 +70,10 @@ def _deferred_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
         if caught:
             raise KeyboardInterrupt
+
+
+class _StoreGone(Exception):
+    """The store's file was deleted or replaced while the campaign ran (see ``StoreWatch``)."""
 
 
 class Campaign:
@@ -126,16 +142,29 @@ class Campaign:
         # a space the target does not know fails here, once, not in every experiment (target.check_command)
         targets.check_params(self.target, self.space.defaults())
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # the campaign's files are the user's only (logs may hold what a run printed)
         lock = self._lock()
         try:
+            check_store_missing(self.dir, self.name)
             return self._run()
         finally:
             lock.close()
 
     def _run(self) -> Summary:
-        self.store = Store(self.dir / "state.sqlite")
-        resumed = self.store.claim(self.name, self.objective.metric)
-        self.store.set_meta("config", self.config)
+        self.store = Store(self.dir / STORE_NAME)
+        self._watch = StoreWatch(self.store)
+        config = redact_nested(self.config)  # secrets keep their names, never their values
+        try:
+            resumed = self.store.claim(self.name, self.objective.metric)
+            check_identity(self.store, self.name, campaign_identity(self.target, self.space))
+        except BaseException:
+            self.store.close()
+            raise
+        if resumed:
+            changed = record_changes(self.store, config)
+            if changed:
+                self.progress.message(f"resumed with changed settings: {'; '.join(changed)}")
+        self.store.set_meta("config", config)
         self.store.set_meta("identity", identity(self.target, self.space))  # what a warm start from it must match
         self.store.event("resume" if resumed else "start", f"pid {os.getpid()}")
         if self.warm_start:  # loaded again on every resume: the same campaigns give the same priors
@@ -162,7 +191,7 @@ class Campaign:
         except KeyboardInterrupt:
             reason = self._interrupt()
             self.status = "interrupted"
-        except BaseException:
+        except BaseException as err:
             # A bug or an unusable backend: leave running jobs alone, a resume re-attaches them.
             self.pool.close()
             self.backend.detach()
@@ -170,13 +199,17 @@ class Campaign:
             self.mirror.stop()
             self.store.event("error")
             self.store.set_meta("active_s", self._progress().elapsed_s)
+            if isinstance(err, _StoreGone):  # save what the open store holds before it is closed
+                rescued = self._watch.rescue(str(err))
+                self.store.close()
+                raise rescued from None
             self.store.close()
             raise
         return self._finalize(reason, self.status)
 
     def experiments(self) -> list[Experiment]:
         """Every experiment recorded so far, read from the store (works after ``run``)."""
-        store = Store(self.dir / "state.sqlite")
+        store = Store(self.dir / STORE_NAME)
         try:
             return store.experiments()
         finally:
@@ -199,6 +232,7 @@ class Campaign:
     # ---- the loop -------------------------------------------------------------------------
     def _loop(self) -> str:
         while True:
+            self._check_store()
             busy = self._collect()
             self._proposer_events()
             if self.stop_reason is None:
@@ -218,15 +252,26 @@ class Campaign:
             if not busy:
                 time.sleep(self.poll_interval_s)
 
-    def _collect(self) -> bool:
-        """Poll the backend; record each finished job (durable first), then mirror it."""
+    def _check_store(self, force: bool = False) -> None:
+        what = self._watch.changed(force)
+        if what is not None:
+            raise _StoreGone(what)
+
+    def _collect(self, interrupted: bool = False) -> bool:
+        """Poll the backend; record each finished job (durable first), then mirror it.
+        ``interrupted``: the jobs cancelled now were stopped by Ctrl-C, not by their own doing; they
+        are recorded as re-queued (a resume runs them again, outside the budget)."""
         finished: list[Finished] = self.backend.poll()
         for f in finished:
             exp = self.exps[f.experiment_id]
             result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
                                        self.target.timeout_s)
-            if self.store.record(result, ended=f.ended):
+            requeued = interrupted and result.state is ExperimentState.CANCELLED
+            if requeued:
+                result = replace(result, reason=INTERRUPTED)
+            if self.store.record(result, ended=f.ended, requeued=requeued):
                 exp.state, exp.result, exp.hardware, exp.ended = result.state, result, result.hardware, f.ended
+                exp.requeued = exp.requeued or requeued
                 self.mirror.send(ResultMsg(exp, result))
                 self.progress.finished(exp, result, self._view())
             self._free_since[f.worker.name] = f.ended
@@ -333,7 +378,7 @@ class Campaign:
         self.exps[exp.id] = exp
         workdir = Path(exp.workdir)
         try:
-            snapshot(self.target.workdir, workdir, self.target.exclude)
+            snapshot(self.target.workdir, workdir, self.target.exclude, skip=self._never_copied())
             targets.write_params(workdir, cand.params)
             spec = RunSpec(
                 command=targets.build_command(self.target.command, cand.params, exp.id, worker.hardware),
@@ -368,13 +413,13 @@ class Campaign:
             self.backend.cancel_all()
             deadline = time.monotonic() + 30
             while self.backend.running() and time.monotonic() < deadline:
-                self._collect()
+                self._collect(interrupted=True)
                 time.sleep(0.05)
-            self._collect()
+            self._collect(interrupted=True)
             left = len(self.backend.running())
             self.backend.detach()
             extra = f" ({left} could not be confirmed stopped; a resume re-checks them)" if left else ""
-            return f"interrupted: {n} running experiments cancelled{extra}"
+            return f"interrupted: {n} running experiments cancelled{extra}; re-run the same command to resume (they run again)"
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
@@ -403,7 +448,13 @@ class Campaign:
             write_results_tsv(self.dir / "results.tsv", list(self.exps.values()), self.objective)
             self._last_tsv = now
 
+    def _never_copied(self) -> tuple[Path, ...]:
+        """What a snapshot of the target leaves out whatever its patterns say: this campaign's dir
+        (with ``campaign.dir`` inside the workdir each experiment would copy every earlier one)."""
+        return (self.dir,)
+
     def _finalize(self, reason: str, status: str) -> Summary:
+        self._check_store(force=True)
         elapsed = self._progress().elapsed_s
         self.store.set_meta("active_s", elapsed)
         self.store.set_meta("stop_reason", reason)

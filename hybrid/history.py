@@ -183,8 +183,9 @@ def running_best(values: Sequence[float | None], objective: Objective) -> list[f
 
 
 def baseline(exps: Sequence[Experiment]) -> Experiment | None:
-    """The campaign's baseline: its own first experiment from the target's defaults."""
-    return next((e for e in exps if e.source == "baseline" and e.prior is None), None)
+    """The campaign's baseline: its own first experiment from the target's defaults (a lost or
+    interrupted one is not: its re-run is)."""
+    return next((e for e in exps if e.source == "baseline" and e.prior is None and not e.requeued), None)
 
 
 def improvement_pct(value: float | None, base: float | None, objective: Objective) -> float | None:

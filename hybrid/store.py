@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -343,3 +344,15 @@ class Store:
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM experiments")[0][0])
+
+    def backup(self, dest: Path | str) -> None:
+        """Copy the whole database, as this connection sees it, to a new file ``dest`` (SQLite's
+        online backup: consistent even while written, and it works on a store whose file was
+        deleted under the open connection). ``dest`` is created readable by the user only."""
+        os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        target = sqlite3.connect(Path(dest))
+        try:
+            with self._lock:
+                self._conn.backup(target)
+        finally:
+            target.close()
