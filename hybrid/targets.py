@@ -9,12 +9,11 @@ ways: dotted ``key=value`` arguments, ``params.json`` in the workdir, and the en
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from backends.base import Finished
 from hybrid.config import Direction
 from hybrid.errors import ConfigError
 from hybrid.history import classify
+from hybrid.secrets import experiment_environ, scrub, secret_values
 from hybrid.types import Objective, Result
 
 _METRIC_LINE = re.compile(
@@ -45,6 +45,12 @@ class TargetSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     check_command: str | None = None  # run once before the first dispatch: see check_params
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """The values of ``env``'s secret-named entries (``HF_TOKEN``...): scrubbed from every
+        result's log tail and reason (``to_result(..., secrets=target.secret_values)``)."""
+        return tuple(secret_values(self.env))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TargetSpec:
@@ -83,7 +89,7 @@ def check_params(target: TargetSpec, params: Mapping[str, Any]) -> None:
     if not target.check_command:
         return
     command = build_command(target.check_command, params, "check", "local")
-    env = {**os.environ, **build_env(target.env, "check", "local", params)}
+    env = {**experiment_environ(), **build_env(target.env, "check", "local", params)}
     try:
         proc = subprocess.run(command, shell=True, cwd=target.workdir, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
@@ -92,7 +98,8 @@ def check_params(target: TargetSpec, params: Mapping[str, Any]) -> None:
                           "it should only validate the parameters, not train") from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr.strip() or proc.stdout).splitlines() if ln.strip()]
-        first = _ERROR_PREFIX.sub("", lines[0]) if lines else f"exit code {proc.returncode}, no output"
+        first = _ERROR_PREFIX.sub("", scrub(lines[0], target.secret_values)) if lines else (
+            f"exit code {proc.returncode}, no output")
         raise ConfigError(f"space: target {target.name} rejects the parameters: {first}; pick a space made "
                           "for it (leave out space= to get the target's own, e.g. space=gpt_tiny for target=gpt)")
 
@@ -143,17 +150,23 @@ def parse_metrics(log: str) -> dict[str, float]:
     return out
 
 
-def log_tail(log: str) -> str:
-    tail = "\n".join(log.rstrip("\n").splitlines()[-LOG_TAIL_LINES:])
+def log_tail(log: str, secrets: Iterable[str] = ()) -> str:
+    """The end of a log, scrubbed (``hybrid.secrets.scrub``) before it is cut: no cut leaves half a secret."""
+    tail = scrub("\n".join(log.rstrip("\n").splitlines()[-LOG_TAIL_LINES:]), secrets)
     return tail[-LOG_TAIL_CHARS:]
 
 
 def to_result(finished: Finished, objective: Objective, hardware: str, hourly_usd: float,
-              timeout_s: float | None = None) -> Result:
-    """A finished job as a Result, classified once (``hybrid.history.classify``)."""
+              timeout_s: float | None = None, secrets: Iterable[str] = ()) -> Result:
+    """A finished job as a Result, classified once (``hybrid.history.classify``).
+
+    Its log tail and reason are scrubbed here, once (``hybrid.secrets.scrub``, with ``secrets``:
+    ``TargetSpec.secret_values``), so the store, MLflow, the LLM prompt and the reports only ever
+    see the scrubbed text. Metrics are parsed from the log as it was."""
     metrics = parse_metrics(finished.log)
     state, failure, reason = classify(finished.state, finished.exit_code, finished.log, metrics, objective,
                                       timeout_s=timeout_s, backend_reason=finished.reason)
     cost = finished.duration_s / 3600.0 * hourly_usd
+    secrets = tuple(secrets)
     return Result(finished.experiment_id, state, metrics, hardware, finished.duration_s, cost,
-                  log_tail(finished.log), reason, failure)
+                  log_tail(finished.log, secrets), scrub(reason, secrets), failure)

@@ -42,6 +42,7 @@ from hybrid.history import (
     throughput,
 )
 from hybrid.history import fmt_value as _fmt_value
+from hybrid.secrets import scrub
 from hybrid.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
 
@@ -68,8 +69,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def quote_untrusted(text: str, limit: int, keep: str = "head") -> str:
     """Text from a run (log tails, reasons) or an earlier reply as one inert quoted line, cut to
-    ``limit`` characters keeping its head (or its tail: the end of a log is what matters)."""
-    text = _CONTROL.sub(" ", text).replace("\n", " | ").replace('"', "'")
+    ``limit`` characters keeping its head (or its tail: the end of a log is what matters).
+    Scrubbed of secrets first (``hybrid.secrets.scrub``; results are scrubbed when recorded, this
+    also covers stores written before that and warm-start priors), so no cut leaves half of one."""
+    text = _CONTROL.sub(" ", scrub(text)).replace("\n", " | ").replace('"', "'")
     text = re.sub(r"\s+", " ", text).strip()
     if len(text) > limit:
         text = text[: limit - 3] + "..." if keep == "head" else "..." + text[-(limit - 3):]

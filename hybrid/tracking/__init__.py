@@ -6,8 +6,8 @@ reported once per kind (what happened, how to fix or silence it) and the campaig
 few failures in a row the tracker stops trying, so an unreachable server cannot stall dispatch.
 
 The package: ``base`` (the Tracker protocol, CampaignInfo, NullTracker), ``mlflow`` (MLflowTracker),
-``scrub`` (secret redaction), ``values`` (keys and values within MLflow's limits). ``mlflow`` itself
-is imported inside the methods that need it: importing this package stays cheap.
+``values`` (keys and values within MLflow's limits, secrets redacted by ``hybrid.secrets``).
+``mlflow`` itself is imported inside the methods that need it: importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hybrid.errors import ConfigError
+from hybrid.secrets import REDACTED
 from hybrid.tracking.base import CampaignInfo, NullTracker, Tracker, TrackingWarning
 from hybrid.tracking.mlflow import MLflowTracker
-from hybrid.secrets import REDACTED
 
 __all__ = ["REDACTED", "CampaignInfo", "MLflowTracker", "NullTracker", "Tracker", "TrackingWarning", "make_tracker"]
 

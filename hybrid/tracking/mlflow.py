@@ -17,8 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hybrid.secrets import create_private_dir, create_private_file, scrub
 from hybrid.tracking.base import CampaignInfo, TrackingWarning
-from hybrid.secrets import scrub, scrub_env_secrets
 from hybrid.tracking.values import (
     BATCH_METRICS,
     BATCH_PARAMS_TAGS,
@@ -188,16 +188,16 @@ class MLflowTracker:
         if exp.job_id:
             tags["job_id"] = exp.job_id
         if result.reason and result.state is not ExperimentState.DONE:
-            tags["reason"] = result.reason
+            tags["reason"] = scrub(result.reason)
         if exp.candidate.rationale:
-            tags["rationale"] = truncate(exp.candidate.rationale, MAX_RATIONALE)
+            tags["rationale"] = truncate(scrub(exp.candidate.rationale), MAX_RATIONALE)
             tags["mlflow.note.content"] = tags["rationale"]  # the run's description in the UI
         run_id = client.create_run(experiment_id, start_time=_ms(start), tags=tags, run_name=exp.id).info.run_id
         metrics = {k: v for k, v in result.metrics.items() if finite_number(v) is not None}
         metrics.update(duration_s=result.duration_s, cost_usd=result.cost_usd)
         _log_batch(client, run_id, params=to_params(exp.params, by_key=False), metrics=metrics, timestamp=_ms(end))
         if result.log_tail:
-            client.log_text(run_id, scrub_env_secrets(result.log_tail), "log_tail.txt")
+            client.log_text(run_id, scrub(result.log_tail), "log_tail.txt")  # scrubbed at the source too
         client.set_terminated(run_id, status=_RUN_STATUS[result.state], end_time=_ms(end))
         self._logged.add(exp.id)
 
@@ -221,15 +221,23 @@ class MLflowTracker:
             _log.info("artifact %s does not exist; not uploaded to MLflow", path)
 
     def _store_location(self, campaign_dir: Path) -> tuple[str, str | None]:
-        """(tracking URI, artifact root for a new experiment or None to let the server decide)."""
+        """(tracking URI, artifact root for a new experiment or None to let the server decide).
+
+        A local SQLite store this creates is readable by the user only (it holds the campaigns'
+        configs, log tails and rationales): the database file 0600 before MLflow connects (SQLite
+        gives its -journal/-wal files the same mode), the artifact folder 0700. Existing ones keep
+        the mode their owner gave them."""
         if self.uri is None:
-            root = Path(campaign_dir).resolve().parent
-            root.mkdir(parents=True, exist_ok=True)
-            return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
-        if self.uri.startswith("sqlite:///"):  # keep artifacts next to the db, not in ./mlruns of the cwd
-            db = Path(self.uri.removeprefix("sqlite:///").split("?")[0])
-            return self.uri, (db.resolve().parent / "mlartifacts").as_uri()
-        return self.uri, None
+            db = Path(campaign_dir).resolve().parent / "mlflow.db"
+        elif self.uri.startswith("sqlite:///") and (path := self.uri.removeprefix("sqlite:///").split("?")[0]) not in (
+                "", ":memory:"):  # keep artifacts next to the db, not in ./mlruns of the cwd
+            db = Path(path).resolve()
+        else:
+            return self.uri, None
+        db.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(db)
+        create_private_dir(db.parent / "mlartifacts")
+        return (f"sqlite:///{db}" if self.uri is None else self.uri), (db.parent / "mlartifacts").as_uri()
 
     def _connect(self, uri: str) -> MlflowClient:
         if self._client is None or self._client_uri != uri:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from hybrid.secrets import REDACTED, is_secret, redact_nested, scrub, scrub_env_secrets
+from hybrid.secrets import redact_nested, scrub_values
 
 # MLflow's limits (mlflow.utils.validation; tags: the stricter limit of older servers). A batch holds
 # at most 100 params, 100 tags and 1000 entities in all.
@@ -31,17 +31,16 @@ def flatten(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
 def to_params(config: Mapping[str, Any], by_key: bool = True) -> dict[str, str]:
     """Flattened dotted keys -> stringified, redacted, truncated values, with MLflow-safe keys.
 
-    ``by_key`` False (an experiment's hyperparameters, e.g. ``batch_tokens``): values are scrubbed
-    but a key that merely looks secret is not enough to hide the value.
+    ``by_key`` True (a config): redacted as every config written down is (``hybrid.secrets.redact_nested``:
+    secret-named keys keep their name, not their value; secrets inside strings scrubbed).
+    ``by_key`` False (an experiment's hyperparameters, e.g. ``key_norm``): only known secret values
+    are hidden; a name that merely looks secret is not enough to hide a hyperparameter.
     """
     flat: dict[str, Any] = {}
-    flatten(config, "", flat)
+    flatten(redact_nested(config) if by_key else config, "", flat)
     if not by_key:
-        return {safe_key(k): truncate(scrub_env_secrets(as_text(v)), MAX_PARAM) for k, v in flat.items()}
-    return {
-        safe_key(k): REDACTED if is_secret(k) else truncate(scrub(as_text(redact_nested(v))), MAX_PARAM)
-        for k, v in flat.items()
-    }
+        return {safe_key(k): truncate(scrub_values(as_text(v)), MAX_PARAM) for k, v in flat.items()}
+    return {safe_key(k): truncate(as_text(v), MAX_PARAM) for k, v in flat.items()}
 
 
 def as_text(value: Any) -> str:
