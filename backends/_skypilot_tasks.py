@@ -24,6 +24,7 @@ from typing import Any
 from backends._runner import STATE_DIR
 from backends.base import JobState
 from hybrid.errors import ConfigError, reject_unknown_keys
+from hybrid.secrets import is_secret
 
 KILL_GRACE_S = 5  # SIGTERM -> SIGKILL delay of `timeout` on the cluster
 RUNNING_STATUSES = frozenset({"INIT", "PENDING", "SETTING_UP", "RUNNING"})
@@ -272,12 +273,19 @@ def task_config(
     resources: Mapping[str, Any],
     setup: str | None = None,
 ) -> dict[str, Any]:
-    """A SkyPilot task YAML as a dict (``sky.Task.from_yaml_config`` takes it)."""
+    """A SkyPilot task YAML as a dict (``sky.Task.from_yaml_config`` takes it).
+
+    ``envs`` is all the job's environment gets (SkyPilot passes nothing of this process's): its
+    secret-named entries (``HF_TOKEN``...) go as SkyPilot ``secrets``, set in the job's environment
+    like ``envs`` but redacted in SkyPilot's own records (dashboard, ``sky jobs``, request logs)."""
     config: dict[str, Any] = {"name": name, "workdir": str(stage)}
     if setup:
         config["setup"] = setup
     config["run"] = run
-    config["envs"] = {str(k): str(v) for k, v in envs.items()}
+    config["envs"] = {str(k): str(v) for k, v in envs.items() if not is_secret(str(k))}
+    secrets = {str(k): str(v) for k, v in envs.items() if is_secret(str(k))}
+    if secrets:
+        config["secrets"] = secrets
     config["resources"] = dict(resources)
     return config
 

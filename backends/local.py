@@ -41,6 +41,7 @@ from backends._runner import (
 )
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec, Worker, read_log
 from hybrid.errors import BackendError, ConfigError, reject_unknown_keys
+from hybrid.secrets import experiment_environ
 from hybrid.types import Experiment
 
 __all__ = ["LocalBackend"]
@@ -97,7 +98,7 @@ class LocalBackend(Backend):
         state_dir.mkdir(exist_ok=True)
         for stale in (JOB_FILE, EXIT_FILE):  # from an earlier attempt in the same workdir
             (state_dir / stale).unlink(missing_ok=True)
-        env = dict(os.environ)
+        env = experiment_environ()  # this process's environment less the orchestrator's own credentials
         env.update({str(k): str(v) for k, v in spec.env.items()})
         env["HYBRID_WORKER"] = worker.name
         if worker.gpus:  # the worker's GPUs win over any inherited value: jobs must not share GPUs

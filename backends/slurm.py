@@ -11,6 +11,11 @@ Workers are slots, not nodes: a fleet entry ``{hardware: h100, count: 13}`` lets
 ``--gres=gpu:h100:1`` be queued or running at once. Jobs survive the orchestrator; a resumed
 campaign re-attaches them by job id. The workdir must be on a file system the compute nodes
 share (as the campaign directory of any Slurm user is).
+
+A job gets the environment sbatch is run with (Slurm's default ``--export=ALL``) plus the
+experiment's: every Slurm command runs with this process's environment less the orchestrator's
+own credentials (``hybrid.secrets.experiment_environ``), so they never reach the controller's job
+records nor the job.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from backends import _slurm as S
 from backends._runner import read_json, write_json_atomic
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec, Worker, read_log
 from hybrid.errors import BackendError, ConfigError
+from hybrid.secrets import experiment_environ
 from hybrid.types import Experiment
 
 __all__ = ["SlurmBackend"]
@@ -264,7 +270,7 @@ class SlurmBackend(Backend):
     def _run(self, argv: Sequence[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=self.command_timeout_s)
+                                  timeout=self.command_timeout_s, env=experiment_environ())
         except FileNotFoundError as e:
             raise BackendError(f"cannot {what}: {argv[0]} not found on PATH") from e
         except subprocess.TimeoutExpired as e:

@@ -59,6 +59,7 @@ class BackendSuite(abc.ABC):
     job_timeout_s: float = 30.0  # how long a short job may take from submit to poll()
     kill_timeout_s: float = 1.0  # RunSpec.timeout_s of the timeout test
     supports_recover: bool = True  # recover(exp) finds a job whose id never reached the store
+    inherits_environment: bool = True  # jobs get the orchestrator's environment (less its credentials)
 
     # ---- hooks -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -210,6 +211,23 @@ class BackendSuite(abc.ABC):
         assert f.exit_code == 0, f.log
         assert "id=exp-7" in f.log and "setting=hello world" in f.log
         assert json.loads(f.log.rsplit("\n\n", 1)[-1]) == {"lr": 0.01, "depth": 4}
+
+    def test_the_orchestrators_credentials_never_reach_the_job(
+        self, backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the LLM proposer's and MLflow's credentials, in the orchestrator's environment
+        for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(name, f"orchestrator-{name.lower()}")
+        monkeypatch.setenv("HF_TOKEN", "hf-inherited-by-training")  # a training credential: it passes
+        cmd = "env | sort; echo; echo end"
+        exp, spec = self.job(backend, tmp_path, "creds", cmd, env={"WANDB_API_KEY": "wandb-from-target-env"})
+        backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert f.exit_code == 0 and "end" in f.log, f.log
+        assert "orchestrator-" not in f.log and "ANTHROPIC_" not in f.log and "MLFLOW_TRACKING_" not in f.log
+        assert "WANDB_API_KEY=wandb-from-target-env" in f.log  # what target.env names always reaches it
+        if self.inherits_environment:
+            assert "HF_TOKEN=hf-inherited-by-training" in f.log
 
     def test_awkward_workdir_path(self, backend: Backend, tmp_path: Path) -> None:
         workdir = tmp_path / "with space" / "a'; echo INJECTED; '$(x)"

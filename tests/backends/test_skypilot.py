@@ -132,6 +132,21 @@ def test_task_yaml_matches_golden_and_skypilot_accepts_it(case: str, tmp_path: P
 
 
 @needs_sky
+def test_secret_named_envs_reach_the_job_as_skypilot_secrets(tmp_path: Path) -> None:
+    from backends._skypilot_client import sky_task
+
+    envs = {"HYBRID_EXPERIMENT_ID": "e0001", "HF_TOKEN": "hf_abcdef123", "WANDB_API_KEY": "wandb-1234567"}
+    config = task_config(name="e0001", stage=tmp_path, run="env", envs=envs, resources={"cpus": 1})
+    assert config["envs"] == {"HYBRID_EXPERIMENT_ID": "e0001"}
+    task = sky_task(config)  # SkyPilot's schema accepts them
+    # the job's environment: both, in plain text; SkyPilot's own records of the task: redacted
+    assert task.envs_and_secrets.keys() == envs.keys()
+    assert {k: v.get_secret_value() for k, v in task.secrets.items()} == {"HF_TOKEN": "hf_abcdef123",
+                                                                          "WANDB_API_KEY": "wandb-1234567"}
+    assert "hf_abcdef123" not in str(task.to_yaml_config(use_user_specified_yaml=True))
+
+
+@needs_sky
 def test_alternatives_become_skypilot_any_of_and_ordered() -> None:
     from backends._skypilot_client import sky_task
 
@@ -632,6 +647,7 @@ class TestSkyPilotE2E(BackendSuite):
     Slurm login user on this machine, so their files are found under its home directory."""
 
     job_timeout_s = 300.0  # the first experiment on a worker launches its cluster
+    inherits_environment = False  # a remote job gets the task's envs, nothing of this process's
     kill_timeout_s = 5.0
     campaign = f"hye2e-{os.getpid()}"
 
