@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.errors import StoreError
+from hybrid.secrets import create_private_file
 from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
 
 SCHEMA_VERSION = 1
@@ -131,6 +132,7 @@ class Store:
         """Open the store for reading and writing, creating it (and its folder) when missing."""
         self._attach(Path(path), read_only=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(self.path)  # 0600 before SQLite creates it (its -wal/-shm get the same mode)
         try:
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
