@@ -80,12 +80,36 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class Edit:
+    """One search/replace edit of a file of the target (a path relative to ``target.workdir``)."""
+
+    file: str
+    search: str  # occurs exactly once in the file it edits
+    replace: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A change to the target's code, proposed by the LLM (``hybrid.variants`` validates and applies it).
+
+    ``id`` is a content hash of the parent's id and the normalized edits, so the same change proposed
+    twice is one variant. A variant may stack on another (``parent``): its edits apply after the parent's.
+    """
+
+    id: str
+    parent: str | None
+    edits: tuple[Edit, ...]
+    hypothesis: str = ""
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One configuration, before it is scheduled."""
+    """One configuration, before it is scheduled: parameter values, and the code they run with."""
 
     params: Mapping[str, Any]  # validated by SearchSpace
     source: str  # "baseline" | "sobol" | "tpe" | "cmaes" | "grid" | "llm" ...
     rationale: str = ""  # the LLM's hypothesis, or how it was generated
+    variant: str | None = None  # a Variant's id; None: the target's code unchanged
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,10 @@ class Experiment:
     @property
     def source(self) -> str:
         return self.candidate.source
+
+    @property
+    def variant(self) -> str | None:
+        return self.candidate.variant
 
     def value(self, metric: str) -> float | None:
         return None if self.result is None else self.result.value(metric)
