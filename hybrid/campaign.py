@@ -42,7 +42,7 @@ from hybrid.resume import (
     record_changes,
     restore,
 )
-from hybrid.secrets import redact_nested
+from hybrid.secrets import redact_nested, scrub
 from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, StopRules
 from hybrid.store import Store
@@ -265,7 +265,7 @@ class Campaign:
         for f in finished:
             exp = self.exps[f.experiment_id]
             result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
-                                       self.target.timeout_s)
+                                       self.target.timeout_s, secrets=self.target.secret_values)
             requeued = interrupted and result.state is ExperimentState.CANCELLED
             if requeued:
                 result = replace(result, reason=INTERRUPTED)
@@ -389,11 +389,11 @@ class Campaign:
             handle = self.backend.submit(exp, spec)
         except (BackendError, OSError) as err:
             result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "",
-                            f"submit failed: {err}", FailureKind.CRASH)
+                            scrub(f"submit failed: {err}", self.target.secret_values), FailureKind.CRASH)
             self.store.record(result)
             exp.state, exp.result = result.state, result
             self.mirror.send(ResultMsg(exp, result))
-            self.progress.message(f"{exp.id}: submit to {worker.name} failed: {err}")
+            self.progress.message(f"{exp.id}: submit to {worker.name} failed: {result.reason.removeprefix('submit failed: ')}")
             return
         idle = max(0.0, handle.started - self._free_since.get(worker.name, self._session_start))
         self.store.mark_running(exp.id, handle.job_id, handle.started, idle_before_s=idle)

@@ -192,6 +192,7 @@ LEAKY = textwrap.dedent(
         print(f"{name}={value}")
     print("anthropic key seen:", os.environ.get("ANTHROPIC_API_KEY", "absent"))
     print("logging in with", os.environ["MY_DB_PASSWORD"])
+    print("downloading with", os.environ["HF_TOKEN"])  # a target.env secret printed bare
     print(f"HF_TOKEN={os.environ['HF_TOKEN']}")
     print(f"MY_DB_PASSWORD={os.environ['MY_DB_PASSWORD']}")
     sys.exit("RuntimeError: database login refused")
@@ -235,6 +236,7 @@ def test_a_target_printing_its_environment_leaks_nothing(
     for where, text in (("the store", exp.result.log_tail), ("MLflow", mirrored), ("the LLM prompt", prompt.user)):
         assert "hunter2" not in text and "hf_target_env_secret" not in text, where
     assert f"MY_DB_PASSWORD={REDACTED}" in exp.result.log_tail and f"HF_TOKEN={REDACTED}" in mirrored
+    assert f"downloading with {REDACTED}" in exp.result.log_tail
     assert f"logging in with {REDACTED}" in exp.result.log_tail and f"MY_DB_PASSWORD={REDACTED}" in prompt.user
 
     # at rest: readable by the user only
