@@ -450,8 +450,9 @@ class Campaign:
 
     def _never_copied(self) -> tuple[Path, ...]:
         """What a snapshot of the target leaves out whatever its patterns say: this campaign's dir
-        (with ``campaign.dir`` inside the workdir each experiment would copy every earlier one)."""
-        return (self.dir,)
+        (with ``campaign.dir`` inside the workdir each experiment would copy every earlier one) and
+        the tracker's local store (MLflow's default one sits next to the campaign dir)."""
+        return (self.dir, *self.tracker.local_paths(self.dir))
 
     def _finalize(self, reason: str, status: str) -> Summary:
         self._check_store(force=True)

@@ -103,7 +103,7 @@ def test_another_workdir_is_another_campaign(tmp_path, target_dir):
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "t.py").write_text(TARGET)
-    with pytest.raises(ConfigError, match="target.workdir"):
+    with pytest.raises(ConfigError, match=r"target\.workdir"):
         make(tmp_path, other).run()
 
 
@@ -227,3 +227,17 @@ def test_a_campaign_dir_inside_the_workdir_is_never_copied(tmp_path, target_dir)
         assert (snap / "data.txt").read_text() == "kept"
         assert not (snap / "out").exists(), f"e{i:04d} copied the campaign dir"
     assert os.path.getsize(out / "results.tsv") > 0
+
+
+def test_the_default_mlflow_store_next_to_a_campaign_dir_in_the_workdir_is_never_copied(tmp_path, target_dir):
+    from hybrid.tracking.mlflow import MLflowTracker
+
+    out = target_dir / "out"
+    c = make(tmp_path, target_dir, max_experiments=3, dir=out)
+    c.tracker = MLflowTracker()  # its default store: <campaign.dir>/../mlflow.db = the workdir's root
+    c.run()
+    assert (target_dir / "mlflow.db").exists() and (target_dir / "mlartifacts").is_dir()
+    for i in (2, 3):  # experiments started after the store existed
+        snap = out / "experiments" / f"e{i:04d}"
+        assert (snap / "t.py").exists()
+        assert not (snap / "mlflow.db").exists() and not (snap / "mlartifacts").exists()

@@ -48,6 +48,9 @@ class Tracker(Protocol):
     ) -> None:
         """Final summary, artifacts (report files, plots) and end of the campaign run."""
 
+    def local_paths(self, campaign_dir: Path) -> Sequence[Path]:
+        """Files and folders of this tracker on the local disk (a snapshot of the target never copies them)."""
+
 
 class NullTracker:
     """Tracks nothing (``tracking=none``)."""
@@ -70,3 +73,6 @@ class NullTracker:
         self, status: str, stop_reason: str, summary: Mapping[str, Any], artifacts: Sequence[Path] = ()
     ) -> None:
         return None
+
+    def local_paths(self, campaign_dir: Path) -> Sequence[Path]:
+        return ()

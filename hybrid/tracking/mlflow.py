@@ -227,17 +227,32 @@ class MLflowTracker:
         configs, log tails and rationales): the database file 0600 before MLflow connects (SQLite
         gives its -journal/-wal files the same mode), the artifact folder 0700. Existing ones keep
         the mode their owner gave them."""
-        if self.uri is None:
-            db = Path(campaign_dir).resolve().parent / "mlflow.db"
-        elif self.uri.startswith("sqlite:///") and (path := self.uri.removeprefix("sqlite:///").split("?")[0]) not in (
-                "", ":memory:"):  # keep artifacts next to the db, not in ./mlruns of the cwd
-            db = Path(path).resolve()
-        else:
-            return self.uri, None
+        db = self._local_db(campaign_dir)
+        if db is None:
+            return str(self.uri), None
         db.parent.mkdir(parents=True, exist_ok=True)
         create_private_file(db)
         create_private_dir(db.parent / "mlartifacts")
         return (f"sqlite:///{db}" if self.uri is None else self.uri), (db.parent / "mlartifacts").as_uri()
+
+    def _local_db(self, campaign_dir: Path) -> Path | None:
+        """The SQLite file of a local store (artifacts go next to it, not to ./mlruns of the cwd)."""
+        if self.uri is None:
+            return Path(campaign_dir).resolve().parent / "mlflow.db"
+        if self.uri.startswith("sqlite:///") and (path := self.uri.removeprefix("sqlite:///").split("?")[0]) not in (
+                "", ":memory:"):
+            return Path(path).resolve()
+        return None
+
+    def local_paths(self, campaign_dir: Path) -> list[Path]:
+        """The local store's files: never copied into an experiment's snapshot (with campaign.dir
+        inside target.workdir the default store lands in the workdir)."""
+        db = self._local_db(campaign_dir)
+        if db is None:
+            if self.uri and self.uri.startswith("file://"):
+                return [Path(self.uri.removeprefix("file://")).resolve()]
+            return []
+        return [db, *(db.with_name(db.name + s) for s in ("-journal", "-wal", "-shm")), db.parent / "mlartifacts"]
 
     def _connect(self, uri: str) -> MlflowClient:
         if self._client is None or self._client_uri != uri:
