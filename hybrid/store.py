@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybrid.errors import StoreError
 from hybrid.secrets import create_private_file
-from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
+from hybrid.types import Candidate, Edit, Experiment, ExperimentState, FailureKind, Result, Variant
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +56,20 @@ CREATE TABLE IF NOT EXISTS experiments (
     reason     TEXT,
     failure    TEXT,
     mirrored   INTEGER NOT NULL DEFAULT 0,
-    extra      TEXT NOT NULL DEFAULT '{}'
+    extra      TEXT NOT NULL DEFAULT '{}',
+    variant    TEXT
+);
+CREATE TABLE IF NOT EXISTS variants (
+    id         TEXT PRIMARY KEY,
+    parent     TEXT,
+    edits      TEXT NOT NULL,
+    hypothesis TEXT NOT NULL DEFAULT '',
+    source     TEXT NOT NULL DEFAULT '',
+    status     TEXT NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    diff       TEXT NOT NULL DEFAULT '',
+    built      TEXT NOT NULL DEFAULT '{}',
+    created    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     ts     REAL NOT NULL,
@@ -125,6 +139,23 @@ def _is_wal_database(path: Path) -> bool:
     return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
 
 
+@dataclass(frozen=True)
+class VariantRecord:
+    """A code variant as the store holds it."""
+
+    variant: Variant
+    source: str
+    status: str  # "ok" | "rejected"
+    reason: str  # why it was rejected ("" when ok)
+    diff: str  # unified diff against the user's tree when it was checked
+    built: dict[str, Any]  # hybrid.variants.Built as JSON (chain, base, files) when ok
+    created: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
 class Store:
     """The campaign's SQLite database (``<campaign dir>/state.sqlite``)."""
 
@@ -170,11 +201,18 @@ class Store:
                              "version of hybrid)")
         return store
 
+    def _has_column(self, name: str) -> bool:
+        return any(row[1] == name for row in self._read("PRAGMA table_info(experiments)"))
+
     def _has_failure_column(self) -> bool:
-        return any(row[1] == "failure" for row in self._read("PRAGMA table_info(experiments)"))
+        return self._has_column("failure")
 
     def _migrate(self) -> None:
-        """Stores written before the ``failure`` column get it, filled once from their reasons."""
+        """Stores written before the ``failure`` column get it, filled once from their reasons; before
+        code variants, a ``variant`` column (empty: the unchanged code)."""
+        if not self._has_column("variant"):
+            with self._tx() as c:
+                c.execute("ALTER TABLE experiments ADD COLUMN variant TEXT")
         if self._has_failure_column():
             return
         with self._tx() as c:
@@ -267,9 +305,9 @@ class Store:
             workdir = str(workdir_root / exp_id)
             c.execute(
                 "INSERT INTO experiments(id, seq, wave, params, source, rationale, worker, hardware, state,"
-                " workdir, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " workdir, created, variant) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (exp_id, seq, wave, json.dumps(dict(candidate.params)), candidate.source, candidate.rationale,
-                 worker, hardware, int(ExperimentState.PENDING), workdir, now),
+                 worker, hardware, int(ExperimentState.PENDING), workdir, now, candidate.variant),
             )
         return Experiment(exp_id, candidate, worker, hardware, wave, ExperimentState.PENDING, None, None, seq, workdir)
 
@@ -320,15 +358,17 @@ class Store:
 
     def experiments(self) -> list[Experiment]:
         """Every experiment in creation order, finished ones with their Result."""
-        failure_col = "failure" if self._has_failure_column() else "NULL"  # an old store opened read-only
+        # an old store opened read-only has neither column
+        failure_col = "failure" if self._has_failure_column() else "NULL"
+        variant_col = "variant" if self._has_column("variant") else "NULL"
         rows = self._read(
             "SELECT id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir,"
-            f" started, ended, metrics, duration_s, cost_usd, log_tail, reason, {failure_col}, mirrored, extra"
-            " FROM experiments ORDER BY seq"
+            f" started, ended, metrics, duration_s, cost_usd, log_tail, reason, {failure_col}, mirrored, extra,"
+            f" {variant_col} FROM experiments ORDER BY seq"
         )
         out = []
         for (exp_id, seq, wave, params, source, rationale, worker, hardware, state, job_id, workdir, started,
-             ended, metrics, duration_s, cost_usd, log_tail, reason, failure, mirrored, extra) in rows:
+             ended, metrics, duration_s, cost_usd, log_tail, reason, failure, mirrored, extra, variant) in rows:
             st = ExperimentState(state)
             result = None
             if st.is_finished():
@@ -339,10 +379,36 @@ class Store:
             extra_d = json.loads(extra or "{}")
             requeued = bool(extra_d.pop("requeued", False))
             idle = extra_d.pop("idle_before_s", None)
-            out.append(Experiment(exp_id, Candidate(json.loads(params), source, rationale), worker, hardware, wave,
+            out.append(Experiment(exp_id, Candidate(json.loads(params), source, rationale, variant), worker, hardware, wave,
                                   st, job_id, started, seq, workdir, result, extra_d, ended=ended,
                                   mirrored=bool(mirrored), requeued=requeued, idle_before_s=idle))
         return out
+
+    # ---- code variants ---------------------------------------------------------------------------
+    def add_variant(self, variant: Variant, status: str, *, source: str = "", reason: str = "", diff: str = "",
+                    built: Mapping[str, Any] | None = None) -> bool:
+        """Record a proposed variant once (ids are content hashes): ``status`` "ok" (checked, may run)
+        or "rejected" (with its ``reason``; it never runs). ``built``: what it changes (the chain of
+        edits, the base and new text of each file), so a resume needs no re-check against a tree the
+        user may have changed. Returns False when the id was already recorded (nothing changes)."""
+        edits = [[e.file, e.search, e.replace] for e in variant.edits]
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO variants(id, parent, edits, hypothesis, source, status, reason, diff, built,"
+                " created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (variant.id, variant.parent, json.dumps(edits), variant.hypothesis, source, status, reason, diff,
+                 json.dumps(dict(built or {})), time.time()))
+            return cur.rowcount == 1
+
+    def variants(self) -> list[VariantRecord]:
+        """Every recorded variant, in the order proposed."""
+        if not self._read("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'variants'"):
+            return []  # an old store opened read-only
+        rows = self._read("SELECT id, parent, edits, hypothesis, source, status, reason, diff, built, created"
+                          " FROM variants ORDER BY created, rowid")
+        return [VariantRecord(Variant(vid, parent, tuple(Edit(*e) for e in json.loads(edits)), hypothesis),
+                              source, status, reason, diff, json.loads(built or "{}"), created)
+                for vid, parent, edits, hypothesis, source, status, reason, diff, built, created in rows]
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM experiments")[0][0])

@@ -156,6 +156,15 @@ class Built:
     def stat(self) -> str:
         return diff_stat(self.diff)
 
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps (``Store.add_variant(..., built=)``)."""
+        return {"chain": [[e.file, e.search, e.replace] for e in self.chain], "base": dict(self.base),
+                "files": dict(self.files)}
+
+    @classmethod
+    def from_json(cls, variant: Variant, data: Mapping[str, Any], diff: str) -> Built:
+        return cls(variant, tuple(Edit(*e) for e in data["chain"]), dict(data["base"]), dict(data["files"]), diff)
+
 
 def build(variant: Variant, editable: Editable, parent: Built | None = None, limits: Limits = Limits()) -> Built:
     """Check ``variant`` (stacked on the already built ``parent``) against the user's current tree."""

@@ -13,6 +13,7 @@ import pytest
 from hybrid.errors import ConfigError
 from hybrid.types import Edit
 from hybrid.variants import (
+    Built,
     Editable,
     Limits,
     VariantRejected,
@@ -165,3 +166,44 @@ def test_a_file_the_user_changed_mid_campaign_is_rebased_or_keeps_the_variants_b
 
 def test_diff_stat_counts_files_and_lines():
     assert diff_stat("") == "0 files, +0 -0"
+
+
+def test_a_variant_and_what_it_changes_survive_the_store(tree, tmp_path):
+    from hybrid.store import Store
+    from hybrid.types import Candidate
+
+    b = build(make_variant([Edit("train.py", "lr = 0.02", "lr = 0.03")], "higher lr"), editable(tree))
+    rejected = make_variant([Edit("train.py", "nope", "x")], "bad")
+    store = Store(tmp_path / "state.sqlite")
+    assert store.add_variant(b.variant, "ok", source="llm", diff=b.diff, built=b.to_json())
+    assert not store.add_variant(b.variant, "ok", source="llm", diff=b.diff, built=b.to_json())  # once
+    store.add_variant(rejected, "rejected", source="llm", reason="edits[0]: search text not found in train.py")
+    exp = store.create(Candidate({"x": 1}, "llm", "try it", b.variant.id), "w0", "cpu", 1, tmp_path / "experiments")
+    store.close()
+    again = Store.open_read_only(tmp_path / "state.sqlite")
+    ok, bad = again.variants()
+    assert ok.ok and ok.variant == b.variant and ok.diff == b.diff
+    assert Built.from_json(ok.variant, ok.built, ok.diff) == b
+    assert not bad.ok and bad.reason.startswith("edits[0]: search text not found") and bad.variant == rejected
+    (e,) = again.experiments()
+    assert e.id == exp.id and e.variant == b.variant.id
+
+
+def test_a_store_from_before_variants_is_read_and_migrated(tmp_path):
+    import sqlite3
+
+    from hybrid.store import Store
+    from hybrid.types import Candidate
+
+    store = Store(tmp_path / "state.sqlite")
+    store.claim("c", "val_bpb")
+    store.create(Candidate({"x": 1}, "sobol"), "w0", "cpu", 1, tmp_path)
+    store.close()
+    with sqlite3.connect(tmp_path / "state.sqlite") as c:  # make it look like a store from before variants
+        c.execute("ALTER TABLE experiments DROP COLUMN variant")
+        c.execute("DROP TABLE variants")
+    ro = Store.open_read_only(tmp_path / "state.sqlite")
+    assert ro.experiments()[0].variant is None and ro.variants() == []
+    ro.close()
+    again = Store(tmp_path / "state.sqlite")
+    assert again._has_column("variant") and again.experiments()[0].variant is None and again.variants() == []
