@@ -22,13 +22,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from hybrid.errors import ConfigError, HybridError
 from hybrid.types import Edit, Variant
 
-__all__ = ["Built", "Editable", "Limits", "VariantRejected", "build", "diff_stat", "make_variant",
-           "normalize_edits", "unified_diff", "variant_id", "write_into"]
+__all__ = ["Built", "Editable", "Limits", "VariantChecker", "VariantInfo", "VariantRejected", "build", "diff_stat",
+           "make_variant", "normalize_edits", "unified_diff", "variant_id", "write_into"]
 
 
 class VariantRejected(HybridError):
@@ -42,6 +42,43 @@ class Limits:
     max_edits: int = 12
     max_edit_chars: int = 20_000  # search + replace of one edit
     max_file_bytes: int = 1_000_000  # an edited file, before and after
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """What a proposer sees of one variant proposed so far."""
+
+    variant: Variant
+    status: str  # "ok" (checked; may run) | "rejected" (never runs)
+    reason: str  # why it was rejected ("" when ok)
+    diff: str  # unified diff against the user's tree ("" when rejected)
+
+    @property
+    def stat(self) -> str:
+        return diff_stat(self.diff)
+
+
+class VariantChecker(Protocol):
+    """What the campaign hands a proposer that may change the code (``Proposer.use_variants``).
+    Called from the proposer's own thread; every method is thread-safe."""
+
+    @property
+    def editable(self) -> Editable:
+        """The files the proposer may edit (empty: no code edits; ``target.editable``)."""
+
+    def files(self) -> dict[str, str]:
+        """The current text of every editable file, by relative path (the user's tree, unchanged)."""
+
+    def check(self, variant: Variant, source: str) -> Built:
+        """Check a proposed variant (``build``, then ``target.smoke_command`` when set) and record it
+        with its outcome; VariantRejected (recorded, with its reason) when it must not run."""
+
+    def known(self) -> list[VariantInfo]:
+        """Every variant proposed so far, ok and rejected, in the order proposed."""
+
+    def base(self) -> str | None:
+        """The variant new code changes should build on: the one whose results beat the unchanged code
+        beyond noise (autoresearch's keep), None while the unchanged code is best."""
 
 
 # ---- the editable set ---------------------------------------------------------------------------
