@@ -180,7 +180,12 @@ def _param_from_config(name: str, spec: Mapping[str, Any]) -> Param:
             raise ConfigError(f"{where}.{key}: required for type {kind}")
         if not _is_number(spec[key]):
             raise ConfigError(f"{where}.{key}: expected a number, got {spec[key]!r}")
-    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+        if not math.isfinite(spec[key]):  # inf/nan pass every comparison below, then overflow the encoding
+            raise ConfigError(f"{where}.{key}: expected a finite number, got {spec[key]}")
+    log = False if spec.get("log") is None else spec["log"]
+    if not isinstance(log, bool):  # bool("maybe") is True: only the YAML booleans count
+        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+    low, high = spec["low"], spec["high"]
     if low >= high:
         raise ConfigError(f"{where}: low ({low}) must be < high ({high})")
     if log and low <= 0:

@@ -101,11 +101,24 @@ def test_missing_value_is_an_error(space):
         ({"type": "categorical", "choices": "abc"}, "space.params.x.choices: give a non-empty list"),
         ({"type": "float", "low": 0, "high": 1, "default": 2}, "space.params.x.default: x: 2 is outside"),
         ({"type": "float", "low": 0, "high": 1, "choices": [1]}, r"space.params.x: unknown field\(s\) \['choices'\]"),
+        # inf/nan pass every comparison, then overflow the encoding; bool("maybe") is True
+        ({"type": "float", "low": 0, "high": math.inf}, r"^space.params.x.high: expected a finite number, got inf$"),
+        ({"type": "float", "low": math.nan, "high": 1}, r"^space.params.x.low: expected a finite number, got nan$"),
+        ({"type": "int", "low": -math.inf, "high": 4}, r"^space.params.x.low: expected a finite number, got -inf$"),
+        ({"type": "float", "low": 0.1, "high": 1, "log": "maybe"}, r"^space.params.x.log: expected true or false, "
+                                                                   r"got 'maybe'$"),
+        ({"type": "int", "low": 1, "high": 8, "log": 1}, r"^space.params.x.log: expected true or false, got 1$"),
     ],
 )
 def test_bad_space_definitions(spec, message):
     with pytest.raises(ConfigError, match=message):
         SearchSpace.from_config({"x": spec})
+
+
+def test_log_may_be_left_out_or_null():
+    space = SearchSpace.from_config({"x": {"type": "float", "low": 0.1, "high": 1, "log": None},
+                                     "y": {"type": "float", "low": 0.1, "high": 1}})
+    assert not space.params["x"].log and not space.params["y"].log
 
 
 def test_empty_space_is_an_error():
