@@ -18,11 +18,17 @@ This module is the CLI layer: it imports Hydra; the campaign layer never does.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
 import re
+import types
+import typing
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 # Hydra exports no public file source to extend; this one has been at this path since Hydra 1.0
 from hydra._internal.core_plugins.file_config_source import FileConfigSource
@@ -31,7 +37,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from hybrid.config import SCHEMAS, Config, StoppingKind
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, reject_unknown_keys
 
 if TYPE_CHECKING:
     from backends.base import Backend
@@ -83,8 +89,8 @@ def register_configs() -> None:
     from hydra.core.plugins import Plugins
 
     cs = ConfigStore.instance()
-    for group, name, node in SCHEMAS:
-        cs.store(group=group, name=name, node=node)
+    for name, node in SCHEMAS:
+        cs.store(name=name, node=node)
     if not OmegaConf.has_resolver("hybrid_root"):
         OmegaConf.register_new_resolver("hybrid_root", lambda: str(ROOT))
     plugins = Plugins.instance()
@@ -108,8 +114,24 @@ def compose_node(overrides: Sequence[str] = (), config_dir: str | Path | None = 
     try:
         with initialize_config_dir(version_base=None, config_dir=str(Path(config_dir or CONF_DIR).resolve())):
             return hydra_compose(config_name=PRIMARY, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:
         raise ConfigError(hydra_message(err)) from err
+
+
+def _reject_unknown_keys(node: DictConfig, where: str = "") -> None:
+    """Keys a schema does not have, anywhere in the typed sections. Hydra's ``+key=value`` adds
+    them past its struct check and ``OmegaConf.to_object`` would drop them without a word (a
+    misspelled ``+budget.max_experimnets=1`` silently ignored). Free-form mappings (target.env,
+    space.params, backend.resources...) are not typed, so any key stays allowed there."""
+    schema = OmegaConf.get_type(node)
+    if not (dataclasses.is_dataclass(schema) and isinstance(schema, type)):
+        return
+    fields = [f.name for f in dataclasses.fields(schema)]
+    reject_unknown_keys(where, list(node.keys()), fields)
+    for key in fields:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_unknown_keys(child, f"{where}.{key}" if where else key)
 
 
 def to_config(node: DictConfig) -> Config:
@@ -120,6 +142,7 @@ def to_config(node: DictConfig) -> Config:
     missing = sorted(OmegaConf.missing_keys(node))
     if missing:
         raise ConfigError(f"{missing[0]}: missing; set it, e.g. {missing[0]}=...")
+    _reject_unknown_keys(node)
     try:
         cfg = OmegaConf.to_object(node)
     except OmegaConfBaseException as err:
@@ -155,6 +178,46 @@ def campaign_dir_for(cfg: Config, name: str) -> Path:
     if name != cfg.campaign.name:
         directory = directory.parent / name
     return directory.resolve()
+
+
+def check_campaign_dir(directory: Path) -> None:
+    """``campaign.dir`` can become a directory this process writes in: not a file, not under a
+    file, writable (as root, permissions do not apply). Read-only: nothing is created here."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"campaign.dir: {directory} is a file, not a directory; choose another campaign.dir "
+                          "(or campaign.name)")
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"campaign.dir: {directory}: {existing} is a file, not a directory; choose another "
+                          "campaign.dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"campaign.dir: {directory}: {existing} is not writable by this user; choose another "
+                          "campaign.dir, or make it writable")
+
+
+_INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def _check_options(group: str, options: Any, given_by_campaign: Sequence[str]) -> None:
+    """A proposer's or surrogate's options are its constructor's parameters (their YAML files
+    explain them; no schema types them): a key it does not take is a ConfigError naming the ones
+    it does, not a TypeError from its constructor."""
+    from hydra.utils import get_object
+
+    if not isinstance(options, dict) or not isinstance(options.get("_target_"), str):
+        return
+    try:
+        signature = inspect.signature(get_object(options["_target_"]))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return  # instantiate names a target that cannot be built, as it always did
+    params = signature.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    allowed = [p.name for p in params if p.name not in given_by_campaign and p.kind is not p.VAR_POSITIONAL]
+    reject_unknown_keys(group, [k for k in options if k not in _INSTANTIATE_KEYS], allowed)
 
 
 def _part_name(part: Any) -> Any:
@@ -200,6 +263,9 @@ def assemble(
         cost_stop = CostAwareStop.from_config(cfg.stopping)
     name = name or camp.name
     campaign_dir = Path(campaign_dir).resolve() if campaign_dir is not None else campaign_dir_for(cfg, name)
+    check_campaign_dir(campaign_dir)
+    _check_options("proposer", cfg.proposer, ("space", "objective", "seed"))
+    _check_options("surrogate", cfg.surrogate, ("space", "objective", "seed", "target_hardware", "validate_top_k"))
     if backend is None:
         backend = instantiate(cfg.backend)
     # _partial_: runtime objects (space, objective) are passed as they are, not turned into config
@@ -234,10 +300,13 @@ def hydra_message(err: BaseException) -> str:
         if group:
             return (f"{group}={option}: no such option; available: {options or 'none'} "
                     f"(or add conf/{group}/{option}.yaml to the current directory)")
+    mark = _yaml_error(err)
+    if mark is not None:
+        return mark
     text = str(err)
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
-        return f"{m.group(1)}: no such config field; check the spelling, or add a new key with +{m.group(1)}=..."
+        return _no_such_field(m.group(1))
     cause: BaseException | None = err
     while cause is not None:  # a bad value: OmegaConf's error names the key and the value
         key, msg = getattr(cause, "full_key", None), getattr(cause, "msg", None)
@@ -248,6 +317,48 @@ def hydra_message(err: BaseException) -> str:
     if m:
         return f"{m.group(1)}: {text.strip().splitlines()[0]}"
     return text
+
+
+def _yaml_error(err: BaseException) -> str | None:
+    """A YAML file that does not parse: its name, the line and column, and what the parser
+    expected (instead of the parser's traceback through Hydra)."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, yaml.MarkedYAMLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or cause.problem_mark is None:
+        return None
+    mark = cause.problem_mark
+    where, cwd = Path(mark.name).resolve(), Path.cwd().resolve()
+    if where.is_relative_to(cwd):  # else (the packaged conf/): the full path
+        where = where.relative_to(cwd)
+    context = ""
+    if cause.context and cause.context_mark is not None:
+        context = f" (in the {cause.context.removeprefix('while parsing ').removeprefix('a ')} of line " \
+                  f"{cause.context_mark.line + 1})"
+    return (f"{where.as_posix()}: line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: "
+            f"{cause.problem}{context}; fix the file")
+
+
+def _no_such_field(key: str) -> str:
+    """``key=value`` where no such key exists. Under a schema (campaign.*, budget.*...) the
+    message names the keys there are; under a free-form mapping (target.env, space.params) a new
+    key is added with ``+``."""
+    schema: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not (dataclasses.is_dataclass(schema) and isinstance(schema, type)):
+            break
+        hints = typing.get_type_hints(schema)
+        if part not in hints:
+            try:
+                reject_unknown_keys(".".join(parts[:i]), [part], [f.name for f in dataclasses.fields(schema)])
+            except ConfigError as err:
+                return str(err)
+        hint = hints[part]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        schema = hint
+    return f"{key}: no such config field; check the spelling, or add a new key with +{key}=..."
 
 
 def _value_message(msg: str) -> str:

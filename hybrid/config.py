@@ -17,6 +17,7 @@ Importing this module must stay cheap (no torch, mlflow, hydra...): ``hybrid --h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -70,6 +71,15 @@ def _one_of(key: str, value: bool | str, allowed: tuple[bool | str, ...]) -> boo
         names = ", ".join(str(a).lower() for a in allowed)
         raise ConfigError(f"{key}: {value!r} is not one of {names}")
     return value
+
+
+def _check_name(name: str) -> str:
+    """A campaign name is one directory name under ``runs/``: with a ``/``, or as ``..``, it would
+    write elsewhere (even into the project root); a leading dot would hide it."""
+    if not name or "/" in name or "\0" in name or name.startswith("."):
+        raise ConfigError(f"campaign.name: {name!r} must be one directory name (no '/', not empty, not "
+                          "starting with '.'), e.g. campaign.name=lr-sweep; campaign.dir=PATH puts it elsewhere")
+    return name
 
 
 @dataclass
@@ -304,6 +314,10 @@ class CampaignSection:
     findings: bool | str = True
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object, i.e. once per composed config
+        _check_name(self.name)
+        if not (math.isfinite(self.poll_interval_s) and self.poll_interval_s >= 0):
+            raise ConfigError(f"campaign.poll_interval_s: expected a number >= 0, got {self.poll_interval_s:g} "
+                              "(seconds between backend polls, e.g. 0.1)")
         self.findings = _one_of("campaign.findings", self.findings, FINDINGS)
         self.prefetch_pool = _one_of("campaign.prefetch_pool", self.prefetch_pool, PREFETCH_POOL)
         if self.validate_top_k < 0:
@@ -334,15 +348,16 @@ class Config:
     campaign: CampaignSection = field(default_factory=CampaignSection)
 
 
-# (group, name, schema) as Hydra's ConfigStore holds them (hybrid.assemble.register_configs); a
-# YAML file selects its schema with `defaults: [<name>]`
-SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
-    (None, "config_schema", Config),
-    ("target", "schema", TargetConfig),
-    ("backend", "local_schema", LocalBackendConfig),
-    ("backend", "slurm_schema", SlurmBackendConfig),
-    ("backend", "skypilot_schema", SkyPilotBackendConfig),
-    ("fleet", "schema", FleetConfig),
-    ("stopping", "schema", StoppingConfig),
-    ("tracking", "schema", TrackingConfig),
+# (name, schema) as Hydra's ConfigStore holds them (hybrid.assemble.register_configs), outside every
+# group so that no schema is offered as an option (backend=local_schema); a YAML file of a group
+# selects its schema with `defaults: [/<name>]`, e.g. conf/backend/local.yaml: [/backend_local_schema]
+SCHEMAS: tuple[tuple[str, type], ...] = (
+    ("config_schema", Config),
+    ("target_schema", TargetConfig),
+    ("backend_local_schema", LocalBackendConfig),
+    ("backend_slurm_schema", SlurmBackendConfig),
+    ("backend_skypilot_schema", SkyPilotBackendConfig),
+    ("fleet_schema", FleetConfig),
+    ("stopping_schema", StoppingConfig),
+    ("tracking_schema", TrackingConfig),
 )

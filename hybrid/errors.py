@@ -28,9 +28,9 @@ class StoreError(HybridError):
 
 def reject_unknown_keys(where: str, keys: Iterable[object], allowed: Sequence[str]) -> None:
     """ConfigError ``<where>.<key>: unknown key; did you mean X? allowed: ...`` for the first key
-    not in ``allowed``."""
+    not in ``allowed`` (``where`` empty: the top level, ``<key>: ...``)."""
     for key in keys:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"{where}.{key}: unknown key; {hint}allowed: {', '.join(allowed)}")
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key; {hint}allowed: {', '.join(allowed)}")

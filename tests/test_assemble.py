@@ -54,6 +54,20 @@ def test_injected_backend_and_tracker_are_the_ones_used(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_campaign_dir_that_is_a_file_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    for given in ("f", "f/c"):
+        with pytest.raises(ConfigError, match=rf"^campaign.dir: .*{given}.* is a file, not a directory"):
+            assemble(compose([*RUN, f"campaign.dir={tmp_path / given}"]))
+
+
+def test_a_proposer_option_its_constructor_does_not_take_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^proposer.levles: unknown key; did you mean levels\? allowed: .*span"):
+        assemble(compose([*RUN, "proposer=grid", "+proposer.levles=3"]))
+    with pytest.raises(ConfigError, match=r"^surrogate.pool_szie: unknown key; did you mean pool_size\?"):
+        assemble(compose([*RUN, "surrogate=gp", "+surrogate.pool_szie=8"]))
+
+
 def test_the_cost_aware_rule_needs_the_gp() -> None:
     with pytest.raises(ConfigError, match=r"^stopping=cost_aware: needs surrogate=gp"):
         assemble(compose([*RUN, "stopping=cost_aware"]))

@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,31 @@ def test_a_value_of_the_wrong_type_is_a_config_error_naming_key_and_allowed_valu
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("+budget.max_experimnets=1", r"^budget.max_experimnets: unknown key; did you mean max_experiments\? "
+                                  r"allowed: max_experiments, max_hours, max_cost_usd$"),
+    ("+target.timeout=5", r"^target.timeout: unknown key; did you mean timeout_s\?"),
+    ("+stopping.patiense=2", r"^stopping.patiense: unknown key; did you mean patience\?"),
+    ("budget.max_experimnets=1", r"^budget.max_experimnets: unknown key; did you mean max_experiments\?"),
+])
+def test_a_key_no_schema_has_is_named_with_the_ones_it_has(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compose([*EXAMPLE, override])
+
+
+def test_free_form_mappings_still_take_any_key() -> None:
+    cfg = compose([*EXAMPLE, "+target.env.HF_HOME=/data", "+space.params.wd={type:float,low:0,high:0.3}",
+                   "backend=skypilot", "+backend.resources.use_spot=true", "fleet=reference"])
+    assert cfg.target.env["HF_HOME"] == "/data" and "wd" in cfg.space.params
+    assert cfg.backend.resources == {"use_spot": True} and cfg.fleet.workers[0]["hardware"] == "h100"
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", ".hidden", ""])
+def test_a_campaign_name_is_one_directory_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^campaign.name: {re.escape(repr(name))} must be one directory name"):
+        CampaignSection(name=name)
+
+
 def test_the_recorded_config_is_the_plain_data_hydra_composed() -> None:
     """What the store and MLflow record (Campaign's config=) did not change with the types."""
     overrides = [*EXAMPLE, "proposer=hybrid", "backend=slurm", "fleet=reference", "campaign.findings=no_gp"]
@@ -111,7 +137,7 @@ def _undocumented(cls: type) -> set[str]:
     return missing
 
 
-@pytest.mark.parametrize("cls", [c for _, _, c in schema.SCHEMAS] + [schema.BudgetConfig, schema.CampaignSection,
+@pytest.mark.parametrize("cls", [c for _, c in schema.SCHEMAS] + [schema.BudgetConfig, schema.CampaignSection,
                                                                   schema.SpaceConfig])
 def test_every_option_is_explained_in_its_schema(cls: type) -> None:
     obvious = {"_target_", "name"} if cls.__mro__[1] is not object else set()  # explained in the base
@@ -136,7 +162,7 @@ def test_the_projects_own_conf_is_searched_first(tmp_path: Path, monkeypatch: py
     (conf / "target").mkdir()
     (conf / "space" / "example.yaml").write_text("params:\n  lr: {type: float, low: 0.001, high: 0.1}\n")
     (conf / "space" / "mine.yaml").write_text("params:\n  depth: {type: int, low: 2, high: 16}\n")
-    (conf / "target" / "mine.yaml").write_text("defaults: [schema]\nname: mine\ncommand: python train.py\n")
+    (conf / "target" / "mine.yaml").write_text("defaults: [/target_schema]\nname: mine\ncommand: python train.py\n")
     (conf / "config.yaml").write_text("defaults: [someone_elses_app]\n")  # not hybrid's main config
     monkeypatch.chdir(tmp_path)
     assert set(compose(EXAMPLE).space.params) == {"lr"}  # the project's example.yaml wins
