@@ -45,6 +45,9 @@ class TargetSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     check_command: str | None = None  # run once before the first dispatch: see check_params
+    editable: tuple[str, ...] = ()  # globs of the files code variants may change (hybrid.variants)
+    smoke_command: str | None = None  # run on each code variant before any worker is spent on it
+    smoke_timeout_s: float | None = None  # its limit (hybrid.variant_book.SMOKE_TIMEOUT_S when None)
 
     @property
     def secret_values(self) -> tuple[str, ...]:
@@ -72,9 +75,22 @@ class TargetSpec:
         check = cfg.get("check_command")
         if check is not None and (not isinstance(check, str) or not check.strip()):
             raise ConfigError(f"target.check_command: expected a command (or null for no check), got {check!r}")
+        editable = cfg.get("editable") or ()
+        if isinstance(editable, str):
+            editable = (editable,)
+        if not all(isinstance(g, str) and g.strip() for g in editable):
+            raise ConfigError(f"target.editable: expected a list of globs relative to target.workdir, e.g. "
+                              f"[train.py, 'model/*.py'], got {list(editable)!r}")
+        smoke = cfg.get("smoke_command")
+        if smoke is not None and (not isinstance(smoke, str) or not smoke.strip()):
+            raise ConfigError(f"target.smoke_command: expected a command (or null for none), got {smoke!r}")
+        smoke_timeout = cfg.get("smoke_timeout_s")
+        if smoke_timeout is not None and not smoke_timeout > 0:
+            raise ConfigError(f"target.smoke_timeout_s: expected a positive number of seconds, got {smoke_timeout!r}")
         return cls(str(cfg.get("name") or "target"), str(command), workdir, Objective(metric, direction),
                    float(timeout) if timeout is not None else None, env, tuple(cfg.get("exclude") or ()),
-                   check or None)
+                   check or None, tuple(str(g).strip() for g in editable), smoke or None,
+                   float(smoke_timeout) if smoke_timeout is not None else None)
 
 
 CHECK_TIMEOUT_S = 120.0  # a check validates settings; it must not train (generous for a cold start)
