@@ -15,9 +15,12 @@ campaign re-attaches them through the files this runner writes in ``DIR/.hybrid/
 The command runs with ``/bin/sh -c`` in DIR, in its own process group, stdout+stderr appended to
 DIR/LOG. On timeout, or when the runner receives SIGTERM/SIGINT (cancel), the job's whole process
 group and every other descendant of the runner (one that left the group with ``setsid``) get
-SIGTERM, then SIGKILL after the grace period. On Linux the runner also makes itself a child
-subreaper, so processes the job orphans are reparented to it, reaped and killed with the rest,
-which keeps "is the tree gone?" exact even where PID 1 does not reap. macOS has no subreaper:
+SIGTERM, then SIGKILL after the grace period; when the command exits by itself, whatever it left
+behind gets the same. The descendants are listed again at every step until none is left (not
+even a zombie), so one that starts a new detached process in answer to SIGTERM dies too. On
+Linux the runner also makes itself a child subreaper, so processes the job orphans are
+reparented to it, reaped and killed with the rest, which keeps "is the tree gone?" exact even
+where PID 1 does not reap. macOS has no subreaper:
 there an orphan that also left the job's process group escapes the kill.
 
 Process identity and trees come from psutil (Linux and macOS alike; nothing reads /proc here);
@@ -264,27 +267,39 @@ class _Runner:
                 self.child.returncode = self.child_returncode  # keep Popen from waiting again
 
     def _kill_tree(self) -> None:
-        """SIGTERM the job's process group and every other live descendant of ours, SIGKILL
-        them after the grace period, wait till gone."""
+        """SIGTERM the job's process group and every other live descendant of ours, SIGKILL what
+        is left after the grace period, wait till gone.
+
+        Descendants are listed afresh at every step, not once per signal: a process that answers
+        SIGTERM by starting a new detached one (or a daemon that forks just then) gets its signal
+        too, and the tree is gone only when no descendant is left at all."""
         if self.child is None:
             return
         pgid = self.child.pid
         for sig, patience in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 2.0)):
-            self._reap()
-            strays = _live_descendants()  # e.g. a `setsid` daemon: not in the job's group
-            if not group_alive(pgid) and not strays:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
-            for proc in strays:
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(sig)  # psutil checks the pid still names that process
+            sent: set[psutil.Process] = set()  # a process gets each signal once (psutil: pid + start)
+            group_sent = False
             deadline = time.monotonic() + patience
-            while time.monotonic() < deadline:
+            while True:
                 self._reap()
-                strays = [p for p in strays if _alive(p)]
-                if not group_alive(pgid) and not strays:
+                tree = _descendants()
+                strays = [p for p in tree if _alive(p)]  # e.g. a `setsid` daemon: not in the job's group
+                group = group_alive(pgid)
+                if not group and not tree:
+                    # Not even a zombie: a process that exited while the tree was being listed
+                    # (after forking one the listing missed) leaves a zombie, so we list again.
                     return
+                if group and not group_sent:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, sig)
+                    group_sent = sig == signal.SIGTERM  # SIGKILL: again for members forked since
+                for proc in strays:
+                    if proc not in sent:
+                        sent.add(proc)
+                        with contextlib.suppress(psutil.Error):
+                            proc.send_signal(sig)  # psutil checks the pid still names that process
+                if time.monotonic() >= deadline:
+                    break
                 self._wait(0.02)
 
     def _finish(
@@ -311,10 +326,11 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _live_descendants() -> list[psutil.Process]:
-    """Every live process below the runner (on Linux that includes orphans reparented to it)."""
+def _descendants() -> list[psutil.Process]:
+    """Every process below the runner, zombies included (on Linux that includes orphans
+    reparented to it)."""
     try:
-        return [p for p in psutil.Process().children(recursive=True) if _alive(p)]
+        return psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
 
