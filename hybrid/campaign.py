@@ -49,6 +49,8 @@ from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.tracking import CampaignInfo, NullTracker, Tracker
 from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
+from hybrid.variant_book import VariantBook
+from hybrid.variants import VariantRejected
 from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
 from surrogate.acquisition import InOrderRanker, Ranker
 
@@ -122,6 +124,7 @@ class Campaign:
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}
+        self.book: VariantBook | None = None  # the code variants, when target.editable names files
         self.requeue: list[Candidate] = []
         self.stop_reason: str | None = None
         self.status = "new"  # then finished | interrupted | failed
@@ -160,6 +163,11 @@ class Campaign:
         except BaseException:
             self.store.close()
             raise
+        if self.target.editable:  # code variants: checked, recorded and applied by the book
+            self.book = VariantBook(self.store, self.target, self.space, self.dir, lambda: list(self.exps.values()),
+                                    target_hardware=self.target_hardware, never_copied=self._never_copied())
+            self.pool.variants = self.book
+            self.proposer.use_variants(self.book)
         if resumed:
             changed = record_changes(self.store, config)
             if changed:
@@ -379,6 +387,7 @@ class Campaign:
         workdir = Path(exp.workdir)
         try:
             snapshot(self.target.workdir, workdir, self.target.exclude, skip=self._never_copied())
+            notes = self._apply_variant(cand, workdir)
             targets.write_params(workdir, cand.params)
             spec = RunSpec(
                 command=targets.build_command(self.target.command, cand.params, exp.id, worker.hardware),
@@ -387,7 +396,7 @@ class Campaign:
                 timeout_s=self.target.timeout_s,
             )
             handle = self.backend.submit(exp, spec)
-        except (BackendError, OSError) as err:
+        except (BackendError, OSError, VariantRejected) as err:
             result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "",
                             scrub(f"submit failed: {err}", self.target.secret_values), FailureKind.CRASH)
             self.store.record(result)
@@ -396,7 +405,8 @@ class Campaign:
             self.progress.message(f"{exp.id}: submit to {worker.name} failed: {result.reason.removeprefix('submit failed: ')}")
             return
         idle = max(0.0, handle.started - self._free_since.get(worker.name, self._session_start))
-        self.store.mark_running(exp.id, handle.job_id, handle.started, idle_before_s=idle)
+        self.store.mark_running(exp.id, handle.job_id, handle.started, {"variant_notes": notes} if notes else None,
+                                idle_before_s=idle)
         exp.state, exp.job_id, exp.started = ExperimentState.RUNNING, handle.job_id, handle.started
         exp.idle_before_s = idle
         self.progress.submitted(exp)
@@ -447,6 +457,17 @@ class Campaign:
         if force or now - self._last_tsv > 2.0:
             write_results_tsv(self.dir / "results.tsv", list(self.exps.values()), self.objective)
             self._last_tsv = now
+
+    def _apply_variant(self, cand: Candidate, workdir: Path) -> list[str]:
+        """Put the candidate's code variant into its fresh snapshot (the user's files never change)."""
+        if cand.variant is None:
+            return []
+        if self.book is None:
+            raise VariantRejected(f"variant {cand.variant}: this campaign has no target.editable files")
+        notes = self.book.apply(workdir, cand.variant)
+        for note in notes:
+            self.progress.message(f"variant {cand.variant}: {note}")
+        return notes
 
     def _never_copied(self) -> tuple[Path, ...]:
         """What a snapshot of the target leaves out whatever its patterns say: this campaign's dir

@@ -12,6 +12,11 @@ moment (deterministic, for tests and simulations).
 
 Only one thread ever calls the proposer at a time (a lock), and the history the background
 thread reads is a snapshot: experiments are copied, so the campaign may update its own freely.
+
+With code variants (``target.editable``) a candidate is its parameters *and* its code: the same
+parameters on two variants are two candidates. A candidate that names no variant runs on the
+campaign's base code (the variant of the best result so far, ``VariantBook.base``), so parameter
+proposers explore within the code that is winning; one naming a variant that may not run is dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from hybrid.errors import InvalidCandidateError
 from hybrid.proposers.base import Proposer
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment
+from hybrid.variant_book import VariantBook
 
 
 class PoolPrefetcher:
@@ -96,6 +102,7 @@ class CandidatePool:
     def __init__(self, proposer: Proposer, space: SearchSpace, prefetch: bool | str, ranker_pool: int,
                  say: Callable[[str], None]) -> None:
         self.proposer, self.space, self.say = proposer, space, say
+        self.variants: VariantBook | None = None  # set by a campaign with code variants
         self.prefetcher = (PoolPrefetcher(proposer, background=prefetch is True)
                            if prefetch and ranker_pool > 1 else None)
 
@@ -124,7 +131,8 @@ class CandidatePool:
 
     def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
                 taken: Sequence[Candidate]) -> list[Candidate]:
-        seen = {self.space.key(e.params) for e in history} | {self.space.key(c.params) for c in taken}
+        seen = {self.key(e.candidate) for e in history} | {self.key(c) for c in taken}
+        base = self.variants.base() if self.variants is not None else None
         out: list[Candidate] = []
         for cand in cands:
             try:
@@ -132,8 +140,17 @@ class CandidatePool:
             except InvalidCandidateError as e:
                 self.say(f"dropped an invalid {cand.source} proposal: {e}")
                 continue
-            key = self.space.key(params)
+            variant = cand.variant if cand.variant is not None else base
+            if variant is not None and (self.variants is None or self.variants.get(variant) is None):
+                self.say(f"dropped a {cand.source} proposal on variant {variant}, which may not run")
+                continue
+            cand = replace(cand, params=params, variant=variant)
+            key = self.key(cand)
             if key not in seen:
                 seen.add(key)
-                out.append(replace(cand, params=params))
+                out.append(cand)
         return out
+
+    def key(self, cand: Candidate) -> tuple:
+        """What makes two candidates the same experiment: their code and their parameters."""
+        return cand.variant, self.space.key(cand.params)

@@ -47,6 +47,8 @@ def campaign_identity(target: TargetSpec, space: SearchSpace) -> dict[str, str]:
         "target.metric": target.objective.metric,
         "target.direction": str(target.objective.direction),
     }
+    if target.editable:  # what code variants may change (absent: none, as in stores from before variants)
+        out["target.editable"] = ", ".join(target.editable)
     for name, line in zip(space.names, space.describe().splitlines(), strict=True):
         out[f"space.params.{name}"] = line.split(": ", 1)[1]
     return out
@@ -224,8 +226,8 @@ def restore(store: Store, backend: Backend, space: SearchSpace, resumed: bool) -
     # never got dispatched (another kill) is still re-queued on the next resume.
     exps = list(out.exps.values())
     for i, e in enumerate(exps):
-        key = space.key(e.params)
-        if e.requeued and not any(space.key(x.params) == key for x in exps[i + 1:]):
+        key = (e.variant, space.key(e.params))
+        if e.requeued and not any((x.variant, space.key(x.params)) == key for x in exps[i + 1:]):
             reason = e.result.reason if e.result else LOST
             out.requeue.append(replace(e.candidate, rationale=f"re-run of {e.id} ({reason}). "
                                        f"{e.candidate.rationale}".strip()))
