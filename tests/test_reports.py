@@ -35,7 +35,7 @@ def test_results_tsv_names_the_metric_column_after_the_metric(tmp_path: Path) ->
     with open(tmp_path / "results.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert list(rows[0]) == ["experiment_id", "wave", "status", "val_bpb", "memory_gb", "hardware", "cost_usd",
-                             "source", "params", "description"]
+                             "source", "variant", "params", "description"]
     assert [(r["experiment_id"], r["status"], r["val_bpb"]) for r in rows] == [("e0001", "done", "1.012346"),
                                                                                ("e0002", "crashed", "")]
     assert rows[0]["memory_gb"] == "2.0" and rows[1]["description"] == "exit code 1; try 2"

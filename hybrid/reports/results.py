@@ -1,7 +1,8 @@
 """``results.tsv``: one row per experiment, the campaign's table for people and spreadsheets.
 
 The metric column is named after the objective's metric (``val_bpb`` for the GPT and example
-targets), as in autoresearch's results.tsv.
+targets), as in autoresearch's results.tsv. ``variant`` is the id of the code variant the experiment
+ran (its diff: ``variants/<id>.diff``), empty for the target's unchanged code.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["results_columns", "write_results_tsv"]
 def results_columns(objective: Objective) -> tuple[str, ...]:
     """The header of results.tsv: the fourth column is the objective's metric."""
     return ("experiment_id", "wave", "status", objective.metric, "memory_gb", "hardware", "cost_usd", "source",
-            "params", "description")
+            "variant", "params", "description")
 
 
 def write_results_tsv(path: Path, exps: Sequence[Experiment], objective: Objective) -> None:
@@ -43,6 +44,7 @@ def write_results_tsv(path: Path, exps: Sequence[Experiment], objective: Objecti
                 e.hardware,
                 "" if r is None else f"{r.cost_usd:.4f}",
                 e.source,
+                e.variant or "",
                 json.dumps(dict(e.params), sort_keys=True),
                 desc.replace("\t", " ").replace("\n", " "),
             ])
