@@ -39,6 +39,7 @@ from hybrid.reports.plots import Slice
 from hybrid.reports.reader import finite_number, read_campaign
 from hybrid.reports.slices import GPFactory, gp_slices
 from hybrid.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace
+from hybrid.store import VariantRecord
 from hybrid.types import Experiment, FailureKind, Objective
 
 __all__ = [
@@ -71,6 +72,7 @@ class CampaignData:
     warm_start: list[dict[str, Any]] = field(default_factory=list)
     tracking: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
+    variants: list[VariantRecord] = field(default_factory=list)  # code variants proposed, in order
 
     @cached_property
     def valid(self) -> list[Experiment]:
@@ -103,6 +105,7 @@ def load_campaign(campaign_dir: Path, *, objective: Objective | None = None,
         llm_calls=record.proposer_calls, cost_stops=[d for _, _, d in record.events_of("cost_stop")],
         warm_start=[w for w in warm if isinstance(w, dict)] if isinstance(warm, list) else [],
         tracking=dict(record.config.get("tracking") or {}), parent_run_id=record.meta.get("mlflow_parent_run_id"),
+        variants=record.variants,
     )
 
 

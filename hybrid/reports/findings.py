@@ -2,9 +2,10 @@
 
 ``write_reports(campaign_dir)`` reads the campaign's own ``state.sqlite`` (its stored config gives
 the space, the objective and the target hardware) and writes, in order: the best config vs the
-baseline, progress, main effects, interactions, GP response slices, hardware, proposer sources,
-failures, spend and the LLM's hypotheses. ``hybrid report campaign.name=NAME`` regenerates them
-(``report_command``). Output is deterministic: no timestamps, sorted iteration, a seeded
+baseline, the code variants (with code changes), progress, main effects, interactions, GP response
+slices, hardware, proposer sources, failures, spend and the LLM's hypotheses; a code variant's
+``variants/<id>.diff`` missing from the campaign dir is written again from the store.
+``hybrid report campaign.name=NAME`` regenerates them (``report_command``). Output is deterministic: no timestamps, sorted iteration, a seeded
 single-thread GP, PNGs without metadata; writing twice gives byte-identical files.
 
 The parts, in the order a report runs them:
@@ -12,7 +13,8 @@ The parts, in the order a report runs them:
   :mod:`hybrid.reports.reader`) and the analysis run once per report (``analyze``);
 - :mod:`hybrid.reports.effects`: its statistics (ANOVA main effects and interactions, rank
   correlations, paired hardware offsets); :mod:`hybrid.reports.slices`: the GP response slices;
-- :mod:`hybrid.reports.render`: the text of findings.md, section by section;
+- :mod:`hybrid.reports.render`: the text of findings.md, section by section (the code variants':
+  :mod:`hybrid.reports.code_changes`);
 - this module: the plots' data (drawn by :mod:`hybrid.reports.plots`), the files, and ``hybrid report``.
 
 The GP (``surrogate.gp.GPSurrogate``) and the MLflow tracker (``hybrid.tracking.make_tracker``)
@@ -41,6 +43,7 @@ from hybrid.reports.analysis import (
     hardware_rows,
     load_campaign,
 )
+from hybrid.reports.code_changes import write_variant_diffs
 from hybrid.reports.effects import Anova, Effect
 from hybrid.reports.hypotheses import write_hypotheses_md
 from hybrid.reports.plots import Bar, HardwareSeries, ProgressPoint
@@ -161,6 +164,7 @@ def write_reports(campaign_dir: Path, *, elapsed_s: float | None = None, objecti
     except Exception as err:  # an unreadable store: say so where the reader looks
         _write_atomic(path, f"# Findings\n\nThe campaign store could not be read ({type(err).__name__}: {err}).\n")
         return [path]
+    write_variant_diffs(campaign_dir, data.variants)  # the campaign writes them; a missing one again
     a = analyze(data, gp)
     plots, plot_notes = write_plots(data, a, campaign_dir / PLOTS_DIR)
     elapsed = elapsed_s if elapsed_s is not None else data.elapsed_s
@@ -171,21 +175,27 @@ def write_reports(campaign_dir: Path, *, elapsed_s: float | None = None, objecti
 def report_command(container: Mapping[str, Any], *, gp: GPFactory | None = None,
                    make_tracker: TrackerFactory | None = None) -> list[Path]:
     """``hybrid report <overrides>``: regenerate findings.md, the plots (and hypotheses.md with LLM
-    experiments) of ``campaign.dir``, print their paths, and upload them to the campaign's MLflow
-    run when it was mirrored (with ``make_tracker``: ``hybrid.tracking.make_tracker``)."""
+    experiments, ``variants/<id>.diff`` of the code variants) of ``campaign.dir``, print their paths
+    (the diffs as one line), and upload them to the campaign's MLflow run when it was mirrored (with
+    ``make_tracker``: ``hybrid.tracking.make_tracker``; the diffs under ``variants/``)."""
     campaign_dir = Path(str(container["campaign"]["dir"])).expanduser()
     if not (campaign_dir / "state.sqlite").is_file():
         raise ConfigError(f"campaign.name: no campaign at {campaign_dir} (no state.sqlite); give the name of a "
                           "campaign under runs/, or campaign.dir=PATH")
-    paths = write_reports(campaign_dir, gp=gp)
-    try:  # the LLM's hypotheses.md too, as the campaign's end writes it
-        data = load_campaign(campaign_dir)
+    hypotheses, diffs = [], []
+    try:  # the LLM's hypotheses.md and the variants' diffs, first, as the campaign's end writes them:
+        data = load_campaign(campaign_dir)  # findings.md points at hypotheses.md when it exists
         if write_hypotheses_md(campaign_dir / "hypotheses.md", data.exps, data.objective):
-            paths.append(campaign_dir / "hypotheses.md")
-    except HybridError:  # an unreadable store: findings.md already says so
+            hypotheses.append(campaign_dir / "hypotheses.md")
+        diffs = write_variant_diffs(campaign_dir, data.variants)
+    except HybridError:  # an unreadable store: findings.md says so
         pass
+    paths = [*write_reports(campaign_dir, gp=gp), *hypotheses]
     for p in paths:
         print(p, flush=True)
+    if diffs:
+        print(f"{campaign_dir / 'variants'}/ ({len(diffs)} diff{'s' * (len(diffs) != 1)} of code variants)", flush=True)
+    paths += diffs
     if make_tracker is not None:
         _upload(campaign_dir, paths, make_tracker)
     return paths

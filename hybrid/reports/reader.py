@@ -3,7 +3,7 @@
 ``read_campaign(campaign_dir)`` opens ``state.sqlite`` with ``Store.open_read_only`` (never
 created, claimed or written; safe while the campaign runs), reads everything once and closes it.
 The findings report, the strategy comparison of a multirun and the warm start all read a
-campaign through it, so they agree on its config, objective, target identity and spend.
+campaign through it, so they agree on its config, objective, target identity, spend and code variants.
 
 Errors: a store that cannot be opened raises :class:`StoreError` (its message names the file);
 one that opens but cannot be read raises ``sqlite3.Error``. Callers turn them into their own
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrid.store import Store
+from hybrid.store import Store, VariantRecord
 from hybrid.types import Experiment, Objective
 
 __all__ = ["STORE_FILE", "CampaignRecord", "finite_number", "read_campaign"]
@@ -55,6 +55,7 @@ class CampaignRecord:
     meta: dict[str, Any]  # the META_KEYS the store has: status, stop_reason, active_s, created, warm_start...
     experiments: list[Experiment]  # every experiment, in creation order
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, detail), in order
+    variants: list[VariantRecord] = field(default_factory=list)  # code variants proposed, ok and rejected, in order
 
     # ---- what it optimized, and where -------------------------------------------------------
     @property
@@ -141,7 +142,9 @@ def read_campaign(campaign_dir: Path | str) -> CampaignRecord:
         config = store.get_meta("config") or {}
         exps = store.experiments()
         events = store.events()
+        variants = store.variants()
     finally:
         store.close()
     return CampaignRecord(campaign_dir, None if name is None else str(name), config if isinstance(config, dict) else {},
-                          meta, exps, [(float(ts), str(kind), detail or "") for ts, kind, detail in events])
+                          meta, exps, [(float(ts), str(kind), detail or "") for ts, kind, detail in events],
+                          variants)

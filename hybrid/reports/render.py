@@ -35,7 +35,9 @@ from hybrid.reports.analysis import (
     hardware_rows,
     improvements,
 )
+from hybrid.reports.code_changes import code_changes, section_code_changes
 from hybrid.reports.effects import Anova
+from hybrid.reports.summary import variant_diff_path
 from hybrid.space import CategoricalParam, IntParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState
 
@@ -70,7 +72,8 @@ def _best_line(label: str, best: Experiment, base: Experiment | None, data: Camp
     v, base_v = best.value(m), base.value(m) if base else None
     assert v is not None
     where = " (the target hardware)" if best.hardware == data.target_hardware else ""
-    head = f"- **{label} {m} {v:.6g}** by {best.id} [{best.source}] on {best.hardware}{where}"
+    code = f" with code variant {best.variant} ({variant_diff_path(best.variant)})" if best.variant else ""
+    head = f"- **{label} {m} {v:.6g}** by {best.id} [{best.source}]{code} on {best.hardware}{where}"
     if base is None or base_v is None:
         return [head + " (no baseline result to compare with)."]
     if best is base:
@@ -338,6 +341,8 @@ def render(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapp
     head += [f"Note: {n}." for n in plot_notes]
     sections: list[tuple[str, Callable[[], list[str] | None]]] = [
         ("Headline", lambda: section_headline(data, a)),
+        ("Code changes", lambda: section_code_changes(
+            code_changes(data.exps, data.variants, obj, data.target_hardware, a.best), obj)),
         ("Progress", lambda: section_progress(data, a, elapsed_s, plots)),
         ("What mattered: main effects", lambda: section_effects(data, a, plots)),
         ("Interactions", lambda: section_interactions(data, a)),

@@ -1,7 +1,9 @@
 """The campaign's final summary: ``summary.txt``, the terminal's last lines and the summary metrics.
 
 "Best" and the baseline are :mod:`hybrid.history`'s (best on the judged hardware); values are
-shown with :func:`hybrid.history.fmt_value` (``lr=0.01``, not ``lr=0.010000000000000004``).
+shown with :func:`hybrid.history.fmt_value` (``lr=0.01``, not ``lr=0.010000000000000004``). When
+the best experiment ran a code variant, its best line names the variant and the file of its diff
+(``variants/<id>.diff``, which ``git apply`` takes in the target's tree).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from hybrid import history
 from hybrid.types import Experiment, ExperimentState, Objective
 
-__all__ = ["Summary", "summarize"]
+__all__ = ["Summary", "summarize", "variant_diff_path"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Summary:
     best_hardware: str | None
     baseline_value: float | None
     proposer_usd: float = 0.0  # the proposers' own spend (LLM tokens), included in spend_usd
+    best_variant: str | None = None  # the code variant the best experiment ran (None: the unchanged code)
 
     @property
     def improvement_pct(self) -> float | None:
@@ -48,6 +51,8 @@ class Summary:
         if self.best_value is not None:
             out[f"best_{m}"] = self.best_value
             out["best_experiment"] = self.best_id
+        if self.best_variant is not None:
+            out["best_variant"] = self.best_variant
         if self.baseline_value is not None:
             out[f"baseline_{m}"] = self.baseline_value
         if self.improvement_pct is not None:
@@ -65,7 +70,9 @@ class Summary:
         else:
             base = "" if self.baseline_value is None else f", baseline {history.fmt_value(self.baseline_value)}"
             imp = "" if self.improvement_pct is None else f" ({self.improvement_pct:+.2f}% vs baseline)"
-            lines.append(f"  best {m} {history.fmt_value(self.best_value)}{imp} by {self.best_id} on "
+            code = "" if self.best_variant is None else (f" with code variant {self.best_variant} "
+                                                         f"({variant_diff_path(self.best_variant)})")
+            lines.append(f"  best {m} {history.fmt_value(self.best_value)}{imp} by {self.best_id}{code} on "
                          f"{self.best_hardware}{base}")
             lines.append("  best config: " + history.fmt_params(self.best_params))
         return "\n".join(lines)
@@ -84,4 +91,10 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
         best_id=best.id if best else None, best_value=best.value(objective.metric) if best else None,
         best_params=dict(best.params) if best else {}, best_hardware=best.hardware if best else None,
         baseline_value=base.value(objective.metric) if base else None, proposer_usd=proposer_usd,
+        best_variant=best.variant if best else None,
     )
+
+
+def variant_diff_path(variant_id: str) -> str:
+    """Where a variant's diff is, relative to the campaign dir (the campaign and ``hybrid report`` write it)."""
+    return f"variants/{variant_id}.diff"
