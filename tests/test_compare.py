@@ -153,7 +153,8 @@ def test_an_interrupted_sweep_is_still_compared(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "0/1 runs  no result" in p.stdout
     md = (tmp_path / "sweep" / "comparison.md").read_text()
-    assert "no result: no val_bpb among 2 experiments (2 cancelled); campaign interrupted" in md
+    # the interrupt's cancellations are re-queued for a resume: not counted as experiments
+    assert "no result: no experiment finished (2 re-queued for a resume); campaign interrupted" in md
 
 
 @pytest.mark.parametrize(("args", "message"), [

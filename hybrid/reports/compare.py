@@ -178,8 +178,10 @@ def read_job(job: str, pointer: dict[str, Any]) -> JobRun:
         run.elapsed_s = active(max(stamps))
     if run.best is None:
         states = Counter(e.state.name.lower() for e in exps)
+        requeued = len(record.experiments) - len(exps)  # cancelled by an interrupt or lost: run again on resume
         run.note = (f"no {run.objective.metric} among {run.n_experiments} experiments ("
                     + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + ")" if exps
+                    else f"no experiment finished ({requeued} re-queued for a resume)" if requeued
                     else "no experiment was created") + f"; campaign {run.status}"
     return run
 
