@@ -105,6 +105,14 @@ class TargetConfig:
     # anything is dispatched; a non-zero exit (e.g. parameter names the target does not know) is a
     # ConfigError naming its first stderr line. None: no check
     check_command: str | None = None
+    # code variants: globs relative to workdir naming the files the LLM may change (e.g. [train.py,
+    # "model/*.py"]); empty: no code edits. Each variant runs in a snapshot, never in your files
+    editable: list[str] = field(default_factory=list)
+    # run here on each code variant (a snapshot with it applied; same placeholders as command, the
+    # baseline's params) before any worker is spent on it; a non-zero exit rejects it. None: no smoke test
+    smoke_command: str | None = None
+    # the smoke command's limit (None: 120 s); past it the variant is rejected
+    smoke_timeout_s: float | None = None
 
 
 @dataclass
