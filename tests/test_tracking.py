@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 
 from hybrid.config import TrackingConfig
 from hybrid.errors import ConfigError
+from hybrid.reports import report_command
+from hybrid.store import Store
 from hybrid.tracking import (
     REDACTED,
     CampaignInfo,
@@ -31,6 +33,7 @@ from hybrid.tracking import (
     make_tracker,
 )
 from hybrid.types import Candidate, Experiment, ExperimentState, Objective, Result
+from tests.variant_campaign import write_variant_campaign
 
 CONFIG: dict[str, Any] = {
     "target": {
@@ -143,6 +146,7 @@ def test_child_run_mirrors_the_experiment(root: Path, client: MlflowClient, tmp_
     assert (tags["experiment_id"], tags["worker"]) == ("e0003", "w0")
     assert tags["rationale"] == "deeper nets help at this budget"
     assert "reason" not in tags
+    assert "variant" not in tags  # the unchanged code
     path = client.download_artifacts(run.info.run_id, "log_tail.txt", str(tmp_path))
     assert Path(path).read_text() == result.log_tail
 
@@ -253,6 +257,46 @@ def test_close_logs_artifacts_summary_and_stop_reason(root: Path, client: Mlflow
     got = client.download_artifacts(parent, "results.tsv", str(tmp_path / "dl"))
     assert Path(got).read_text() == report.read_text()
     assert children(client, parent) == []
+
+
+def test_a_variants_run_is_tagged_and_the_diffs_go_to_the_parent_run_at_close(
+    root: Path, client: MlflowClient, tmp_path: Path
+) -> None:
+    tracker = MLflowTracker()
+    info = campaign(root, "c-variants")
+    parent = tracker.start(info)
+    assert parent is not None
+    exp, result = finished("e0002")
+    exp.candidate = Candidate(exp.params, "llm", "GELU instead of relu squared", "v3f2a9c1d0b")
+    tracker.log(exp, result)
+    (run,) = children(client, parent)
+    assert run.data.tags["variant"] == "v3f2a9c1d0b"
+    # the campaign's diffs, written as it goes; its smoke-test scratch space is not a diff
+    diff = "diff --git a/model/gpt.py b/model/gpt.py\n--- a/model/gpt.py\n+++ b/model/gpt.py\n"
+    (info.dir / "variants" / ".smoke" / "v3f2a9c1d0b").mkdir(parents=True)
+    (info.dir / "variants" / "v3f2a9c1d0b.diff").write_text(diff)
+    (info.dir / "findings.md").write_text("# Findings\n")
+    tracker.close("finished", "budget reached", {"n_finished": 1}, [info.dir / "findings.md"])
+    assert sorted(a.path for a in client.list_artifacts(parent)) == ["findings.md", "variants"]
+    assert [a.path for a in client.list_artifacts(parent, "variants")] == ["variants/v3f2a9c1d0b.diff"]
+    got = client.download_artifacts(parent, "variants/v3f2a9c1d0b.diff", str(tmp_path))
+    assert Path(got).read_text() == diff
+
+
+def test_hybrid_report_uploads_the_variants_diffs_again(root: Path, client: MlflowClient,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{root / 'mlflow.db'}"  # the module's store (the campaign dir is one level further down)
+    c = write_variant_campaign(root / "c-report-variants", "c-report", tracking={"name": "mlflow", "uri": uri})
+    parent = MLflowTracker(uri=uri).start(CampaignInfo("c-report", c.dir, {}, Objective()))
+    assert parent is not None
+    store = Store(c.dir / "state.sqlite")
+    store.set_meta("mlflow_parent_run_id", parent)
+    store.close()
+    report_command({"campaign": {"dir": str(c.dir)}}, make_tracker=make_tracker)
+    assert f"uploaded to MLflow run {parent}" in capsys.readouterr().out
+    ids = sorted(b.variant.id for b in (c.gelu, c.softcap, c.broken, c.neutral))
+    assert sorted(a.path for a in client.list_artifacts(parent, "variants")) == [f"variants/{v}.diff" for v in ids]
+    assert "findings.md" in [a.path for a in client.list_artifacts(parent)]
 
 
 def test_an_explicit_experiment_name_and_sqlite_uri(root: Path, client: MlflowClient, tmp_path: Path) -> None:

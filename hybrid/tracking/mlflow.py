@@ -1,6 +1,10 @@
 """The MLflow tracker: one parent run per campaign, one child run per experiment, every MLflow call
 guarded (a failure warns once per kind and the campaign goes on; after a few in a row it stops trying).
 
+A child run of an experiment that ran a code variant has the tag ``variant`` (its id; no tag for the
+unchanged code); at close the campaign's ``variants/<id>.diff`` files go to the parent run under
+``variants/``, whatever artifacts the campaign names: every diff the LLM's code ran with is shown.
+
 ``mlflow`` is imported inside the methods that need it: importing this module stays cheap.
 """
 
@@ -65,6 +69,7 @@ class MLflowTracker:
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._campaign = ""
+        self._campaign_dir: Path | None = None
         self._logged: set[str] = set()  # experiment ids mirrored by this tracker
         self._warned: set[tuple[str, str]] = set()
         self._failures = 0  # consecutive
@@ -72,7 +77,7 @@ class MLflowTracker:
 
     # -- the Tracker protocol ------------------------------------------------------------------
     def start(self, campaign: CampaignInfo) -> str | None:
-        self._campaign = campaign.name
+        self._campaign, self._campaign_dir = campaign.name, Path(campaign.dir)
         self._disabled, self._failures, self._parent = False, 0, None
         return self._guarded("start", lambda: self._start(campaign))
 
@@ -100,6 +105,9 @@ class MLflowTracker:
         for path in map(Path, artifacts):
             if self._active():
                 self._guarded(f"uploading {path}", partial(self._log_artifact, path), kind="artifact")
+        for path in self._variant_diffs(artifacts):
+            if self._active():
+                self._guarded(f"uploading {path}", partial(self._log_artifact, path, "variants"), kind="artifact")
         if self._active():
             end = _CAMPAIGN_STATUS.get(status, "FINISHED")
             self._guarded("close", lambda: self._run()[0].set_terminated(self._run()[1], end))
@@ -185,6 +193,8 @@ class MLflowTracker:
             "status": result.state.name.lower(),
             "worker": exp.worker,
         }
+        if exp.variant:  # the code variant it ran (its diff: variants/<id>.diff of the parent run)
+            tags["variant"] = exp.variant
         if exp.job_id:
             tags["job_id"] = exp.job_id
         if result.reason and result.state is not ExperimentState.DONE:
@@ -211,12 +221,23 @@ class MLflowTracker:
         step = int(finite_number(summary.get("n_finished")) or 0)
         _log_batch(*self._run(), metrics=metrics, tags=tags, step=step)
 
-    def _log_artifact(self, path: Path) -> None:
+    def _variant_diffs(self, artifacts: Sequence[Path]) -> list[Path]:
+        """The campaign's ``variants/*.diff`` (its ``.smoke/`` scratch space left out), less any the
+        campaign named itself."""
+        if self._campaign_dir is None:
+            return []
+        named = {Path(p).resolve() for p in artifacts}
+        folder = self._campaign_dir / "variants"
+        if folder.resolve() in named or not folder.is_dir():
+            return []
+        return [p for p in sorted(folder.glob("*.diff")) if p.is_file() and p.resolve() not in named]
+
+    def _log_artifact(self, path: Path, folder: str | None = None) -> None:
         client, parent = self._run()
         if path.is_dir():
             client.log_artifacts(parent, str(path), artifact_path=path.name)
         elif path.is_file():
-            client.log_artifact(parent, str(path))
+            client.log_artifact(parent, str(path), artifact_path=folder)
         else:
             _log.info("artifact %s does not exist; not uploaded to MLflow", path)
 
