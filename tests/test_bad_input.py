@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hybrid.store import Store
+
 # the example target, as small as it gets: one experiment, no tracking, no findings
 BASE = ["target=example", "surrogate=none", "tracking=none", "campaign.progress=plain", "campaign.findings=false",
         "target.env.EXAMPLE_SECONDS=0", "budget.max_experiments=1", "campaign.poll_interval_s=0.05"]
@@ -139,6 +141,12 @@ def test_the_hydra_record_is_written_after_validation_redacted_and_private(tmp_p
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
     assert "HF_TOKEN" in (record / "config.yaml").read_text()  # the name stays, the value goes
     assert "campaign.name=c" in (record / "overrides.yaml").read_text()
+    # nor in the store (its config meta keeps the name): every byte of the database and its WAL
+    store = Store.open_read_only(tmp_path / "runs" / "c" / "state.sqlite")
+    assert store.get_meta("config")["target"]["env"]["HF_TOKEN"] == "<redacted>"
+    store.close()
+    for f in (tmp_path / "runs" / "c").glob("state.sqlite*"):
+        assert secret.encode() not in f.read_bytes(), f.name
 
 
 def test_a_campaign_in_which_every_experiment_failed_exits_3(tmp_path: Path) -> None:
