@@ -118,6 +118,9 @@ def test_a_long_diff_is_cut_in_findings_and_whole_in_its_file(tmp_path: Path) ->
     assert block and len(block.group(1).splitlines()) == 200 < total
     assert f"({total - 200} more lines in variants/{c.broken.variant.id}.diff.)" in cc
     assert "Best val_bpb on h100" in cc
+    rows = table(cc)  # judged on h100: only the long variant ran there, the unchanged code did not
+    assert rows[c.broken.variant.id][7:] == ["0.95", "n/a", "no result of its base code"]
+    assert rows[c.gelu.variant.id][7:] == ["n/a", "n/a", "no result on h100 yet"]
 
 
 def test_headline_and_summary_name_the_winning_variant_and_its_diff(camp: VariantCampaign) -> None:

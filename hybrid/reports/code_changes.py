@@ -143,13 +143,13 @@ def _effect(row: VariantRow) -> str:
     return f"{row.effect:+.4g}{pct}; n {row.n} vs {row.base_n}"
 
 
-def _held_cell(row: VariantRow) -> str:
+def _held_cell(row: VariantRow, hardware: str | None) -> str:
     if row.status == "rejected":
         return "never ran"
     if not row.runs:
         return "not run yet"
     if row.best is None:
-        return "no (no successful run)" if row.failed == row.runs else "no result here"
+        return "no (no successful run)" if row.failed == row.runs else f"no result on {hardware} yet"
     if row.base_best is None:
         return "no result of its base code"
     return row.held
@@ -184,7 +184,7 @@ def section_code_changes(cc: CodeChanges | None, objective: Objective, max_lines
     for r in cc.rows:
         out.append(f"| {r.id} | {_cell(clip(r.hypothesis, 80)) or '(none given)'} | {r.parent or UNCHANGED} | "
                    f"{r.stat or '—'} | {_cell(_status(r))} | {r.runs} | {r.failed} | {_value(r.best)} | "
-                   f"{_effect(r)} | {_held_cell(r)} |")
+                   f"{_effect(r)} | {_held_cell(r, cc.hardware)} |")
     if cc.noise is not None:
         out += ["", f"Run-to-run noise: sd {cc.noise:.3g} of {m}, pooled over {cc.noise_groups} configuration"
                 f"{'s' * (cc.noise_groups != 1)} run more than once on the same code and hardware; \"within noise\": "
