@@ -14,9 +14,10 @@ Only one thread ever calls the proposer at a time (a lock), and the history the 
 thread reads is a snapshot: experiments are copied, so the campaign may update its own freely.
 
 With code variants (``target.editable``) a candidate is its parameters *and* its code: the same
-parameters on two variants are two candidates. A candidate that names no variant runs on the
-campaign's base code (the variant of the best result so far, ``VariantBook.base``), so parameter
-proposers explore within the code that is winning; one naming a variant that may not run is dropped.
+parameters on two variants are two candidates. Candidates that name no code (the parameter
+proposers') are spread in turn over the codes worth exploring (``VariantBook.explore``: the base,
+the code of the best result so far, first), so parameter proposers explore within variants and the
+GP chooses among (code, params); one naming a variant that may not run is dropped.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class CandidatePool:
     def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
                 taken: Sequence[Candidate]) -> list[Candidate]:
         seen = {self.key(e.candidate) for e in history} | {self.key(c) for c in taken}
-        base = self.variants.base() if self.variants is not None else None
+        codes = self.variants.explore() if self.variants is not None else [None]
+        n_free = 0  # candidates that name no code so far
         out: list[Candidate] = []
         for cand in cands:
             try:
@@ -140,7 +142,9 @@ class CandidatePool:
             except InvalidCandidateError as e:
                 self.say(f"dropped an invalid {cand.source} proposal: {e}")
                 continue
-            variant = cand.variant if cand.variant is not None else base
+            variant = cand.variant
+            if variant is None:  # spread over the codes worth exploring, the base first
+                variant, n_free = codes[n_free % len(codes)], n_free + 1
             if variant is not None and (self.variants is None or self.variants.get(variant) is None):
                 self.say(f"dropped a {cand.source} proposal on variant {variant}, which may not run")
                 continue

@@ -112,6 +112,22 @@ class VariantBook:
         return best.variant if best is not None and best.variant in self._built else None
 
     # ---- the campaign's side ----------------------------------------------------------------
+    def explore(self, k: int = 4) -> list[str | None]:
+        """The code parameter proposers explore on (``CandidatePool`` spreads their candidates over it
+        in turn): the base first, then up to ``k - 1`` other codes that may run, the best results
+        first, then those not run yet; the unchanged code is one of them (None)."""
+        exps = list(self._experiments())
+        best: dict[str | None, float] = {}
+        for e, v in history.successes(exps, self.target.objective):
+            loss = self.target.objective.sign() * v
+            best[e.variant] = min(loss, best.get(e.variant, loss))
+        with self._lock:
+            codes: list[str | None] = [None, *self._built]
+        base = self.base()
+        others = [c for c in codes if c != base]
+        others.sort(key=lambda c: (c not in best, best.get(c, 0.0)))
+        return [base, *others][:max(1, k)]
+
     def get(self, variant_id: str) -> Built | None:
         with self._lock:
             return self._built.get(variant_id)

@@ -145,3 +145,16 @@ def test_the_base_is_the_code_of_the_best_result(tmp_path, tree):
     assert b.base() is None
     exps.append(_done(3, 0.95, GELU.id))  # better than every run of the unchanged code: kept
     assert b.base() == GELU.id
+
+
+def test_parameter_proposers_explore_the_base_first_then_the_other_codes(tmp_path, tree):
+    exps: list[Experiment] = [_done(1, 1.0, None)]
+    b, _ = book(tmp_path, tree, exps)
+    silu = make_variant([Edit("train.py", 'ACT = "relu"', 'ACT = "silu"')], "SiLU")
+    tanh = make_variant([Edit("train.py", 'ACT = "relu"', 'ACT = "tanh"')], "tanh")
+    for v in (GELU, silu, tanh):
+        b.check(v, "llm")
+    assert b.explore() == [None, GELU.id, silu.id, tanh.id]  # nothing tried but the unchanged code
+    exps += [_done(2, 0.9, silu.id), _done(3, 1.2, GELU.id)]
+    assert b.explore() == [silu.id, None, GELU.id, tanh.id]  # the base, then by best result, untried last
+    assert b.explore(k=2) == [silu.id, None]
