@@ -13,11 +13,10 @@ moment (deterministic, for tests and simulations).
 Only one thread ever calls the proposer at a time (a lock), and the history the background
 thread reads is a snapshot: experiments are copied, so the campaign may update its own freely.
 
-With code variants (``target.editable``) a candidate is its parameters *and* its code: the same
-parameters on two variants are two candidates. Candidates that name no code (the parameter
-proposers') are spread in turn over the codes worth exploring (``VariantBook.explore``: the base,
-the code of the best result so far, first), so parameter proposers explore within variants and the
-GP chooses among (code, params); one naming a variant that may not run is dropped.
+With code variants (``target.editable``) a candidate is its parameters *and* its code (None: the
+unchanged code): the same parameters on two variants are two candidates, and one naming a variant
+that may not run is dropped. Which code a parameter proposer's candidates run on is the proposer's
+choice (``VariantChecker.explore``: the base first, then the other codes worth exploring).
 """
 
 from __future__ import annotations
@@ -133,8 +132,6 @@ class CandidatePool:
     def _usable(self, cands: Sequence[Candidate], history: Sequence[Experiment],
                 taken: Sequence[Candidate]) -> list[Candidate]:
         seen = {self.key(e.candidate) for e in history} | {self.key(c) for c in taken}
-        codes = self.variants.explore() if self.variants is not None else [None]
-        n_free = 0  # candidates that name no code so far
         out: list[Candidate] = []
         for cand in cands:
             try:
@@ -143,12 +140,10 @@ class CandidatePool:
                 self.say(f"dropped an invalid {cand.source} proposal: {e}")
                 continue
             variant = cand.variant
-            if variant is None:  # spread over the codes worth exploring, the base first
-                variant, n_free = codes[n_free % len(codes)], n_free + 1
             if variant is not None and (self.variants is None or self.variants.get(variant) is None):
                 self.say(f"dropped a {cand.source} proposal on variant {variant}, which may not run")
                 continue
-            cand = replace(cand, params=params, variant=variant)
+            cand = replace(cand, params=params)
             key = self.key(cand)
             if key not in seen:
                 seen.add(key)

@@ -80,6 +80,11 @@ class VariantChecker(Protocol):
         """The variant new code changes should build on: the one whose results beat the unchanged code
         beyond noise (autoresearch's keep), None while the unchanged code is best."""
 
+    def explore(self, k: int = 4) -> list[str | None]:
+        """The codes parameter candidates are worth running on, best first: the base, then up to
+        ``k - 1`` other codes that may run by their best result, then those not run yet (None: the
+        unchanged code). A proposer spreads its parameter candidates over them in turn."""
+
 
 # ---- the editable set ---------------------------------------------------------------------------
 class Editable:

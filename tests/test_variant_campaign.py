@@ -94,7 +94,7 @@ def test_variants_run_in_their_snapshot_and_the_winners_diff_reproduces_its_code
     store = Store.open_read_only(tmp_path / "runs/v/state.sqlite")
     exps = store.experiments()
     assert [(e.source, e.variant, e.params["lr"]) for e in exps] == [
-        ("baseline", None, 0.02), ("llm", GELU.id, 0.04), ("llm", GELU.id, 0.05)]  # None ran on the base: GELU
+        ("baseline", None, 0.02), ("llm", GELU.id, 0.04), ("llm", None, 0.05)]  # None: the unchanged code
     assert all(e.state is ExperimentState.DONE for e in exps)
     assert summary.best_id == "e0002" and summary.best_value == pytest.approx(0.95)
     statuses = {r.variant.id: (r.status, r.reason) for r in store.variants()}
@@ -118,7 +118,7 @@ def test_a_resume_keeps_every_variant_and_result_once(tmp_path, tree):
     store = Store.open_read_only(tmp_path / "runs/v/state.sqlite")
     exps = store.experiments()
     assert [(e.variant, e.params["lr"]) for e in exps] == [(None, 0.02), (GELU.id, 0.04), (GELU.id, 0.03),
-                                                          (GELU.id, 0.06)]
+                                                          (None, 0.06)]
     assert sorted(r.variant.id for r in store.variants()) == sorted([GELU.id, BROKEN.id])
 
 
