@@ -20,15 +20,15 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from hybrid.errors import ConfigError, HybridError
-from hybrid.types import Edit, Variant
+from hybrid.types import Candidate, Edit, Variant
 
 __all__ = ["Built", "Editable", "Limits", "VariantChecker", "VariantInfo", "VariantRejected", "build", "diff_stat",
-           "make_variant", "normalize_edits", "unified_diff", "variant_id", "write_into"]
+           "make_variant", "normalize_edits", "spread", "unified_diff", "variant_id", "write_into"]
 
 
 class VariantRejected(HybridError):
@@ -84,6 +84,14 @@ class VariantChecker(Protocol):
         """The codes parameter candidates are worth running on, best first: the base, then up to
         ``k - 1`` other codes that may run by their best result, then those not run yet (None: the
         unchanged code). A proposer spreads its parameter candidates over them in turn."""
+
+
+def spread(cands: Sequence[Candidate], codes: Sequence[str | None]) -> list[Candidate]:
+    """Code-agnostic candidates (a parameter proposer's) spread over ``codes`` in turn, the first
+    on ``codes[0]`` (``VariantChecker.explore``: the base); with one code, all run on it."""
+    if not codes:
+        return list(cands)
+    return [replace(c, variant=codes[i % len(codes)]) for i, c in enumerate(cands)]
 
 
 # ---- the editable set ---------------------------------------------------------------------------

@@ -207,3 +207,12 @@ def test_a_store_from_before_variants_is_read_and_migrated(tmp_path):
     ro.close()
     again = Store(tmp_path / "state.sqlite")
     assert again._has_column("variant") and again.experiments()[0].variant is None and again.variants() == []
+
+
+def test_spread_puts_parameter_candidates_on_the_codes_in_turn():
+    from hybrid.types import Candidate
+    from hybrid.variants import spread
+
+    cands = [Candidate({"lr": i}, "tpe") for i in range(5)]
+    assert [c.variant for c in spread(cands, ["va", None, "vb"])] == ["va", None, "vb", "va", None]
+    assert [c.variant for c in spread(cands, [None])] == [None] * 5
