@@ -14,6 +14,13 @@
   ``max_train`` points the model conditions on a subsample: every task's best quarter of the cap,
   then a uniform draw from the rest (the region that matters for improvement stays dense). Everything runs in float64 with exact Cholesky (GPyTorch otherwise switches to
   iterative solvers above 800 points).
+- Code variants as a dimension whose levels appear during the campaign: once any result, or any
+  configuration the caller asks about (``update(history, variants=...)``), carries a variant, the
+  inputs get one more column, the variant's level (None, the unchanged code, is level 0), and the
+  parameter kernel is multiplied by :class:`LineageKernel` (variants as a tree: a variant adds an
+  unknown change of its own to its parent's response). A variant without results is predicted
+  like its parent, with more variance. Without variants nothing changes: the same model, the same
+  numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gpytorch
@@ -31,15 +38,20 @@ import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP, SingleTaskGP
 from botorch.models.model import Model
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.constraints import Positive
 from gpytorch.distributions import MultivariateNormal
+from gpytorch.kernels import Kernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import GammaPrior
 from torch import Tensor
 
 from hybrid.errors import ConfigError
 from hybrid.history import judged_label
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, Objective
+from surrogate.lineage import Lineage
 
 DTYPE = torch.float64
 
@@ -117,11 +129,13 @@ class OneHotEncoder:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Successful results: X (n, D) encoded configs, y (n,) = -sign * value, hardware (n,)."""
+    """Successful results: X (n, D) encoded configs (D + 1 columns, the last the variant's level,
+    once the model has a variant dimension), y (n,) = -sign * value, hardware (n,), variant (n,)."""
 
     X: np.ndarray
     y: np.ndarray
     hardware: list[str]
+    variant: list[str | None]
 
 
 def training_data(history: Sequence[Experiment], objective: Objective, encoder: OneHotEncoder) -> TrainingData:
@@ -131,6 +145,7 @@ def training_data(history: Sequence[Experiment], objective: Objective, encoder: 
         X=encoder.encode_many([e.params for e, _ in rows]),
         y=np.array([-objective.sign() * v for _, v in rows], dtype=float),
         hardware=[e.result.hardware if e.result is not None else e.hardware for e, _ in rows],
+        variant=[e.variant for e, _ in rows],
     )
 
 
@@ -152,22 +167,52 @@ def _subsample(y: np.ndarray, tasks: np.ndarray, cap: int, rng: np.random.Genera
 
 class FittedSurrogate:
     """A GP ready to predict on the target hardware. ``model.posterior`` takes (b) x q x D inputs
-    (no task column) and returns the objective in y units (maximized)."""
+    (no task column; D + 1 with the variant's level when ``levels`` is set) and returns the
+    objective in y units (maximized).
 
-    def __init__(self, model: Model, data: TrainingData, target_hardware: str, refit: bool, fit_seconds: float):
+    ``levels``: the variant dimension's levels (None first: the unchanged code), or None when the
+    model has no variant dimension. :meth:`inputs` encodes (params, variant) pairs for it.
+    """
+
+    def __init__(self, model: Model, data: TrainingData, target_hardware: str, refit: bool, fit_seconds: float,
+                 encoder: OneHotEncoder | None = None, levels: list[str | None] | None = None):
         self.model = model
         self.data = data
         self.target_hardware = target_hardware
         self.refit = refit
         self.fit_seconds = fit_seconds
+        self.encoder = encoder
+        self.levels = levels
 
     @property
     def n_observations(self) -> int:
         return len(self.data.y)
 
+    def inputs(self, params: Sequence[Mapping[str, Any]],
+               variants: Sequence[str | None] | None = None) -> np.ndarray:
+        """The model's (m, D) or (m, D + 1) inputs for configurations run with ``variants``
+        (default: the unchanged code). A variant must be one of ``levels``: the caller names the
+        variants it will ask about to ``GPSurrogate.update``."""
+        assert self.encoder is not None, "FittedSurrogate.inputs needs the encoder"
+        X = self.encoder.encode_many(params)
+        if self.levels is None:
+            if variants is not None and any(v is not None for v in variants):
+                raise ValueError("this GP has no variant dimension: pass the variants to GPSurrogate.update")
+            return X
+        index = {v: i for i, v in enumerate(self.levels)}
+        col = np.array([index[v] for v in (variants or [None] * len(X))], dtype=float)
+        return np.hstack([X, col.reshape(-1, 1)])
+
+    def _full(self, X: np.ndarray) -> np.ndarray:
+        """Parameter-only points of a model with a variant dimension are the unchanged code's."""
+        X = np.asarray(X, dtype=float)
+        if self.levels is not None and X.shape[-1] == self.data.X.shape[1] - 1:
+            return np.hstack([X, np.zeros((len(X), 1))])
+        return X
+
     def marginal(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance, each (m,), at the (m, D) points (no joint covariance)."""
-        Xt = torch.as_tensor(X, dtype=DTYPE)  # one m-point posterior; a batch of m x 1 is far slower
+        Xt = torch.as_tensor(self._full(X), dtype=DTYPE)  # one m-point posterior; a batch of m x 1 is far slower
         with torch.no_grad(), exact_gp():
             post = self.model.posterior(Xt)
             mean, var = post.mean.reshape(-1), post.variance.reshape(-1)
@@ -175,7 +220,7 @@ class FittedSurrogate:
 
     def joint(self, X: np.ndarray) -> tuple[Tensor, Tensor]:
         """Joint posterior of the latent objective at the (m, D) points: mean (m,), covariance (m, m)."""
-        Xt = torch.as_tensor(X, dtype=DTYPE)
+        Xt = torch.as_tensor(self._full(X), dtype=DTYPE)
         with torch.no_grad(), exact_gp():
             post = self.model.posterior(Xt)
             mean = post.mean.reshape(-1)
@@ -203,12 +248,17 @@ def plausible_best(mean: np.ndarray, var: np.ndarray, max_n: int = 48, z: float 
 class GPSurrogate:
     """Keeps a GP in step with the history: full refits every ``refit_every`` new successes,
     cheap fixed-hyperparameter updates in between. ``update`` returns None below
-    ``min_observations`` successes, or when fitting fails (the caller then falls back)."""
+    ``min_observations`` successes, or when fitting fails (the caller then falls back).
+
+    ``variant_parents``: code variant id -> the id it is stacked on (None: on the unchanged code),
+    so that stacked variants share their parent's part of the model; ids it does not name are
+    taken as built on the unchanged code. ``lineage`` may be replaced between updates.
+    """
 
     def __init__(self, space: SearchSpace, objective: Objective, target_hardware: str | None = None,
                  refit_every: int = 10, min_observations: int = 3, max_fit: int = 300,
                  max_train: int = 1500, fit_maxiter: int = 60, seed: int = 0, threads: int | None = 1,
-                 hardware: str = "task") -> None:
+                 hardware: str = "task", variant_parents: Mapping[str, str | None] | None = None) -> None:
         if hardware not in ("task", "noise"):
             raise ConfigError(f"surrogate.hardware: {hardware!r} is not task or noise")
         self.hardware = hardware  # task: a MultiTaskGP over labels; noise: one GP, labels ignored
@@ -222,8 +272,9 @@ class GPSurrogate:
         self.fit_maxiter = fit_maxiter  # L-BFGS iterations per refit (warm-started)
         self.seed = seed
         self.threads = threads  # torch threads while fitting (see torch_threads)
+        self.lineage = Lineage(variant_parents)
         self._state: dict[str, Tensor] | None = None  # fitted hyperparameters
-        self._signature: tuple | None = None  # (task labels): a new label forces a refit
+        self._signature: tuple | None = None  # (task labels[, variants]): a new label or kernel forces a refit
         self._n_at_fit = 0
 
     def effective_target(self, hardware: Sequence[str]) -> str:
@@ -232,11 +283,13 @@ class GPSurrogate:
         assert label is not None, "effective_target needs at least one success"
         return label
 
-    def update(self, history: Sequence[Experiment]) -> FittedSurrogate | None:
+    def update(self, history: Sequence[Experiment], variants: Sequence[str | None] = ()) -> FittedSurrogate | None:
+        """Fit on ``history``'s successes. ``variants``: those the caller will ask about beyond the
+        history's (a pool's, running experiments'): each gets a level of the variant dimension."""
         with torch_threads(self.threads):
-            return self._update(history)
+            return self._update(history, variants)
 
-    def _update(self, history: Sequence[Experiment]) -> FittedSurrogate | None:
+    def _update(self, history: Sequence[Experiment], variants: Sequence[str | None] = ()) -> FittedSurrogate | None:
         t0 = time.perf_counter()
         data = training_data(history, self.objective, self.encoder)
         n = len(data.y)
@@ -247,21 +300,29 @@ class GPSurrogate:
         # taken as if run on the target
         labels = sorted(set(data.hardware)) if self.hardware == "task" else [target]
         tasks = np.array([labels.index(h) for h in data.hardware] if self.hardware == "task" else [0] * n)
-        signature = tuple(labels)
+        signature: tuple = tuple(labels)
+        levels, shared, groups = None, None, tasks
+        if any(v is not None for v in [*data.variant, *variants]):
+            levels = self.lineage.levels([*data.variant, *variants])
+            shared = self.lineage.shared(levels)
+            level = np.array([levels.index(v) for v in data.variant])
+            data = replace(data, X=np.hstack([data.X, level.reshape(-1, 1).astype(float)]))
+            groups = tasks * len(levels) + level  # subsamples keep every (hardware, variant)'s best
+            signature = (tuple(labels), "variants")
         refit = (self._state is None or signature != self._signature
                  or n - self._n_at_fit >= self.refit_every)
         rng = np.random.default_rng(self.seed + n)
         try:
             if refit:
-                rows = _subsample(data.y, tasks, self.max_fit, rng)
-                fit_model = self._build(data.X[rows], data.y[rows], tasks[rows], labels, target)
+                rows = _subsample(data.y, groups, self.max_fit, rng)
+                fit_model = self._build(data.X[rows], data.y[rows], tasks[rows], labels, target, shared)
                 if self._state is not None and signature == self._signature:
                     _load_hyperparameters(fit_model, self._state)
                 self._fit(fit_model)
                 self._state = _hyperparameters(fit_model)
                 self._signature, self._n_at_fit = signature, n
-            rows = _subsample(data.y, tasks, self.max_train, rng)
-            model = self._build(data.X[rows], data.y[rows], tasks[rows], labels, target)
+            rows = _subsample(data.y, groups, self.max_train, rng)
+            model = self._build(data.X[rows], data.y[rows], tasks[rows], labels, target, shared)
             _load_hyperparameters(model, self._state or {})
             model.eval()
         except Exception as err:  # numerical trouble must not stop a campaign
@@ -269,15 +330,24 @@ class GPSurrogate:
                           "proposers' order for this decision", RuntimeWarning, stacklevel=2)
             self._state = None
             return None
-        return FittedSurrogate(model, data, target, refit, time.perf_counter() - t0)
+        return FittedSurrogate(model, data, target, refit, time.perf_counter() - t0, self.encoder, levels)
 
-    def _build(self, X: np.ndarray, y: np.ndarray, tasks: np.ndarray, labels: list[str], target: str) -> Model:
+    def _build(self, X: np.ndarray, y: np.ndarray, tasks: np.ndarray, labels: list[str], target: str,
+               shared: np.ndarray | None = None) -> Model:
+        """``shared``: the variant levels' (V, V) shared-edit counts when X's last column is the
+        variant's level; the kernel is then the parameters' (BoTorch's default, on the other
+        columns) times :class:`LineageKernel`."""
         Xt = torch.as_tensor(X, dtype=DTYPE)
         Yt = torch.as_tensor(y, dtype=DTYPE).unsqueeze(-1)
+        covar = None
+        if shared is not None:
+            d = X.shape[1] - 1
+            covar = (get_covar_module_with_dim_scaled_prior(ard_num_dims=d, active_dims=list(range(d)))
+                     * LineageKernel(torch.as_tensor(shared, dtype=DTYPE), active_dims=[d]))
         if len(labels) == 1:
-            return SingleTaskGP(Xt, Yt)
+            return SingleTaskGP(Xt, Yt, covar_module=covar)
         task_col = torch.as_tensor(tasks, dtype=DTYPE).unsqueeze(-1)
-        return MultiTaskGP(torch.cat([Xt, task_col], dim=-1), Yt, task_feature=-1,
+        return MultiTaskGP(torch.cat([Xt, task_col], dim=-1), Yt, task_feature=-1, covar_module=covar,
                            output_tasks=[labels.index(target)], all_tasks=list(range(len(labels))))
 
     def _fit(self, model: Model) -> None:
@@ -288,6 +358,52 @@ class GPSurrogate:
             # failed fit keeps the previous hyperparameters (see update).
             fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.fit_maxiter}},
                              max_attempts=1, warning_handler=lambda w: True)
+
+
+class LineageKernel(Kernel):
+    """The variant factor of the GP's kernel: ``k(v, v') = 1 + edit_variance * shared(v, v')``.
+
+    Brownian motion on the tree of variants (``surrogate.lineage``): the objective of params x with
+    variant v is ``g(x) + sum of d_u(x) over v's chain``, g the unchanged code's response and each
+    d_u the change variant u makes on top of its parent, independent GPs with the parameter kernel
+    scaled by ``edit_variance``. Multiplied by the parameter kernel this is exactly that model's
+    covariance, so a variant's results inform its stacked children (they share its d_u) more than
+    unrelated variants (which share only g), and a variant without results is predicted like its
+    parent with ``edit_variance`` more variance: uncertain, not the average of the others. One
+    hyperparameter whatever the number of variants, so new levels never change the fitted state's
+    shape; its Gamma(3, 4) prior (mode 0.5 of the standardized objective's variance) speaks while
+    no variant has results: a code change is taken to matter about half as much as everything
+    the parameters did so far.
+
+    Inputs: ``... x n x 1`` level indices (as floats) into ``shared``, the ``V x V`` counts of
+    edits two levels share (``Lineage.shared``).
+    """
+
+    has_lengthscale = False
+
+    def __init__(self, shared: Tensor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # the levels belong to this decision's data, not to the fitted state: not in state_dict
+        self.register_buffer("shared", shared, persistent=False)
+        self.register_parameter("raw_edit_variance", torch.nn.Parameter(torch.zeros(1, dtype=shared.dtype)))
+        self.register_constraint("raw_edit_variance", Positive())
+        self.register_prior("edit_variance_prior", GammaPrior(3.0, 4.0), lambda m: m.edit_variance,
+                            lambda m, v: m._set_edit_variance(v))
+        self._set_edit_variance(0.5)
+
+    @property
+    def edit_variance(self) -> Tensor:
+        return self.raw_edit_variance_constraint.transform(self.raw_edit_variance)
+
+    def _set_edit_variance(self, value: Tensor | float) -> None:
+        value = torch.as_tensor(value, dtype=self.raw_edit_variance.dtype).reshape(1)
+        self.initialize(raw_edit_variance=self.raw_edit_variance_constraint.inverse_transform(value))
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False,
+                **params: Any) -> Tensor:
+        i, j = x1[..., 0].round().long(), x2[..., 0].round().long()
+        shared = self.shared[i, j] if diag else self.shared[i.unsqueeze(-1), j.unsqueeze(-2)]
+        return 1.0 + self.edit_variance * shared
 
 
 def _hyperparameters(model: Model) -> dict[str, Tensor]:

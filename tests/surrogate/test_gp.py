@@ -10,7 +10,7 @@ import pytest
 
 from hybrid.errors import ConfigError
 from hybrid.space import CategoricalParam
-from hybrid.types import Candidate, Experiment, ExperimentState, Result
+from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
 from surrogate.gp import GPSurrogate, OneHotEncoder, training_data
 
 from ..proposers.suite import MAXIMIZE, METRIC, MINIMIZE, cube_space, mixed_space, random_configs
@@ -18,15 +18,17 @@ from ..proposers.suite import MAXIMIZE, METRIC, MINIMIZE, cube_space, mixed_spac
 
 def run(seq: int, params: Mapping[str, Any], value: float | None = None, *, state: ExperimentState | None = None,
         hardware: str = "cpu", metrics: Mapping[str, float] | None = None, reason: str = "",
-        duration_s: float = 60.0) -> Experiment:
-    """A finished experiment: DONE with ``value``, or failed in ``state`` (metrics kept as given)."""
+        duration_s: float = 60.0, variant: str | None = None, failure: FailureKind | None = None) -> Experiment:
+    """A finished experiment: DONE with ``value``, or failed in ``state`` (metrics kept as given),
+    run with the code ``variant`` (None: unchanged)."""
     state = state or ExperimentState.DONE
-    exp = Experiment(f"e{seq:04d}", Candidate(dict(params), "test"), f"w-{hardware}", hardware, wave=seq,
-                     state=state, seq=seq)
+    exp = Experiment(f"e{seq:04d}", Candidate(dict(params), "test", variant=variant), f"w-{hardware}", hardware,
+                     wave=seq, state=state, seq=seq)
     m = dict(metrics or {})
     if value is not None:
         m[METRIC] = value
-    exp.result = Result(exp.id, state, m, hardware, duration_s=duration_s, cost_usd=0.0, reason=reason)
+    exp.result = Result(exp.id, state, m, hardware, duration_s=duration_s, cost_usd=0.0, reason=reason,
+                        failure=failure)
     return exp
 
 
