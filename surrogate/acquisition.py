@@ -5,6 +5,8 @@ classical behaviour (Optuna, Sobol...) and the baseline the GP ranker is measure
 ``surrogate=gp`` uses :class:`GPRanker`: a GP (surrogate/gp.py) scores every candidate by
 qLogNoisyExpectedImprovement with the running experiments pending, times P(feasible)
 (surrogate/feasibility.py), per predicted dollar, and picks the wave by sequential greedy choice.
+A candidate is (code variant, params): the GP and the feasibility model see the variant, so a
+pool that mixes variants and parameter proposals is ranked as one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Ranker(ABC):
     def set_wave_shares(self, shares: Mapping[str, float]) -> None:  # noqa: B027 - optional hook
         """Sources owed a share of the experiments (``proposer.llm_share``: ``{"llm": 0.3}``). A ranker
         that orders a larger pool gives each its share of every wave; the default ignores them."""
+
+    def set_variant_parents(self, parents: Mapping[str, str | None]) -> None:  # noqa: B027 - optional hook
+        """Every code variant the campaign knows: id -> the id it is stacked on (None: on the unchanged
+        code), the whole mapping each time (it replaces the last). A ranker with a model lets a
+        stacked variant share its parent's part of it; ids it was not told of count as built on the
+        unchanged code. The default ignores it."""
 
     @abstractmethod
     def pool_size(self, n_free: int) -> int:
@@ -92,23 +100,25 @@ def validation_picks(space: SearchSpace, objective: Objective, k: int, history: 
     free_target = [w for w in workers if target is not None and w.hardware == target]
     if k <= 0 or not free_target:
         return [], list(workers)
-    on_target = {space.key(e.params) for e in [*history, *pending] if e.hardware == target}
+    def key(e: Experiment) -> tuple:  # a config is its params and its code
+        return space.key(e.params), e.variant
+
+    on_target = {key(e) for e in [*history, *pending] if e.hardware == target}
     metric, sign = objective.metric, objective.sign()
     done = [(e, e.value(metric)) for e in history if e.hardware != target]
     ranked = sorted(((e, v) for e, v in done if v is not None), key=lambda ev: sign * ev[1])
     top, seen = [], set()
     for e, v in ranked:
-        key = space.key(e.params)
-        if key not in seen:
-            seen.add(key)
+        if key(e) not in seen:
+            seen.add(key(e))
             top.append((e, v))
         if len(top) == k:
             break
-    todo = [(e, v) for e, v in top if space.key(e.params) not in on_target]
+    todo = [(e, v) for e, v in top if key(e) not in on_target]
     picks = []
     for (e, v), w in zip(todo, free_target, strict=False):
         why = f"validate {e.id} ({metric}={v:.6g} on {e.hardware}) on {target}"
-        picks.append((Candidate(dict(e.params), "validate", why), w))
+        picks.append((Candidate(dict(e.params), "validate", why, variant=e.variant), w))
     used = {w.name for _, w in picks}
     return picks, [w for w in workers if w.name not in used]
 
@@ -285,11 +295,15 @@ class GPRanker(Ranker):
         # source -> share of the experiments it is owed (the campaign sets this from the
         # proposer, e.g. {"llm": 0.3}): its best candidates fill that share of each wave
         self.wave_shares: dict[str, float] = {}
+        self.variant_parents: dict[str, str | None] = {}  # see set_variant_parents
         self.last_decision = None
         self._gp: Any = None  # surrogate.gp.GPSurrogate, built on first use (imports torch)
 
     def set_wave_shares(self, shares: Mapping[str, float]) -> None:
         self.wave_shares = dict(shares)
+
+    def set_variant_parents(self, parents: Mapping[str, str | None]) -> None:
+        self.variant_parents = dict(parents)
 
     def pool_size(self, n_free: int) -> int:
         return max(self._pool_size, n_free)
@@ -315,7 +329,12 @@ class GPRanker(Ranker):
     # ---- internals ----------------------------------------------------------------------------
     def _rank_gp(self, pool: list[Candidate], history: Sequence[Experiment], pending: Sequence[Experiment],
                  workers: list[Worker], t0: float) -> list[tuple[Candidate, Worker]] | None:
-        fit = self._gp.update(history)  # warns and returns None when the fit fails
+        from surrogate.lineage import Lineage
+
+        self._gp.lineage = Lineage(self.variant_parents)
+        # every variant the ranking will ask about gets a level, tried or not
+        fit = self._gp.update(history, [c.variant for c in pool] + [e.variant for e in pending])
+        # (warns and returns None when the fit fails)
         if fit is None:
             return None
         try:
@@ -349,7 +368,13 @@ class GPRanker(Ranker):
                    pending: Sequence[Experiment], workers: list[Worker]) -> tuple[list, RankDecision]:
         import torch
 
-        from surrogate.feasibility import DurationModel, MemoryModel, SuccessClassifier, feasibility_data
+        from surrogate.feasibility import (
+            DurationModel,
+            MemoryModel,
+            VariantSuccessModel,
+            feasibility_data,
+            lineage_columns,
+        )
         from surrogate.gp import plausible_best
 
         enc = self._gp.encoder
@@ -363,14 +388,22 @@ class GPRanker(Ranker):
         # feasibility and cost, per (candidate, worker)
         d = feasibility_data(history, enc.encode_many)
         known_oom = np.array([h is not None and h in self.worker_memory_mb for h in d["oom_hardware"]], bool)
-        cls = SuccessClassifier(seed=self.seed).fit(d["X"][~known_oom], d["success"][~known_oom])
-        mem = MemoryModel(self.worker_memory_mb).fit(d["X"], d["peak_mb"], d["oom_hardware"])
+        variants = [c.variant for c in pool]
+        cls = VariantSuccessModel(self._gp.lineage, seed=self.seed).fit(
+            d["X"][~known_oom], d["success"][~known_oom], [v for v, k in zip(d["variant"], known_oom, strict=True)
+                                                           if not k], d["evidence"][~known_oom])
+        Xc = enc.encode_many([c.params for c in pool])
+        Xm, Xmc = d["X"], Xc  # memory: an offset per edit once variants are about (a wider model needs more)
+        if fit.levels is not None:
+            levels = self._gp.lineage.levels([*d["variant"], *variants])
+            Xm = np.hstack([Xm, lineage_columns(d["variant"], levels, self._gp.lineage)])
+            Xmc = np.hstack([Xmc, lineage_columns(variants, levels, self._gp.lineage)])
+        mem = MemoryModel(self.worker_memory_mb).fit(Xm, d["peak_mb"], d["oom_hardware"])
         ok = d["success"] if d["success"].any() else np.ones(len(d["success"]), bool)
         dur = DurationModel().fit(d["X"][ok], d["duration_s"][ok], [h for h, o in zip(d["hardware"], ok, strict=True) if o])
-        Xc = enc.encode_many([c.params for c in pool])
         hardware = sorted({w.hardware for w in workers})
-        p_ok = cls.p_success(Xc)
-        feas_hw = {h: p_ok * mem.p_fits(Xc, h) for h in hardware}
+        p_ok = cls.p_success(Xc, variants)
+        feas_hw = {h: p_ok * mem.p_fits(Xmc, h) for h in hardware}
         secs_hw = {h: dur.predict_s(Xc, h) for h in hardware}
         feasible = np.stack([feas_hw[w.hardware] for w in workers], axis=1)  # m x W
         cost_usd = np.stack([w.hourly_usd * secs_hw[w.hardware] / 3600.0 for w in workers], axis=1)
@@ -379,8 +412,9 @@ class GPRanker(Ranker):
         # one joint posterior, on the target hardware, over the best observed configs + pending
         # (+ validations) + pool; the baseline keeps the observed configs that may be the best
         X_screen = fit.screen()
-        X_pend = enc.encode_many([e.params for e in pending] + [c.params for c, _ in validations])
-        mean, covar = fit.joint(np.vstack([X_screen, X_pend, Xc]))
+        running = [*pending, *(c for c, _ in validations)]  # their fantasies run with their own code
+        X_pend = fit.inputs([e.params for e in running], [e.variant for e in running])
+        mean, covar = fit.joint(np.vstack([X_screen, X_pend, fit.inputs([c.params for c in pool], variants)]))
         ns = len(X_screen)
         base = plausible_best(mean[:ns].numpy(), covar.diagonal()[:ns].numpy())
         keep = torch.as_tensor(np.concatenate([base, np.arange(ns, len(mean))]))

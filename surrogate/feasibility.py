@@ -16,6 +16,10 @@ cost milliseconds next to the GP:
   An OOM on hardware whose memory is known enters as a pseudo-observation just above that limit.
 - :class:`DurationModel`: kernel-smoothed log duration, plus a per-hardware offset, for the
   cost of an experiment (worker $/h x predicted duration).
+- :class:`VariantSuccessModel`: P(success | x, code variant): the classifier per line of code,
+  times the chance that the variant's code runs at all (a variant that crashed on its first run
+  is probably broken; the unchanged code at the same params is not). Without variants it is
+  :class:`SuccessClassifier`, number for number.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr
 
-from hybrid.history import is_oom
-from hybrid.types import ExperimentState
+from hybrid.history import failure_of, is_oom
+from hybrid.types import ExperimentState, FailureKind
+from surrogate.lineage import Lineage
 
 _LENGTHSCALES = (0.05, 0.1, 0.2, 0.4, 0.8)  # candidate lengthscales (unit cube units, per sqrt(D))
 
@@ -179,11 +184,104 @@ class DurationModel:
         return np.exp(base + smooth)
 
 
+class VariantSuccessModel:
+    """P(success | x, variant) = P(the params x run | the variant's line of code) x P(its code works).
+
+    - Params: a :class:`SuccessClassifier` per chain (``surrogate.lineage``), fitted on the results
+      of the variant's own code and its ancestors' (the unchanged code's included). A failure of
+      variant A never lowers the unchanged code's or an unrelated variant's P(success), while the
+      unchanged code's failure regions (a learning rate that diverges) hold for every variant.
+    - Code: a variant is either broken (every run fails: a bug, a shape mismatch) or works (its runs
+      fail as the params predict). P(broken) is 0 once one of its runs succeeded, else
+      ``prior / (prior + (1 - prior) * prod_i q_i)`` over its failures i, with q_i = P(run i fails
+      | works) = max(1 - p_parent(x_i), ``flaky``): a crash where the parent's code runs fine is
+      strong evidence, one where the parent crashes too is little. The prior is the campaign's
+      own rate of dead variants (tried, never succeeded), (1 + dead) / (4 + tried): 1/4 at first.
+      With the defaults, a variant that crashed once where the parent's code runs has P(success)
+      ~0.13, after a second crash ~0.007 (below the ranker's ``min_feasibility``).
+
+    A failure whose ``evidence`` is False (a job the backend lost) says nothing about the code.
+    """
+
+    def __init__(self, lineage: Lineage | None = None, prior_strength: float = 2.0, flaky: float = 0.05,
+                 seed: int = 0) -> None:
+        self.lineage = lineage or Lineage()
+        self.prior_strength = prior_strength
+        self.flaky = flaky  # P(a working variant's run fails) at least, wherever it runs
+        self.seed = seed
+        self.X = np.zeros((0, 0))
+        self.s = np.zeros(0, bool)
+        self.variants: list[str | None] = []
+        self.evidence = np.zeros(0, bool)
+        self.prior_broken = 0.25
+        self._classifiers: dict[tuple[str, ...], SuccessClassifier] = {}
+        self._broken: dict[str, float] = {}
+
+    def fit(self, X: np.ndarray, success: np.ndarray, variants: Sequence[str | None],
+            evidence: np.ndarray | None = None) -> VariantSuccessModel:
+        """X: (n, D) encoded configs; success: (n,) bools; variants: (n,) the code each ran;
+        evidence: (n,) bools, False for failures that say nothing about the code (default: all)."""
+        self.X, self.s = np.asarray(X, float), np.asarray(success, bool)
+        self.variants = list(variants)
+        self.evidence = np.ones(len(self.s), bool) if evidence is None else np.asarray(evidence, bool)
+        self._classifiers, self._broken = {}, {}
+        tried = {v for v, e in zip(self.variants, self.evidence, strict=True) if v is not None and e}
+        alive = {v for v, ok in zip(self.variants, self.s, strict=True) if v is not None and ok}
+        self.prior_broken = (1.0 + len(tried - alive)) / (4.0 + len(tried | alive))
+        return self
+
+    def _classifier(self, chain: tuple[str, ...]) -> SuccessClassifier:
+        """The params' classifier of the code ``chain``: fitted on the runs of its ids and of the
+        unchanged code."""
+        if chain not in self._classifiers:
+            rows = np.array([v is None or v in chain for v in self.variants], bool)
+            self._classifiers[chain] = SuccessClassifier(self.prior_strength, seed=self.seed).fit(self.X[rows],
+                                                                                               self.s[rows])
+        return self._classifiers[chain]
+
+    def p_broken(self, variant: str | None) -> float:
+        """P(the variant's code fails whatever the params); 0 for the unchanged code."""
+        if variant is None:
+            return 0.0
+        if variant not in self._broken:
+            mine = np.array([v == variant for v in self.variants], bool)
+            if (mine & self.s).any():
+                self._broken[variant] = 0.0
+            else:
+                failed = mine & ~self.s & self.evidence
+                p_parent = self._classifier(self.lineage.chain(variant)[1:]).p_success(self.X[failed])
+                works = float(np.prod(np.maximum(1.0 - p_parent, self.flaky)))
+                self._broken[variant] = self.prior_broken / (self.prior_broken + (1.0 - self.prior_broken) * works)
+        return self._broken[variant]
+
+    def p_success(self, Xc: np.ndarray, variants: Sequence[str | None]) -> np.ndarray:
+        """(m,) probabilities for the (m, D) encoded candidates run with ``variants`` (m,)."""
+        Xc = np.asarray(Xc, float)
+        out = np.ones(len(Xc))
+        for v in dict.fromkeys(variants):
+            idx = np.array([u == v for u in variants], bool)
+            out[idx] = self._classifier(self.lineage.chain(v)).p_success(Xc[idx]) * (1.0 - self.p_broken(v))
+        return out
+
+
+def lineage_columns(variants: Sequence[str | None], levels: Sequence[str | None], lineage: Lineage) -> np.ndarray:
+    """(n, V - 1) 0/1 columns: row i has a 1 for each variant in the chain of ``variants[i]``
+    (``levels[0]`` is the unchanged code and has no column). Appended to the encoded configs,
+    they give a linear model (memory) an offset per edit, shared by the variants stacked on it."""
+    col = {v: j for j, v in enumerate(levels[1:])}
+    Z = np.zeros((len(variants), len(levels) - 1))
+    for i, v in enumerate(variants):
+        for u in lineage.chain(v):
+            Z[i, col[u]] = 1.0
+    return Z
+
+
 def feasibility_data(history: Sequence, encode) -> dict[str, np.ndarray | list]:
     """Arrays the three models fit on, from finished experiments (CANCELLED ones carry no signal).
 
     ``encode``: configs -> (n, D) array. Returns X (n, D), success (n,) bool, peak_mb (n,) with NaN
-    where not reported, oom_hardware (the label of an OOM failure, else None), duration_s, hardware.
+    where not reported, oom_hardware (the label of an OOM failure, else None), duration_s, hardware,
+    variant (the code each ran; None: unchanged), evidence (False for a job the backend lost).
     """
     rows = [e for e in history if e.result is not None
             and e.result.state in (ExperimentState.DONE, ExperimentState.CRASHED, ExperimentState.TIMEOUT)]
@@ -193,4 +291,5 @@ def feasibility_data(history: Sequence, encode) -> dict[str, np.ndarray | list]:
     oom = [e.result.hardware if is_oom(e) else None for e in rows]
     return {"X": X, "success": success, "peak_mb": peak, "oom_hardware": oom,
             "duration_s": np.array([e.result.duration_s for e in rows], float),
-            "hardware": [e.result.hardware for e in rows]}
+            "hardware": [e.result.hardware for e in rows], "variant": [e.variant for e in rows],
+            "evidence": np.array([failure_of(e) is not FailureKind.LOST for e in rows], bool)}
