@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from hybrid.history import best
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
+from hybrid.variants import VariantChecker
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Proposer(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most proposers hold nothing
         """Stop background work (threads, clients). Called once at the end of a campaign."""
+
+    def use_variants(self, checker: VariantChecker) -> None:  # noqa: B027 - optional hook, most proposers never change code
+        """The campaign's code variants (``target.editable``): a proposer that changes code keeps the
+        checker and passes each variant it proposes through ``checker.check`` before offering it; the
+        others ignore it (their candidates run on the code ``Candidate.variant`` names: None)."""
 
     def events(self) -> list[ProposerEvent]:
         """Notices and paid calls since the last time this was asked (each is returned once)."""

@@ -8,9 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hybrid.errors import ConfigError
-from hybrid.proposers.base import Proposer, ProposerEvent, seen_keys
+from hybrid.proposers.base import Proposer, ProposerEvent
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
+from hybrid.variants import VariantChecker
 
 DEFAULT_SOURCES: dict[str, float] = {"tpe": 0.5, "sobol": 0.25, "grid": 0.25}
 BUILTIN_SOURCES = ("tpe", "cmaes", "random", "sobol", "grid", "local")
@@ -86,6 +87,7 @@ class HybridProposer(Proposer):
     ) -> None:
         super().__init__(space, objective, seed)
         self._notices: list[ProposerEvent] = []
+        self._checker: VariantChecker | None = None
         if isinstance(pool_factor, bool) or not isinstance(pool_factor, int | float) or not pool_factor >= 1:
             raise ConfigError(f"proposer.pool_factor: expected a number >= 1, got {pool_factor!r}")
         self.pool_factor = float(pool_factor)
@@ -175,6 +177,8 @@ class HybridProposer(Proposer):
     def add_source(self, name: str, proposer: Proposer, share: float) -> None:
         """Add a source (or replace the one of that name) with its share of every batch."""
         share = _check_share(f"proposer.sources.{name}", share)
+        if self._checker is not None:
+            proposer.use_variants(self._checker)
         self._sources[name] = (proposer, share)
 
     def quotas(self, n: int, history: Sequence[Experiment] = ()) -> dict[str, int]:
@@ -206,14 +210,14 @@ class HybridProposer(Proposer):
     def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
         if n <= 0:
             return []
-        seen = seen_keys(self.space, history)
+        seen = {(e.variant, self.space.key(e.params)) for e in history}  # the same params on other code: another experiment
         taken: dict[str, list[Candidate]] = {k: [] for k in self._sources}
         reserve: list[tuple[str, Candidate]] = []  # beyond a quota, kept to fill gaps
         asked: dict[str, int] = {}
 
         def accept(src: str, cands: Sequence[Candidate], limit: int, spill: list | None) -> None:
             for c in cands:
-                key = self.space.key(c.params)
+                key = (c.variant, self.space.key(c.params))
                 if key in seen:
                     continue  # another source proposed it first
                 if len(taken[src]) < limit:
@@ -260,6 +264,12 @@ class HybridProposer(Proposer):
             accept(src, got, before + min(short, room), None)
             short -= len(taken[src]) - before
         return [c for cands in taken.values() for c in cands]
+
+    def use_variants(self, checker: VariantChecker) -> None:
+        """Every source gets the checker (those that never change code ignore it), sources added later too."""
+        self._checker = checker
+        for proposer, _ in self._sources.values():
+            proposer.use_variants(checker)
 
     def events(self) -> list[ProposerEvent]:
         out, self._notices = self._notices, []
