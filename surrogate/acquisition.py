@@ -100,6 +100,7 @@ def validation_picks(space: SearchSpace, objective: Objective, k: int, history: 
     free_target = [w for w in workers if target is not None and w.hardware == target]
     if k <= 0 or not free_target:
         return [], list(workers)
+
     def key(e: Experiment) -> tuple:  # a config is its params and its code
         return space.key(e.params), e.variant
 
@@ -332,9 +333,8 @@ class GPRanker(Ranker):
         from surrogate.lineage import Lineage
 
         self._gp.lineage = Lineage(self.variant_parents)
-        # every variant the ranking will ask about gets a level, tried or not
+        # every variant the ranking will ask about gets a level, tried or not; None: the fit failed (it warned)
         fit = self._gp.update(history, [c.variant for c in pool] + [e.variant for e in pending])
-        # (warns and returns None when the fit fails)
         if fit is None:
             return None
         try:
@@ -388,16 +388,17 @@ class GPRanker(Ranker):
         # feasibility and cost, per (candidate, worker)
         d = feasibility_data(history, enc.encode_many)
         known_oom = np.array([h is not None and h in self.worker_memory_mb for h in d["oom_hardware"]], bool)
-        variants = [c.variant for c in pool]
-        cls = VariantSuccessModel(self._gp.lineage, seed=self.seed).fit(
-            d["X"][~known_oom], d["success"][~known_oom], [v for v, k in zip(d["variant"], known_oom, strict=True)
-                                                           if not k], d["evidence"][~known_oom])
+        crash = ~known_oom  # a known OOM is the memory model's evidence, not a crash
+        variants, tree = [c.variant for c in pool], self._gp.lineage
+        cls = VariantSuccessModel(tree, seed=self.seed).fit(d["X"][crash], d["success"][crash],
+                                                            [v for v, c in zip(d["variant"], crash, strict=True) if c],
+                                                            d["evidence"][crash])
         Xc = enc.encode_many([c.params for c in pool])
         Xm, Xmc = d["X"], Xc  # memory: an offset per edit once variants are about (a wider model needs more)
-        if fit.levels is not None:
-            levels = self._gp.lineage.levels([*d["variant"], *variants])
-            Xm = np.hstack([Xm, lineage_columns(d["variant"], levels, self._gp.lineage)])
-            Xmc = np.hstack([Xmc, lineage_columns(variants, levels, self._gp.lineage)])
+        if any(v is not None for v in [*d["variant"], *variants]):
+            levels = tree.levels([*d["variant"], *variants])
+            Xm = np.hstack([Xm, lineage_columns(d["variant"], levels, tree)])
+            Xmc = np.hstack([Xmc, lineage_columns(variants, levels, tree)])
         mem = MemoryModel(self.worker_memory_mb).fit(Xm, d["peak_mb"], d["oom_hardware"])
         ok = d["success"] if d["success"].any() else np.ones(len(d["success"]), bool)
         dur = DurationModel().fit(d["X"][ok], d["duration_s"][ok], [h for h, o in zip(d["hardware"], ok, strict=True) if o])
