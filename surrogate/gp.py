@@ -347,8 +347,11 @@ class GPSurrogate:
         if len(labels) == 1:
             return SingleTaskGP(Xt, Yt, covar_module=covar)
         task_col = torch.as_tensor(tasks, dtype=DTYPE).unsqueeze(-1)
-        return MultiTaskGP(torch.cat([Xt, task_col], dim=-1), Yt, task_feature=-1, covar_module=covar,
-                           output_tasks=[labels.index(target)], all_tasks=list(range(len(labels))))
+        # the task covariance starts from a random draw: the seed's, not torch's global state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return MultiTaskGP(torch.cat([Xt, task_col], dim=-1), Yt, task_feature=-1, covar_module=covar,
+                               output_tasks=[labels.index(target)], all_tasks=list(range(len(labels))))
 
     def _fit(self, model: Model) -> None:
         mll = ExactMarginalLogLikelihood(model.likelihood, model)

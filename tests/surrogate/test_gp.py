@@ -170,3 +170,15 @@ def test_target_defaults_to_most_frequent_hardware() -> None:
     assert GPSurrogate(space, MINIMIZE).update(hist).target_hardware == "a"
     # a configured target without successes yet: predict on the most frequent label meanwhile
     assert GPSurrogate(space, MINIMIZE, target_hardware="h200").update(hist).target_hardware == "a"
+
+
+def test_same_data_same_seed_same_multitask_posterior() -> None:
+    """The task covariance's starting point is drawn from the seed, not from torch's global random
+    state: two campaigns with the same seed on several hardware labels rank alike."""
+    space = cube_space(2)
+    hist = (history_of(random_configs(space, 20, seed=0), hardware="a")
+            + history_of(random_configs(space, 6, seed=5), lambda p: quadratic(p) + 0.3, hardware="b", start=21))
+    X = np.array([[0.5, 0.5], [0.1, 0.9]])
+    first, second = (GPSurrogate(space, MINIMIZE, target_hardware="b").update(hist).marginal(X) for _ in range(2))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])

@@ -1,7 +1,9 @@
 """Without code variants the GP ranker decides exactly as it did before variants existed: the same
 waves, the same notes, the same decision record (golden file written by the code before the
 variant dimension: tests/surrogate/golden_rankings.json; regenerate only for a deliberate change,
-with ``python tests/surrogate/test_no_variants.py > tests/surrogate/golden_rankings.json``)."""
+with ``python -m tests.surrogate.test_no_variants > tests/surrogate/golden_rankings.json``). One such
+change: the mixed-hardware decision's numbers (not its picks) since the MultiTaskGP's task covariance
+starts from the GP's seed instead of torch's global random state."""
 
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def decisions() -> list[dict[str, Any]]:
 
 
 def seeded_decisions() -> list[dict[str, Any]]:
-    # the MultiTaskGP's task covariance starts from torch's global random state
+    # the golden file was written under this global seed (the MultiTaskGP then drew from it)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return json.loads(json.dumps(decisions()))  # tuples -> lists, as in the file
