@@ -12,6 +12,14 @@ the model next time); categorical values are replaced by the space's own choice 
 become plain floats/ints. Nothing the model writes reaches a shell, a file path or code: the
 hypothesis text goes to results.tsv, the store and MLflow only.
 
+Code variants: only where the user named editable files (``target.editable``; the campaign hands
+the proposer its ``VariantChecker`` through ``use_variants``). The model then also proposes
+search/replace edits of those files (``hybrid.proposers.llm_code``); each is checked by the
+campaign's checker here, on the proposer's thread, before it can become a candidate: a rejected
+one never runs, its reason is recorded by the checker, told to the user once and shown to the
+model next time. The files and instructions are the prompt's stable prefix, marked for prompt
+caching (``cache_control``), so a long file costs its full price once per cache lifetime.
+
 Failures: the SDK retries 429/5xx/timeouts with backoff (``max_retries``); a call that still
 fails is retried after ``retry_interval_s``; after ``breaker_failures`` failed calls in a row the
 circuit opens for ``breaker_cooldown_s`` (the campaign says so once and goes on with the other
@@ -27,20 +35,28 @@ SDK client and nowhere else: not logged, not in any config, not in the store or 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybrid.errors import ConfigError, InvalidCandidateError
-from hybrid.history import clip, fmt_params
-from hybrid.proposers.base import Proposer, ProposerEvent, incumbent, seen_keys
+from hybrid.errors import ConfigError
+from hybrid.history import clip
+from hybrid.proposers.base import Proposer, ProposerEvent, incumbent
+from hybrid.proposers.llm_code import (
+    MAX_FILE_CHARS,
+    add_code_to_tool,
+    code_sections,
+    code_view,
+    cut_notice,
+    files_block,
+    files_budget_chars,
+)
 from hybrid.proposers.llm_context import (
     TOOL_NAME,
     PromptInputs,
@@ -49,8 +65,12 @@ from hybrid.proposers.llm_context import (
     fixed_tokens,
     tool_definition,
 )
+from hybrid.proposers.llm_reply import Parsed, experiment_key, first_line, parse_reply
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
+from hybrid.variants import VariantChecker
+
+__all__ = ["KEY_ENV", "LLMProposer", "Parsed", "parse_reply", "resolve_program"]
 
 KEY_ENV = "ANTHROPIC_API_KEY"
 PROGRAMS = Path(__file__).resolve().parents[2] / "conf" / "programs"
@@ -97,6 +117,7 @@ class LLMProposer(Proposer):
         retry_interval_s: pause before retrying a call that failed after the SDK's retries.
         breaker_failures, breaker_cooldown_s: failed calls in a row that open the circuit, and for how long.
         max_calls: stop calling after this many calls (None: no cap).
+        max_file_chars: with editable files, at most this many characters of each shown to the model.
         background: False calls the API inside ``propose`` (deterministic, for tests and scripts).
         api_key: None reads ``ANTHROPIC_API_KEY``. http_client: an ``anthropic.DefaultHttpxClient``
             (tests pass one with a mock transport).
@@ -126,6 +147,7 @@ class LLMProposer(Proposer):
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 300.0,
         max_calls: int | None = None,
+        max_file_chars: int = MAX_FILE_CHARS,
         background: bool = True,
         api_key: str | None = None,
         http_client: Any = None,
@@ -154,6 +176,7 @@ class LLMProposer(Proposer):
         self.breaker_failures = _positive("breaker_failures", breaker_failures, int)
         self.breaker_cooldown_s = _positive("breaker_cooldown_s", breaker_cooldown_s, allow_zero=True)
         self.max_calls = None if max_calls is None else _positive("max_calls", max_calls, int)
+        self.max_file_chars = _positive("max_file_chars", max_file_chars, int)
         max_retries = _positive("max_retries", max_retries, int, allow_zero=True)
         timeout_s = _positive("timeout_s", timeout_s)
         self.program_path = resolve_program(program, target_name)
@@ -190,6 +213,9 @@ class LLMProposer(Proposer):
         self._permanent = False
         self._outage_said = False
         self._empty_replies = 0
+        self._checker: VariantChecker | None = None  # set by use_variants when files are editable
+        self._files_budget = 0
+        self._cut_said = False
         # totals of this session (a resumed campaign reads earlier spend from its store)
         self.n_calls = 0
         self.input_tokens = 0
@@ -198,6 +224,17 @@ class LLMProposer(Proposer):
         self.last_prompt_tokens = 0
 
     # ---- the Proposer contract --------------------------------------------------------------
+    def use_variants(self, checker: VariantChecker) -> None:
+        """Let the model change the editable files: the tool gains ``variants`` (and an experiment's
+        ``variant``), the prompt the files and the variants so far. No editable file: nothing changes."""
+        if not checker.editable:
+            return
+        tool = add_code_to_tool(tool_definition(self.space, self.max_proposals), self.max_proposals)
+        floor = fixed_tokens(self.space, self.objective, self.program, tool, code=True)
+        with self._lock:
+            self._checker, self.tool = checker, tool
+            self._files_budget = files_budget_chars(self.max_prompt_tokens, floor, self.program)
+
     def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
         with self._lock:
             start = self._due(history)
@@ -212,8 +249,8 @@ class LLMProposer(Proposer):
             else:
                 self._call(snapshot)
         with self._lock:
-            seen = seen_keys(self.space, history)
-            self._queue = [c for c in self._queue if self.space.key(c.params) not in seen]
+            seen = {experiment_key(self.space, e.params, e.variant) for e in history}
+            self._queue = [c for c in self._queue if experiment_key(self.space, c.params, c.variant) not in seen]
             return list(self._queue[: max(n, 0)])
 
     def events(self) -> list[ProposerEvent]:
@@ -252,22 +289,37 @@ class LLMProposer(Proposer):
         if self._retry or self._attempts == 0 or 0 < self._empty_replies < 3:
             return True
         new = sum(1 for e in history if e.result is not None) - self._finished_at_call
-        seen = seen_keys(self.space, history)
-        low = sum(1 for c in self._queue if self.space.key(c.params) not in seen)
+        seen = {experiment_key(self.space, e.params, e.variant) for e in history}
+        low = sum(1 for c in self._queue if experiment_key(self.space, c.params, c.variant) not in seen)
         return new >= self.refresh_after or (new >= 1 and low < max(1, self.max_proposals // 2))
 
     # ---- one call -----------------------------------------------------------------------------
     def _call(self, history: list[Experiment]) -> None:
         t0 = time.perf_counter()
+        view = None
         try:
             with self._lock:
+                checker, tool = self._checker, self.tool
                 inputs = PromptInputs(self.space, self.objective, self.program, history, list(self._queue),
                                       list(self._rejections), self._last_note, self.max_proposals)
-            prompt = build_prompt(inputs, self.tool, self.max_prompt_tokens)
+            if checker is not None:  # read here, on the proposer's thread: the checker is thread-safe
+                view = code_view(checker)
+                block = files_block(view, TOOL_NAME, self._files_budget, self.max_file_chars)
+                inputs.code = code_sections(view, block.text, history, self.objective)
+                if block.cut and not self._cut_said:
+                    self._cut_said = True
+                    with self._lock:
+                        self._events.append(ProposerEvent(self.name, message=cut_notice(
+                            block, self.max_prompt_tokens, self._files_budget, self.max_file_chars)))
+            prompt = build_prompt(inputs, tool, self.max_prompt_tokens)
             self.last_prompt_tokens = prompt.tokens
+            system: Any = prompt.system
+            if prompt.files:  # the stable prefix (tools, instructions, program, space, files) is cached
+                system = [{"type": "text", "text": prompt.system},
+                          {"type": "text", "text": prompt.files, "cache_control": {"type": "ephemeral"}}]
             request: dict[str, Any] = dict(
-                model=self.model, max_tokens=self.max_tokens, system=prompt.system,
-                messages=[{"role": "user", "content": prompt.user}], tools=[self.tool],
+                model=self.model, max_tokens=self.max_tokens, system=system,
+                messages=[{"role": "user", "content": prompt.user}], tools=[tool],
                 tool_choice={"type": "tool", "name": TOOL_NAME},
             )
             if self.temperature is not None:  # a body field: newer SDKs no longer take it as an argument
@@ -278,11 +330,12 @@ class LLMProposer(Proposer):
             return
         latency = time.perf_counter() - t0
         try:
-            self._replied(history, response, latency, prompt.tokens)
+            self._replied(history, response, latency, prompt.tokens, checker, view.base if view else None)
         except Exception as err:  # an unexpected reply shape: reported like a failure, not raised
             self._failed(err, latency)
 
-    def _replied(self, history: list[Experiment], response: Any, latency: float, prompt_tokens: int) -> None:
+    def _replied(self, history: list[Experiment], response: Any, latency: float, prompt_tokens: int,
+                 checker: VariantChecker | None = None, code_base: str | None = None) -> None:
         usage = response.usage
         tokens_in = int(getattr(usage, "input_tokens", 0) or 0)
         tokens_out = int(getattr(usage, "output_tokens", 0) or 0)
@@ -291,7 +344,9 @@ class LLMProposer(Proposer):
         cost = ((tokens_in + 1.25 * cache_write + 0.1 * cache_read) * self.price_in + tokens_out * self.price_out) / 1e6
         best = incumbent(history, self.objective)
         base = dict(best.params) if best is not None else self.space.defaults()
-        accepted, rejected, note, n_made = parse_reply(response, self.space, base, history, self.max_proposals)
+        reply = parse_reply(response, self.space, base, history, self.max_proposals, checker=checker,
+                            code_base=code_base, objective=self.objective)
+        accepted, rejected, note, n_made = reply.accepted, reply.rejected, reply.note, reply.made
         with self._lock:
             self.n_calls += 1
             self.input_tokens += tokens_in
@@ -309,15 +364,21 @@ class LLMProposer(Proposer):
             self._failures, self._retry, self._permanent = 0, False, False
             metrics = {"input_tokens": tokens_in, "output_tokens": tokens_out, "latency_s": latency,
                        "cost_usd": cost, "cost_usd_total": self.cost_usd, "proposed": n_made,
-                       "accepted": len(accepted), "prompt_tokens_est": prompt_tokens, "ok": 1}
+                       "accepted": len(accepted), "prompt_tokens_est": prompt_tokens, "ok": 1,
+                       "cache_write_tokens": cache_write, "cache_read_tokens": cache_read}
+            cached = f", {cache_read} read from the prompt cache" if cache_read else ""
             line = (f"call {self.n_calls}: {n_made} proposed, {len(accepted)} accepted, ${cost:.4f} "
-                    f"({tokens_in} in / {tokens_out} out tokens, {latency:.1f} s)")
+                    f"({tokens_in} in / {tokens_out} out tokens{cached}, {latency:.1f} s)")
             if rejected:
                 line += "; rejected: " + clip("; ".join(rejected), 300)
+            if reply.variants_rejected:
+                line += f"; {len(reply.variants_rejected)} code variant(s) rejected"
             if was_out:
                 self._events.append(ProposerEvent(self.name, message="the LLM answers again; its proposals are back "
                                                   "in the candidate pool"))
             self._events.append(ProposerEvent(self.name, "call", line, cost, metrics))
+            self._events.extend(ProposerEvent(self.name, message=f"code variant {vid} rejected, never run: "
+                                              f"{clip(reason, 400)}") for vid, reason in reply.variants_rejected)
             self._inflight = False
 
     def _failed(self, err: BaseException, latency: float) -> None:
@@ -326,9 +387,9 @@ class LLMProposer(Proposer):
         if isinstance(err, a.APITimeoutError):
             what = "timed out"
         elif isinstance(err, a.APIStatusError):
-            what = f"HTTP {status} {type(err).__name__}: {_first_line(getattr(err, 'message', str(err)))}"
+            what = f"HTTP {status} {type(err).__name__}: {first_line(getattr(err, 'message', str(err)))}"
         else:
-            what = f"{type(err).__name__}: {_first_line(str(err))}"
+            what = f"{type(err).__name__}: {first_line(str(err))}"
         key = getattr(self._client, "api_key", None)  # never echoed, should an error message quote it
         what = what.replace(key, "<redacted>") if key else what
         with self._lock:
@@ -353,82 +414,3 @@ class LLMProposer(Proposer):
             self._events.append(ProposerEvent(self.name, "call", f"call failed: {what}", 0.0,
                                               {"latency_s": latency, "ok": 0, "cost_usd": 0.0,
                                                "cost_usd_total": self.cost_usd}))
-
-
-def _first_line(text: str) -> str:
-    return clip((text.strip().splitlines() or [""])[0], 240)
-
-
-def _as_json(value: Any) -> Any:
-    """Models sometimes send a nested object as a JSON string: decode it (data only, never evaluated)."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def parse_reply(response: Any, space: SearchSpace, base: Mapping[str, Any], history: Sequence[Experiment],
-                max_proposals: int) -> tuple[list[Candidate], list[str], str, int]:
-    """(accepted candidates, rejection reasons, wave note, number of proposals made) of one reply.
-
-    Each proposal's params are completed from ``base`` (the incumbent) and validated; one that is
-    invalid, a duplicate of an experiment in ``history`` or of an earlier proposal in the reply, or
-    beyond ``max_proposals`` is rejected with its reason.
-    """
-    calls = [b for b in response.content if getattr(b, "type", None) == "tool_use" and b.name == TOOL_NAME]
-    if not calls:
-        said = " ".join(getattr(b, "text", "") for b in response.content if getattr(b, "type", None) == "text")
-        return [], [f"your reply had no {TOOL_NAME} tool call (text only: {clip(said, 120)!r}); "
-                    f"answer with the tool"], "", 0
-    rejected: list[str] = []
-    items: list[Any] = []
-    note = ""
-    for call in calls:
-        data = _as_json(call.input)
-        if not isinstance(data, dict):
-            rejected.append(f"malformed tool input: expected an object with 'experiments', got {type(data).__name__}")
-            continue
-        exps = _as_json(data.get("experiments"))
-        if not isinstance(exps, list):
-            rejected.append("malformed tool input: 'experiments' must be a list of {params, hypothesis, "
-                            f"expected_effect}}, got {type(exps).__name__}")
-            continue
-        items.extend(exps)
-        if isinstance(data.get("wave_note"), str):
-            note = clip(data["wave_note"], 400)
-    tried = {space.key(e.params): e.id for e in history}
-    taken: set[tuple] = set()
-    accepted: list[Candidate] = []
-    for i, item in enumerate(items, 1):
-        if len(accepted) >= max_proposals:
-            rejected.append(f"#{i} and later: over the limit of {max_proposals} experiments per reply")
-            break
-        item = _as_json(item)
-        if not isinstance(item, dict):
-            rejected.append(f"#{i}: malformed: expected an object {{params, hypothesis, expected_effect}}")
-            continue
-        params = _as_json(item.get("params"))
-        if not isinstance(params, dict):
-            rejected.append(f"#{i}: malformed: 'params' must be an object of parameter values")
-            continue
-        shown = clip(" ".join(f"{k}={v!r}" for k, v in params.items()), 100)
-        try:
-            config = space.validate({**base, **params})
-        except InvalidCandidateError as e:
-            rejected.append(f"#{i} ({shown}): {e}")
-            continue
-        key = space.key(config)
-        if key in tried:
-            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent', digits=4)}): duplicate of {tried[key]}, already tried or running")
-            continue
-        if key in taken:
-            rejected.append(f"#{i} ({fmt_params(config, base, 'incumbent', digits=4)}): duplicate of an earlier proposal in this reply")
-            continue
-        taken.add(key)
-        hypothesis = clip(str(item.get("hypothesis") or "(no hypothesis given)"), 500)
-        effect = clip(str(item.get("expected_effect") or ""), 160)
-        rationale = f"{hypothesis} Expected: {effect}" if effect else hypothesis
-        accepted.append(Candidate(config, "llm", rationale))
-    return accepted, rejected, note, len(items)
