@@ -351,6 +351,8 @@ class Campaign:
         rest = free[len(fixed):n]
         pool = self.pool.take(seen, self.ranker.pool_size(len(rest)), len(rest), fixed) if rest else []
         if pool:  # (proposer=llm may have nothing yet: no ranking, no stopping decision on an empty pool)
+            if self.book is not None:  # a stacked variant shares its parent's part of the GP
+                self.ranker.set_variant_parents(self.book.parents())
             running = [e for e in own if e.state is ExperimentState.RUNNING]
             wave += self.ranker.rank(pool, seen, running, rest)[: len(rest)]
             if self._cost_stop_fires():

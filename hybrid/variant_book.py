@@ -112,6 +112,11 @@ class VariantBook:
         return best.variant if best is not None and best.variant in self._built else None
 
     # ---- the campaign's side ----------------------------------------------------------------
+    def parents(self) -> dict[str, str | None]:
+        """Every variant that may run -> the one it is stacked on (None: the unchanged code)."""
+        with self._lock:
+            return {vid: b.variant.parent for vid, b in self._built.items()}
+
     def explore(self, k: int = 4) -> list[str | None]:
         """The code parameter proposers explore on (``CandidatePool`` spreads their candidates over it
         in turn): the base first, then up to ``k - 1`` other codes that may run, the best results

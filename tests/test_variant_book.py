@@ -158,3 +158,11 @@ def test_parameter_proposers_explore_the_base_first_then_the_other_codes(tmp_pat
     exps += [_done(2, 0.9, silu.id), _done(3, 1.2, GELU.id)]
     assert b.explore() == [silu.id, None, GELU.id, tanh.id]  # the base, then by best result, untried last
     assert b.explore(k=2) == [silu.id, None]
+
+
+def test_the_book_tells_each_variants_parent(tmp_path, tree):
+    b, _ = book(tmp_path, tree)
+    b.check(GELU, "llm")
+    child = make_variant([Edit("train.py", 'ACT = "gelu"', 'ACT = "gelu"\nNORM = "layer"')], "and layer norm", GELU.id)
+    b.check(child, "llm")
+    assert b.parents() == {GELU.id: None, child.id: GELU.id}
