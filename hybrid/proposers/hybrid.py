@@ -11,7 +11,7 @@ from hybrid.errors import ConfigError
 from hybrid.proposers.base import Proposer, ProposerEvent
 from hybrid.space import SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
-from hybrid.variants import VariantChecker
+from hybrid.variants import VariantChecker, spread
 
 DEFAULT_SOURCES: dict[str, float] = {"tpe": 0.5, "sobol": 0.25, "grid": 0.25}
 BUILTIN_SOURCES = ("tpe", "cmaes", "random", "sobol", "grid", "local")
@@ -214,6 +214,12 @@ class HybridProposer(Proposer):
         taken: dict[str, list[Candidate]] = {k: [] for k in self._sources}
         reserve: list[tuple[str, Candidate]] = []  # beyond a quota, kept to fill gaps
         asked: dict[str, int] = {}
+        # with code variants, the classical sources' candidates run in turn on the codes worth exploring
+        codes = self._checker.explore() if self._checker is not None else [None]
+
+        def ask(src: str, k: int) -> list[Candidate]:
+            got = self._sources[src][0].propose(history, k)
+            return got if src == "llm" else spread(got, codes)
 
         def accept(src: str, cands: Sequence[Candidate], limit: int, spill: list | None) -> None:
             for c in cands:
@@ -235,7 +241,7 @@ class HybridProposer(Proposer):
             if quota == 0:
                 continue
             asked[src] = min(math.ceil(quota * self.pool_factor), self.max_per_call.get(src, n * 2 + 1))
-            got = self._sources[src][0].propose(history, asked[src])
+            got = ask(src, asked[src])
             if len(got) < asked[src]:
                 asked[src] = -1  # exhausted for this history: asking again would bring nothing new
             accept(src, got, quota, reserve)
@@ -253,14 +259,14 @@ class HybridProposer(Proposer):
         for src in sorted(self._sources, key=order):
             if short <= 0:
                 break
-            proposer, share = self._sources[src]
+            share = self._sources[src][1]
             if share <= 0 or asked.get(src, 0) < 0:
                 continue
             before = len(taken[src])
             room = self.max_per_call.get(src, n) - before
             if room <= 0:
                 continue
-            got = proposer.propose(history, asked.get(src, 0) + min(short, room))
+            got = ask(src, asked.get(src, 0) + min(short, room))
             accept(src, got, before + min(short, room), None)
             short -= len(taken[src]) - before
         return [c for cands in taken.values() for c in cands]

@@ -25,7 +25,7 @@ from hybrid.proposers.llm_fake import (
     tool_reply,
     variant_item,
 )
-from hybrid.types import Experiment, ExperimentState, Result, Variant
+from hybrid.types import Edit, Experiment, ExperimentState, Result, Variant
 from hybrid.variants import (
     Built,
     Editable,
@@ -409,3 +409,15 @@ def test_the_cached_prefix_is_written_once_then_read_at_a_tenth_of_the_price(tre
     assert write.cost_usd == pytest.approx(((rest + 1.25 * tokens) * 3 + 500 * 15) / 1e6)
     assert read.cost_usd == pytest.approx(((rest + 0.1 * tokens) * 3 + 500 * 15) / 1e6)
     assert f"{tokens} read from the prompt cache" in read.message
+
+
+def test_hybrids_classical_candidates_run_in_turn_on_the_codes_worth_exploring(tree: Path) -> None:
+    checker = TreeChecker(tree, ["train.py"])
+    built = checker.check(make_variant([Edit("train.py", RELU, SILU)], "SiLU"), "llm")
+    checker.base_id = built.variant.id
+    hybrid = HybridProposer(SPACE, MINIMIZE, sources={"sobol": 1.0})
+    hybrid.use_variants(checker)
+    cands = hybrid.propose(history(), 4)
+    assert [c.variant for c in cands] == [built.variant.id, None, built.variant.id, None]  # the base first
+    plain = HybridProposer(SPACE, MINIMIZE, sources={"sobol": 1.0}).propose(history(), 4)
+    assert [c.params for c in cands] == [c.params for c in plain] and {c.variant for c in plain} == {None}
