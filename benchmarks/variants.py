@@ -26,8 +26,8 @@ Reported per method (>= 10 seeds, median [q25, q75]): experiments and GPU-hours 
 value of a result is within ``--tol`` of the optimum (gelu + wsd at its lr),
 and the true value reached at the budget.
 
-    python benchmarks/variants.py [--seeds 10] [--evals 60] [--workers 4] [--jobs 2] [--tol 0.003]
-Results: benchmarks/results/variants-<stamp>.json.
+    python benchmarks/variants.py [--seeds 10] [--evals 80] [--workers 4] [--jobs 2] [--tol 0.003]
+Results: benchmarks/results/variants-<tag>.json (every run: true values, GPU-hours, code per result).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ SPACE = SearchSpace.from_config({
 })
 OBJ = Objective("val_bpb", "minimize")
 METHODS = ("product", "nogp", "greedy")
+RESULTS = ROOT / "benchmarks" / "results"
 HOURLY_USD = 2.5
 
 
@@ -195,7 +196,8 @@ class GreedyAgent(Proposer):
     """Keep/discard hill-climbing: each experiment is one change to the best so far."""
 
     name = "greedy"
-    STEPS = {"lr": 1.5, "warmup": 0.04, "wd": 0.04}  # a factor for lr (log scale), a step otherwise
+    # one parameter moved by a step drawn around these (a factor on lr's log scale, a shift otherwise)
+    STEPS = {"lr": 0.4, "warmup": 0.04, "wd": 0.04}
 
     def __init__(self, space: SearchSpace, objective: Objective, seed: int = 0, **_: Any) -> None:
         super().__init__(space, objective, seed)
@@ -219,11 +221,10 @@ class GreedyAgent(Proposer):
                 continue
             name = str(self.rng.choice(list(self.STEPS)))
             p = self.space.params[name]
-            step = self.STEPS[name]
-            up = bool(self.rng.integers(2))
-            value = params[name] * (step if up else 1 / step) if name == "lr" else params[name] + (step if up else -step)
+            step = float(self.rng.normal(0.0, self.STEPS[name]))
+            value = params[name] * math.exp(step) if name == "lr" else params[name] + step
             moved = {**params, name: min(max(value, p.low), p.high)}
-            out.append(Candidate(moved, "greedy", f"{name} {'up' if up else 'down'}", code))
+            out.append(Candidate(moved, "greedy", f"{name} {'up' if step > 0 else 'down'}", code))
         return out
 
 
@@ -315,11 +316,12 @@ def report(runs: Sequence[Run], evals: int, tol: float) -> tuple[str, list[dict[
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--evals", type=int, default=60)
+    ap.add_argument("--evals", type=int, default=80)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tol", type=float, default=0.003)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     a = ap.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
     jobs = [(m, s, a.evals, a.workers) for m in methods for s in range(a.seeds)]
@@ -331,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [_job(j) for j in jobs]
     text, rows = report(runs, a.evals, a.tol)
     print(text)
-    out = ROOT / "benchmarks" / "results" / f"variants-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = RESULTS / f"variants-{a.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": vars(a), "optimum": OPTIMUM, "rows": rows,
                                "runs": [asdict(r) for r in runs]}, indent=1))

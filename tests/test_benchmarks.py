@@ -183,3 +183,20 @@ def test_fleet_benchmark_runs_real_processes_through_the_campaign(tmp_path, monk
     assert "\nasync " in capsys.readouterr().out
     (row,) = json.loads((tmp_path / "fleet-t.json").read_text())["rows"]
     assert row["experiments"] == 18 and 0 < row["utilization"] <= 1
+
+
+def test_variants_benchmark_runs_real_variants_through_the_product(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.variants as bv
+
+    monkeypatch.setattr(bv, "RESULTS", tmp_path)
+    assert bv.main(["--seeds", "1", "--evals", "12", "--jobs", "1", "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "\nproduct " in out and "\ngreedy " in out and "\nnogp " in out
+    runs = json.loads((tmp_path / "variants-t.json").read_text())["runs"]
+    for r in runs:
+        assert len(r["true"]) == 12 and r["hours"] == sorted(r["hours"])
+        assert "unchanged" in r["variants"]  # the baseline
+        # the scripted changes really ran: their code is read back from the experiments' snapshots
+        assert any(v != "unchanged" for v in r["variants"])
+        # the change that breaks the run crashed (NaN) every time it ran
+        assert all(math.isnan(t) for t, v in zip(r["true"], r["variants"], strict=True) if "SOFTCAP=0.0" in v)
