@@ -111,7 +111,9 @@ def batch_script(
     Paths and values only ever reach the shell through ``shlex.quote``; options that hold paths
     (--chdir, --output) go on the sbatch command line rather than in ``#SBATCH`` lines, whose
     parser knows no shell quoting. The command runs in its own session (``setsid``) so a timeout
-    or a cancel stops its whole process tree, and the script records how the command ended in
+    or a cancel stops its whole process tree, processes that left it by a ``setsid`` of their
+    own included (found by ``HYBRID_JOB_MARK`` in their environment: under proctrack/linuxproc
+    Slurm loses track of them and they outlive the job), and the script records how the command ended in
     ``.hybrid/exit.json``: that is what the backend reads first, so it needs neither Slurm
     accounting nor the controller's memory of finished jobs.
     """
@@ -137,12 +139,34 @@ def batch_script(
         f"\"$1\" \"$2\" \"$started\" \"$(date +%s.%N)\" > {STATE_DIR}/{EXIT_FILE}.tmp",
         f"  mv -f {STATE_DIR}/{EXIT_FILE}.tmp {STATE_DIR}/{EXIT_FILE}",
         "}",
-        "# TERM the command's process group, KILL whatever is left after the grace period.",
+        "# The command's processes that left its process group (setsid, a daemon's double fork) are",
+        "# nobody's children here: they are found by the mark in their environment, which they inherit.",
+        "hybrid_marked() {",
+        "  local f",
+        "  for f in $(grep -lsxzF -- \"HYBRID_JOB_MARK=$mark\" /proc/[0-9]*/environ); do f=${f#/proc/}; echo \"${f%/environ}\"; done",
+        "}",
+        "# TERM the command's process group and its marked processes (each once, also those started",
+        "# since), KILL whatever is left after the grace period. Gone: two listings in a row find",
+        "# nothing (one that forked just as it exited can hide from a single listing).",
         "hybrid_stop() {",
         "  [ -n \"$pid\" ] || return 0",
-        "  kill -TERM -- \"-$pid\" 2>/dev/null || return 0",
-        f"  for _ in $(seq 1 {max(1, round(grace_s * 10))}); do kill -0 -- \"-$pid\" 2>/dev/null || return 0; sleep 0.1; done",
-        "  kill -KILL -- \"-$pid\" 2>/dev/null",
+        "  local p left quiet=0 termed=' '",
+        "  kill -TERM -- \"-$pid\" 2>/dev/null",
+        f"  for _ in $(seq 1 {max(2, round(grace_s * 10))}); do",
+        "    left=$(hybrid_marked)",
+        "    for p in $left; do case $termed in *\" $p \"*) ;; *) kill -TERM \"$p\" 2>/dev/null; termed=\"$termed$p \";; esac; done",
+        "    if [ -z \"$left\" ] && ! kill -0 -- \"-$pid\" 2>/dev/null; then",
+        "      quiet=$((quiet + 1)); [ \"$quiet\" -ge 2 ] && return 0",
+        "    else quiet=0; fi",
+        "    sleep 0.1",
+        "  done",
+        "  for _ in $(seq 1 20); do",
+        "    kill -KILL -- \"-$pid\" 2>/dev/null",
+        "    left=$(hybrid_marked)",
+        "    [ -z \"$left\" ] && ! kill -0 -- \"-$pid\" 2>/dev/null && return 0",
+        "    [ -z \"$left\" ] || kill -KILL $left 2>/dev/null",
+        "    sleep 0.05",
+        "  done",
         "}",
         "# scancel, Slurm's time limit, preemption: Slurm sends TERM to every process of the job.",
         "hybrid_signalled() {",
@@ -159,9 +183,9 @@ def batch_script(
         lines += ["", "# backend.setup", *setup]
     lines += [
         "",
-        "pid= timer=",
+        "pid= timer= mark=\"${SLURM_JOB_ID:-none}.$$.$started\"",
         "trap hybrid_signalled TERM INT",
-        f"setsid /bin/sh -c {q(command)} </dev/null &",
+        f"HYBRID_JOB_MARK=\"$mark\" setsid /bin/sh -c {q(command)} </dev/null &",
         "pid=$!",
     ]
     if timeout_s:

@@ -9,14 +9,21 @@ to start jobs or that run them elsewhere, the timing attributes, ``release`` and
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
+import random
+import shlex
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec
@@ -28,6 +35,93 @@ from hybrid.types import Candidate, Experiment
 GATE = "touch started; i=0; until [ -e release ] || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done"
 # Records the shell's and a background child's pids, then sleeps: for process-tree checks.
 TREE = "sleep 30 & echo $! > child.pid; echo $$ > shell.pid; touch started; sleep 30"
+
+
+# Detached grandchildren for process-tree checks: each leaves the job's process group and session,
+# writes `ready` in the job's directory and ends as `sleep MARKER`, MARKER also in the command line
+# of the python ones, so a test finds it (and cleans it up) by its marker.
+DETACHED: dict[str, str | None] = {
+    # setsid(1), as a user's command would use it
+    "setsid": None,
+    # a daemon's double fork: the sleeper's parent exits, so it is nobody's child in the tree
+    "double_fork": """
+import os, sys
+os.setsid()
+if os.fork() == 0:
+    if os.fork() == 0:
+        open('ready', 'w').close()
+        os.execvp('sleep', ['sleep', sys.argv[1]])
+    os._exit(0)
+os.wait()
+""",
+    # answers SIGTERM by starting a new detached sleeper: one that no earlier listing could see
+    "respawn_on_term": """
+import os, signal, sys, time
+os.setsid()
+def respawn(*_):
+    if os.fork() == 0:
+        os.setsid()
+        os.execvp('sleep', ['sleep', sys.argv[1]])
+    os._exit(0)
+signal.signal(signal.SIGTERM, respawn)
+open('ready', 'w').close()
+time.sleep(300)
+""",
+    # forks and exits over and over for 5 s, then sleeps: a process that exits while the tree is
+    # being listed must not hide the child it forked just before
+    "relay": """
+import os, sys, time
+os.setsid()
+open('ready', 'w').close()
+end = time.monotonic() + 5
+while time.monotonic() < end:
+    if os.fork():
+        os._exit(0)
+os.execvp('sleep', ['sleep', sys.argv[1]])
+""",
+}
+
+
+def start_detached(kind: str, marker: str) -> str:
+    """A shell snippet (ending in ``&``) that starts the ``kind`` of DETACHED grandchild."""
+    code = DETACHED[kind]
+    if code is None:
+        if shutil.which("setsid") is None:
+            pytest.skip("no setsid(1) here")
+        return f"setsid /bin/sh -c 'touch ready; exec sleep {marker}' &"
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {marker} &"
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Live processes with ``marker`` as an argument."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if marker in (proc.info["cmdline"] or []) and proc.info["status"] not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            found.append(proc)
+    return found
+
+
+def assert_marked_gone(marker: str, after: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"still alive {timeout_s:g} s after {after}: {[(p.pid, p.info['cmdline']) for p in left]}"
+
+
+@contextmanager
+def detached_marker() -> Iterator[str]:
+    """A sleep length no other process uses; whatever carries it is killed at the end, even if the
+    backend failed to (a relay keeps moving, so this goes on until none is left)."""
+    mark = str(random.randint(3_000_000, 3_999_999))
+    try:
+        yield mark
+    finally:
+        deadline = time.monotonic() + 15
+        while (left := marked_processes(mark)) and time.monotonic() < deadline:
+            for proc in left:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            time.sleep(0.02)
 
 
 def make_experiment(workdir: Path, worker: str, exp_id: str | None = None, **params: Any) -> Experiment:

@@ -10,11 +10,8 @@ started in answer to SIGTERM, a chain of forks racing the runner's listing of th
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +25,16 @@ import pytest
 import backends.local
 from backends.base import JobState, RunSpec
 from backends.local import LocalBackend
-from tests.backends.suite import GATE, TREE, make_experiment, wait_until
+from tests.backends.suite import (
+    DETACHED,
+    GATE,
+    TREE,
+    assert_marked_gone,
+    detached_marker,
+    make_experiment,
+    start_detached,
+    wait_until,
+)
 
 _WATCHED = ("open", "os.listdir", "os.scandir")  # audit events of reading a file or a directory
 _proc_reads: list[str] | None = None  # while recording: /proc paths read outside psutil
@@ -190,88 +196,20 @@ def test_a_process_that_left_the_job_group_is_killed_with_the_tree(tmp_path: Pat
         backend.cancel_all()
 
 
-# Detached grandchildren: each leaves the job's process group and session, writes `ready`, and
-# ends as `sleep MARKER` (argv[1] of the python ones: MARKER) so the test finds it by its marker.
-_DETACHED = {
-    # setsid(1), as a user's command would use it
-    "setsid": None,
-    # a daemon's double fork: the sleeper's parent exits, so it is nobody's child but the runner's
-    "double_fork": """
-import os, sys
-os.setsid()
-if os.fork() == 0:
-    if os.fork() == 0:
-        open('ready', 'w').close()
-        os.execvp('sleep', ['sleep', sys.argv[1]])
-    os._exit(0)
-os.wait()
-""",
-    # answers SIGTERM by starting a new detached sleeper: one the first listing could not see
-    "respawn_on_term": """
-import os, signal, sys, time
-os.setsid()
-def respawn(*_):
-    if os.fork() == 0:
-        os.setsid()
-        os.execvp('sleep', ['sleep', sys.argv[1]])
-    os._exit(0)
-signal.signal(signal.SIGTERM, respawn)
-open('ready', 'w').close()
-time.sleep(300)
-""",
-    # forks and exits over and over for 5 s, then sleeps: a process that exits while the runner
-    # lists the tree must not hide the child it forked just before
-    "relay": """
-import os, sys, time
-os.setsid()
-open('ready', 'w').close()
-end = time.monotonic() + 5
-while time.monotonic() < end:
-    if os.fork():
-        os._exit(0)
-os.execvp('sleep', ['sleep', sys.argv[1]])
-""",
-}
-
-
-def _marked(marker: str) -> list[psutil.Process]:
-    """Live processes whose command line holds ``marker``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if marker in (proc.info["cmdline"] or []) and alive(proc.pid):
-                found.append(proc)
-    return found
-
-
 @pytest.fixture
 def marker() -> Iterator[str]:
-    """A sleep length no other process uses; whatever carries it is killed at the end, even if
-    the backend failed to (a relay keeps moving, so this goes on until none is left)."""
-    mark = str(random.randint(3_000_000, 3_999_999))
-    yield mark
-    deadline = time.monotonic() + 15
-    while (left := _marked(mark)) and time.monotonic() < deadline:
-        for proc in left:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        time.sleep(0.02)
+    with detached_marker() as mark:
+        yield mark
 
 
 @pytest.mark.parametrize("how", ["end", "timeout", "cancel"])
-@pytest.mark.parametrize("detached", list(_DETACHED))
+@pytest.mark.parametrize("detached", list(DETACHED))
 def test_a_detached_grandchild_dies_with_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str, detached: str, how: str
 ) -> None:
     """The README promises a job's whole tree is killed: a grandchild in a session of its own
     is no exception, when the command ends, times out or is cancelled."""
-    code = _DETACHED[detached]
-    if code is None:
-        if shutil.which("setsid") is None:
-            pytest.skip("no setsid(1) here")
-        start = f"setsid /bin/sh -c 'touch ready; exec sleep {marker}' &"
-    else:
-        start = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {marker} &"
+    start = start_detached(detached, marker)
     wait_ready = "until [ -e ready ]; do sleep 0.02; done"
     command = f"{start} {wait_ready}; " + ("echo done" if how == "end" else "sleep 60")
     monkeypatch.setattr(backends.local, "KILL_GRACE_S", 1.0)
@@ -285,10 +223,7 @@ def test_a_detached_grandchild_dies_with_the_job(
             backend.cancel(handle.job_id)
         [f] = finish(backend)
         assert f.state is {"end": JobState.EXITED, "timeout": JobState.TIMEOUT, "cancel": JobState.CANCELLED}[how]
-        deadline = time.monotonic() + 10
-        while (left := _marked(marker)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, f"still alive 10 s after the job's {how}: {[(p.pid, p.info['cmdline']) for p in left]}"
+        assert_marked_gone(marker, f"the job's {how}")
     finally:
         backend.cancel_all()
 

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,16 @@ from hybrid.errors import BackendError, ConfigError
 from hybrid.store import Store
 from hybrid.targets import to_result
 from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Objective
-from tests.backends.suite import GATE, TREE, BackendSuite, make_experiment, wait_until
+from tests.backends.suite import (
+    GATE,
+    TREE,
+    BackendSuite,
+    assert_marked_gone,
+    detached_marker,
+    make_experiment,
+    start_detached,
+    wait_until,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 AWKWARD = "with space/a'; echo INJECTED; '$(x) 100%j"
@@ -116,6 +125,29 @@ class TestSlurm(BackendSuite):
         result = to_result(f, Objective("val_bpb", "minimize"), "cpu", 0.0)
         assert result.state is ExperimentState.CRASHED and "outside the campaign" in result.reason
         assert len(backend.free_workers()) == len(backend.workers())  # the campaign goes on
+
+    @pytest.mark.parametrize("how", ["end", "timeout", "cancel", "scancel"])
+    @pytest.mark.parametrize("detached", ["setsid", "double_fork"])
+    def test_a_detached_grandchild_dies_with_the_job(self, backend: Backend, tmp_path: Path, detached: str,
+                                                      how: str) -> None:
+        """Was: Slurm (proctrack/linuxproc, as in CI) lost track of a process reparented to init
+        and left it running after the job's end, timeout and cancel alike."""
+        with detached_marker() as marker:
+            then = "echo done" if how == "end" else "sleep 60"
+            command = f"{start_detached(detached, marker)} until [ -e ready ]; do sleep 0.02; done; {then}"
+            exp, spec = self.job(backend, tmp_path, f"{detached}-{how}", command,
+                                 timeout_s=3.0 if how == "timeout" else 60.0)
+            handle = backend.submit(exp, spec)
+            wait_until(lambda: (spec.workdir / "ready").exists(), self.job_timeout_s, "the grandchild to start")
+            if how == "cancel":
+                backend.cancel(handle.job_id)
+            elif how == "scancel":
+                subprocess.run(["scancel", handle.job_id], check=True, timeout=30)  # someone else's
+            [f] = self.finish(backend)
+            expected = {"end": JobState.EXITED, "timeout": JobState.TIMEOUT, "cancel": JobState.CANCELLED,
+                        "scancel": JobState.LOST}[how]
+            assert f.state is expected, f
+            assert_marked_gone(marker, f"the job's {how}")
 
     def test_a_queued_job_is_reattached_not_resubmitted(self, tmp_path: Path) -> None:
         held = SlurmBackend(max_jobs=1, poll_interval_s=0.2, job_prefix=prefix(tmp_path), sbatch_args=["--hold"])
@@ -409,6 +441,35 @@ def test_a_signalled_script_stops_the_tree_and_says_so(fake_slurm_tools: None, t
     workdir, record, _ = run_script(tmp_path, TREE, on_start=term_when_started)
     assert (record["state"], record["exit_code"]) == ("signalled", None)
     assert_tree_gone(workdir)
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    with detached_marker() as mark:
+        yield mark
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="the script lists processes in /proc (Linux)")
+@pytest.mark.parametrize("how", ["end", "timeout", "signalled"])
+@pytest.mark.parametrize("detached", ["setsid", "double_fork", "respawn_on_term"])
+def test_the_script_kills_a_detached_grandchild(fake_slurm_tools: None, tmp_path: Path, marker: str,
+                                                 detached: str, how: str) -> None:
+    """A process that left the command's session is found by the mark in its environment: at the
+    command's end, its timeout and a signal (scancel) alike, even one that answers SIGTERM by
+    starting another."""
+    ready = tmp_path / AWKWARD / "ready"
+
+    def term_when_ready(proc: subprocess.Popen) -> None:
+        wait_until(ready.exists, 10, "the grandchild to start")
+        os.kill(proc.pid, signal.SIGTERM)
+
+    then = "echo done" if how == "end" else "sleep 60"
+    command = f"{start_detached(detached, marker)} until [ -e ready ]; do sleep 0.02; done; {then}"
+    _, record, out = run_script(tmp_path, command, timeout_s=3.0 if how == "timeout" else 60.0,
+                                on_start=term_when_ready if how == "signalled" else None)
+    assert ready.exists(), out  # it really started before the end
+    assert record["state"] == {"end": "exited", "timeout": "timeout", "signalled": "signalled"}[how], out
+    assert_marked_gone(marker, f"the script's {how}")
 
 
 # ---- Slurm's answers, as recorded from Slurm 22.05 -------------------------------------------------------
