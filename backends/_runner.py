@@ -8,7 +8,9 @@ outlives the orchestrator: a ``kill -9`` of the campaign leaves jobs running, an
 campaign re-attaches them through the files this runner writes in ``DIR/.hybrid/``:
 
 - ``job.json``: runner pid/pgid and start mark (so pid reuse is detected), the job's process
-  group and its leader's start mark, the wall-clock start, the log name.
+  group and its leader's start mark, the wall-clock start, the log name, and the value of
+  ``HYBRID_JOB_MARK`` in the job's environment (by which the backend finds the job's processes
+  that left its group, should the runner itself be killed).
 - ``exit.json``: how the job ended, written last: ``{state: exited|timeout|cancelled,
   exit_code, signal, ended, reason}``. Its presence means "the job and its process tree are gone".
 
@@ -48,6 +50,9 @@ STATE_DIR = ".hybrid"
 JOB_FILE = "job.json"
 EXIT_FILE = "exit.json"
 RUNNER_LOG = "runner.log"
+# Every process the job starts inherits this variable (the job's id): the backend finds by it the
+# ones that left the job's process group when the runner is gone and cannot kill them itself.
+MARK_ENV = "HYBRID_JOB_MARK"
 DEFAULT_GRACE_S = 3.0
 _PR_SET_CHILD_SUBREAPER = 36
 # Two reads of one process's start mark agree to within float noise; two processes that share a
@@ -168,10 +173,13 @@ class _Runner:
         self._listen_for_signals()
         _become_subreaper()
         me = os.getpid()
+        mine = start_mark(me)
+        mark = f"{me}@{mine if mine is not None else 0.0:.3f}"  # backends.local's job id
         self.job = {
             "runner_pid": me,
             "runner_pgid": os.getpgid(0),
-            "runner_start": start_mark(me),
+            "runner_start": mine,
+            "mark": mark,
             "child_pid": None,
             "child_pgid": None,
             "child_start": None,
@@ -191,6 +199,7 @@ class _Runner:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env={**os.environ, MARK_ENV: mark},
                     process_group=0,  # its own group: a timeout or cancel kills the whole tree
                 )
         except OSError as e:

@@ -29,6 +29,7 @@ import psutil
 from backends._runner import (
     EXIT_FILE,
     JOB_FILE,
+    MARK_ENV,
     RUNNER_LOG,
     STATE_DIR,
     group_alive,
@@ -301,13 +302,32 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 def _kill_job_group(job: Mapping[str, Any]) -> None:
     """SIGKILL the job's process group recorded in job.json, unless its id now names another
-    process (Linux never reuses a pid while a process group of that id exists)."""
+    process (Linux never reuses a pid while a process group of that id exists), and the job's
+    processes that left the group: the runner that would have killed them is gone."""
+    _kill_marked(job.get("mark"))
     pgid, start = job.get("child_pgid"), parse_mark(job.get("child_start"))
     if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
         return
     leader = start_mark(pgid)  # None: the leader is gone, the group may live on
     if (leader is None or same_start(leader, start)) and group_alive(pgid):
         _signal_group(pgid, signal.SIGKILL)
+
+
+def _kill_marked(mark: object, patience_s: float = 2.0) -> None:
+    """SIGKILL every process whose environment holds the job's mark (``MARK_ENV``), until a
+    listing finds none twice in a row (one that forked as it exited can hide from one)."""
+    if not isinstance(mark, str) or not mark:
+        return
+    me, quiet = os.getpid(), 0
+    deadline = time.monotonic() + patience_s
+    while quiet < 2 and time.monotonic() < deadline:
+        found = False
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):  # gone, or another user's
+                if proc.pid != me and proc.environ().get(MARK_ENV) == mark:
+                    proc.kill()
+                    found = True
+        quiet = 0 if found else quiet + 1
 
 
 # ---- worker configuration -------------------------------------------------------------------------

@@ -228,6 +228,27 @@ def test_a_detached_grandchild_dies_with_the_job(
         backend.cancel_all()
 
 
+@pytest.mark.parametrize("detached", ["double_fork", "respawn_on_term"])
+def test_a_detached_grandchild_dies_when_the_runner_itself_was_killed(
+    tmp_path: Path, marker: str, detached: str
+) -> None:
+    """The runner killed from outside (the OOM killer, a kill -9): the job is lost, and the
+    backend kills its processes, those that left the job's group too (by their mark)."""
+    exp = make_experiment(tmp_path / "exps" / f"orphaned-{detached}", "w00")
+    workdir = Path(exp.workdir)
+    backend = LocalBackend(workers=1)
+    try:
+        command = f"{start_detached(detached, marker)} sleep 60"
+        handle = backend.submit(exp, RunSpec(command, workdir, timeout_s=60))
+        wait_until(lambda: (workdir / "ready").exists(), 10, "the detached grandchild to start")
+        psutil.Process(int(handle.job_id.split("@")[0])).kill()
+        [f] = finish(backend)
+        assert f.state is JobState.LOST and "disappeared" in f.reason
+        assert_marked_gone(marker, "the runner was killed")
+    finally:
+        backend.cancel_all()
+
+
 def test_a_recycled_pid_is_not_our_runner(tmp_path: Path) -> None:
     """A live process whose start does not match the job id is someone else's."""
     unrelated = psutil.Process()  # this test process: alive, but no runner of ours
