@@ -25,10 +25,11 @@ from hybrid.variants import VariantChecker, VariantRejected, make_variant
 # val_bpb depends on the code (ACT) and on lr: gelu moves the lr optimum from 0.02 to 0.04.
 TRAIN = textwrap.dedent(
     """
-    import json
+    import json, os, time
     ACT = "relu"
     lr = json.load(open("params.json"))["lr"]
-    best = {"relu": 0.02, "gelu": 0.04}[ACT]
+    time.sleep(float(os.environ.get("HOLD", "0")))
+    best = {"relu": 0.02, "gelu": 0.04, "silu": 0.03}[ACT]
     print(f"val_bpb: {1.0 + 10 * abs(lr - best) - (0.05 if ACT == 'gelu' else 0.0):.6f}")
     """
 )
@@ -78,12 +79,14 @@ def tree(tmp_path: Path) -> Path:
     return d
 
 
-def campaign(tmp_path: Path, tree: Path, proposer: Proposer, n: int, **target) -> Campaign:
+def campaign(tmp_path: Path, tree: Path, proposer: Proposer, n: int, workers: int = 1, mode: str = "sync",
+             hold: float = 0.0, **target) -> Campaign:
     spec = TargetSpec.from_config({"name": "t", "command": "{python} train.py", "workdir": str(tree),
-                                   "metric": "val_bpb", "editable": ["train.py"], "timeout_s": 60, **target})
+                                   "metric": "val_bpb", "editable": ["train.py"], "timeout_s": 60,
+                                   "env": {"HOLD": str(hold)}, **target})
     return Campaign(name="v", dir=tmp_path / "runs" / "v", space=SPACE, target=spec,
-                    backend=LocalBackend(workers=1), proposer=proposer, budget=Budget(max_experiments=n),
-                    poll_interval_s=0.02, mode="sync")
+                    backend=LocalBackend(workers=workers), proposer=proposer, budget=Budget(max_experiments=n),
+                    poll_interval_s=0.02, mode=mode)
 
 
 def test_variants_run_in_their_snapshot_and_the_winners_diff_reproduces_its_code(tmp_path, tree):
@@ -142,3 +145,53 @@ def test_editable_files_are_part_of_the_campaigns_identity(tmp_path, tree):
     (tree / "model.py").write_text("X = 1\n")
     with pytest.raises(ConfigError, match=r"target\.editable: 'train\.py' -> 'train\.py, model\.py'"):
         campaign(tmp_path, tree, ScriptedCoder([]), 2, editable=["train.py", "model.py"]).run()
+
+
+SILU = make_variant([Edit("train.py", 'ACT = "relu"', 'ACT = "silu"')], "SiLU")
+KILL_SCRIPT = [(GELU, {"lr": 0.04}), (SILU, {"lr": 0.03}), (BROKEN, {"lr": 0.02}), (GELU, {"lr": 0.05}),
+               (SILU, {"lr": 0.02}), (None, {"lr": 0.01})]
+
+
+def test_kill_9_during_a_wave_of_variants_then_resume_keeps_every_variant_and_result_once(tmp_path, tree):
+    import os
+    import signal
+    import sys
+    import time
+
+    from hybrid.errors import StoreError
+
+    # the orchestrator in its own process, a wave of 3 variant experiments running when it is killed
+    root = Path(__file__).resolve().parent.parent
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); from pathlib import Path\n"
+            "from tests.test_variant_campaign import ScriptedCoder, KILL_SCRIPT, campaign\n"
+            f"campaign(Path({str(tmp_path)!r}), Path({str(tree)!r}), ScriptedCoder(KILL_SCRIPT), 6, workers=3,"
+            " mode='async', hold=3.0).run()\n")
+    orch = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    db = tmp_path / "runs/v/state.sqlite"
+    deadline = time.monotonic() + 90
+    running: list[Experiment] = []
+    while time.monotonic() < deadline and len(running) < 2:
+        time.sleep(0.05)
+        try:
+            running = [e for e in Store.open_read_only(db).experiments() if e.state is ExperimentState.RUNNING
+                       and e.variant is not None] if db.exists() else []
+        except StoreError:
+            running = []
+    os.kill(orch.pid, signal.SIGKILL)
+    orch.wait(timeout=30)
+    assert len(running) >= 2, orch.stderr.read().decode()[-2000:] if orch.stderr else ""
+
+    summary = campaign(tmp_path, tree, ScriptedCoder(KILL_SCRIPT), 6, workers=3, mode="async", hold=0.0).run()
+    store = Store.open_read_only(db)
+    exps = store.experiments()
+    ids = [e.id for e in exps]
+    assert len(ids) == len(set(ids)) and summary.n_experiments == len(exps) == 6
+    keys = [(e.variant, e.params["lr"]) for e in exps]
+    assert len(keys) == len(set(keys))  # every (code, params) once
+    assert all(e.state is ExperimentState.DONE for e in exps)  # the killed wave re-attached and finished
+    recorded = [r.variant.id for r in store.variants()]
+    assert sorted(recorded) == sorted({GELU.id, SILU.id, BROKEN.id})  # each variant once
+    for e in exps:
+        if e.variant is not None:
+            assert (tmp_path / "runs/v/variants" / f"{e.variant}.diff").is_file()
