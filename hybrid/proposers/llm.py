@@ -18,7 +18,8 @@ search/replace edits of those files (``hybrid.proposers.llm_code``); each is che
 campaign's checker here, on the proposer's thread, before it can become a candidate: a rejected
 one never runs, its reason is recorded by the checker, told to the user once and shown to the
 model next time. The files and instructions are the prompt's stable prefix, marked for prompt
-caching (``cache_control``), so a long file costs its full price once per cache lifetime.
+caching (``cache_control``), so a long file costs its full price once per cache lifetime; they
+have their own budget (``max_code_tokens``) on top of ``max_prompt_tokens``.
 
 Failures: the SDK retries 429/5xx/timeouts with backoff (``max_retries``); a call that still
 fails is retried after ``retry_interval_s``; after ``breaker_failures`` failed calls in a row the
@@ -49,6 +50,7 @@ from hybrid.errors import ConfigError
 from hybrid.history import clip
 from hybrid.proposers.base import Proposer, ProposerEvent, incumbent
 from hybrid.proposers.llm_code import (
+    MAX_CODE_TOKENS,
     MAX_FILE_CHARS,
     add_code_to_tool,
     code_sections,
@@ -110,7 +112,8 @@ class LLMProposer(Proposer):
             default; some newer models accept no other value).
         price_input_per_mtok, price_output_per_mtok: USD per million input/output tokens.
         program: the research program (Markdown); None: the default for ``target_name``.
-        max_prompt_tokens: the prompt (system + message + tool) is kept under this estimate.
+        max_prompt_tokens: the prompt (system + message + tool) is kept under this estimate; with
+            editable files their text comes on top of it (``max_code_tokens``).
         max_proposals: experiments per reply, at most.
         refresh_after: ask again after this many new results even if proposals are still queued.
         timeout_s, max_retries: per request, handed to the SDK (which retries 429/5xx/timeouts).
@@ -118,6 +121,9 @@ class LLMProposer(Proposer):
         breaker_failures, breaker_cooldown_s: failed calls in a row that open the circuit, and for how long.
         max_calls: stop calling after this many calls (None: no cap).
         max_file_chars: with editable files, at most this many characters of each shown to the model.
+        max_code_tokens: with editable files, the files block (their text and its instructions) is
+            kept under this estimate, added to ``max_prompt_tokens``: the files never shorten the
+            campaign's summary. The defaults show target=gpt's three files whole.
         background: False calls the API inside ``propose`` (deterministic, for tests and scripts).
         api_key: None reads ``ANTHROPIC_API_KEY``. http_client: an ``anthropic.DefaultHttpxClient``
             (tests pass one with a mock transport).
@@ -148,6 +154,7 @@ class LLMProposer(Proposer):
         breaker_cooldown_s: float = 300.0,
         max_calls: int | None = None,
         max_file_chars: int = MAX_FILE_CHARS,
+        max_code_tokens: int = MAX_CODE_TOKENS,
         background: bool = True,
         api_key: str | None = None,
         http_client: Any = None,
@@ -177,6 +184,7 @@ class LLMProposer(Proposer):
         self.breaker_cooldown_s = _positive("breaker_cooldown_s", breaker_cooldown_s, allow_zero=True)
         self.max_calls = None if max_calls is None else _positive("max_calls", max_calls, int)
         self.max_file_chars = _positive("max_file_chars", max_file_chars, int)
+        self.max_code_tokens = _positive("max_code_tokens", max_code_tokens, int)
         max_retries = _positive("max_retries", max_retries, int, allow_zero=True)
         timeout_s = _positive("timeout_s", timeout_s)
         self.program_path = resolve_program(program, target_name)
@@ -230,10 +238,9 @@ class LLMProposer(Proposer):
         if not checker.editable:
             return
         tool = add_code_to_tool(tool_definition(self.space, self.max_proposals), self.max_proposals)
-        floor = fixed_tokens(self.space, self.objective, self.program, tool, code=True)
         with self._lock:
             self._checker, self.tool = checker, tool
-            self._files_budget = files_budget_chars(self.max_prompt_tokens, floor, self.program)
+            self._files_budget = files_budget_chars(self.max_code_tokens)
 
     def propose(self, history: Sequence[Experiment], n: int) -> list[Candidate]:
         with self._lock:
@@ -310,7 +317,7 @@ class LLMProposer(Proposer):
                     self._cut_said = True
                     with self._lock:
                         self._events.append(ProposerEvent(self.name, message=cut_notice(
-                            block, self.max_prompt_tokens, self._files_budget, self.max_file_chars)))
+                            block, self.max_code_tokens, self._files_budget, self.max_file_chars)))
             prompt = build_prompt(inputs, tool, self.max_prompt_tokens)
             self.last_prompt_tokens = prompt.tokens
             system: Any = prompt.system

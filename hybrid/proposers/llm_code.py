@@ -2,9 +2,10 @@
 
 What it adds to the prompt: the editable files' current text in the base code (the variant new
 changes build on, ``VariantChecker.base()``; the unchanged code until a variant beats it), each
-bounded (``max_file_chars``, with a note where cut) and all of them within the share of
-``max_prompt_tokens`` the rest of the prompt leaves; this block is the stable prefix the proposer
-marks for prompt caching (it changes only when the base or the user's files do). The variable
+bounded (``max_file_chars``, with a note where cut) and all of them within their own budget,
+``max_code_tokens``, on top of ``max_prompt_tokens`` (which bounds the rest: the files never
+shorten the campaign's summary); this block is the stable prefix the proposer marks for prompt
+caching (it changes only when the base or the user's files do). The variable
 part gains the variants tried so far with their outcome (hypothesis, diff stat, runs, best, held
 or not against the code they changed), the rejected ones with their reason, and which variant is
 the base.
@@ -27,11 +28,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from hybrid.history import best_on, failure_of, judged_hardware, own
-from hybrid.proposers.llm_context import CHARS_PER_TOKEN, CodeSections, estimate_tokens, quote_untrusted
+from hybrid.proposers.llm_context import CHARS_PER_TOKEN, CodeSections, quote_untrusted
 from hybrid.types import Experiment, Objective, Variant
 from hybrid.variants import VariantChecker, VariantInfo, VariantRejected, make_variant, normalize_edits
 
-MAX_FILE_CHARS = 12_000  # per file shown to the model
+MAX_FILE_CHARS = 20_000  # per file shown to the model (target=gpt's longest, model/gpt.py, has ~17 400)
+MAX_CODE_TOKENS = 16_000  # the files block in all, on top of max_prompt_tokens (target=gpt's three: ~15 500)
 ORIGINAL = "original"  # what the model writes for the unchanged code (as parent, or an experiment's variant)
 _NO_CODE = ("", "none", "null", ORIGINAL, "unchanged", "base code")
 
@@ -154,27 +156,23 @@ def _lang(file: str) -> str:
             ".sh": "bash", ".toml": "toml"}.get(PurePosixPath(file).suffix, "")
 
 
-RESULTS_SHARE = 0.25  # of max_prompt_tokens, kept for the campaign's results when files are shown
+def files_budget_chars(max_code_tokens: int) -> int:
+    """What the files block may take (instructions, headers and the files' text): its own budget,
+    added to ``max_prompt_tokens`` rather than taken from it, so showing code never shortens the
+    campaign's summary. Depends only on a setting, so the block (the cached prefix) is stable."""
+    return max(0, int(max_code_tokens * CHARS_PER_TOKEN))
 
 
-def files_budget_chars(max_prompt_tokens: int, floor_tokens: int, program: str) -> int:
-    """What the files may take: the prompt's limit less the fixed parts, the program and a quarter
-    of the limit kept for the campaign's results. Depends only on settings, so the block is stable."""
-    room = max_prompt_tokens - floor_tokens - estimate_tokens(program) - int(max_prompt_tokens * RESULTS_SHARE)
-    return max(0, int(room * CHARS_PER_TOKEN))
-
-
-def cut_notice(block: FilesBlock, max_prompt_tokens: int, budget_chars: int, max_file_chars: int) -> str:
+def cut_notice(block: FilesBlock, max_code_tokens: int, budget_chars: int, max_file_chars: int) -> str:
     """What the user is told once: which files the model sees cut, and the settings that show them whole."""
     parts = ", ".join(f"{f} {a:,} of {b:,} characters" for f, (a, b) in sorted(block.cut.items()))
     longest = max(block.sizes.values(), default=0)
     per_file = max(max_file_chars, math.ceil(longest / 1000) * 1000)
     needed = block.overhead + sum(min(n, per_file) for n in block.sizes.values())
-    # the budget grows by (1 - RESULTS_SHARE) x CHARS_PER_TOKEN characters per token of the limit
-    grow = (needed - budget_chars) / (CHARS_PER_TOKEN * (1 - RESULTS_SHARE))
+    grow = (needed - budget_chars) / CHARS_PER_TOKEN  # the budget grows by CHARS_PER_TOKEN characters per token
     fixes = [f"proposer.llm.max_file_chars to {per_file:,}"] if per_file > max_file_chars else []
     if grow > 0:
-        fixes.append(f"proposer.llm.max_prompt_tokens to about {max_prompt_tokens + math.ceil(grow) + 10:,}")
+        fixes.append(f"proposer.llm.max_code_tokens to about {max_code_tokens + math.ceil(grow) + 10:,}")
     return f"the editable files are shown to the LLM cut ({parts}); raise {' and '.join(fixes)} to show them whole"
 
 

@@ -9,7 +9,8 @@ under their own ids (``A/e0012``), never mixed into this campaign's counts, best
 or hypotheses (effects, hardware and failure statistics use them too: the same target); when the whole would
 exceed ``max_prompt_tokens`` every section is shortened (then the program is truncated) until it
 fits. With editable files (``target.editable``) it also holds their text, bounded once by
-``hybrid.proposers.llm_code`` (the stable, cached block), and the code variants so far.
+``hybrid.proposers.llm_code`` within their own budget on top of ``max_prompt_tokens`` (the
+stable, cached block), and the code variants so far.
 Statistics are computed over all results in one pass (O(n) in the number of experiments).
 
 Token counts are estimated offline as ``ceil(chars / 3)`` (Claude averages ~3.5 characters per
@@ -431,30 +432,32 @@ class PromptBuilder:
 
 
 def build_prompt(inputs: PromptInputs, tool: Mapping[str, Any], max_prompt_tokens: int) -> Prompt:
-    """The system and user messages, shortened until the estimate is under ``max_prompt_tokens``.
-    The editable files (``inputs.code.files``, bounded when built) are never shortened here: they
-    are the stable prefix that prompt caching reuses, so the variable part gives way first."""
+    """The system and user messages, shortened until their estimate (with the tool) is under
+    ``max_prompt_tokens``. The editable files (``inputs.code.files``) are not part of that limit:
+    they were bounded when built, by their own budget (``proposer.llm.max_code_tokens``), and are
+    never shortened here (they are the stable prefix prompt caching reuses), so showing code does
+    not shorten the campaign's summary. ``Prompt.tokens`` counts everything sent, files included."""
     b = PromptBuilder(inputs, tool)
     program = inputs.program
     files = inputs.code.files if inputs.code else ""
+    code_tokens = estimate_tokens(files) if files else 0
     limits = dict(DEFAULT_LIMITS)
     system = b.system(program)
     user = b.user(limits)
-    fixed = b.tool_tokens + (estimate_tokens(files) if files else 0)
     for _ in range(12):
-        total = estimate_tokens(system) + estimate_tokens(user) + fixed
+        total = estimate_tokens(system) + estimate_tokens(user) + b.tool_tokens
         if total <= max_prompt_tokens:
-            return Prompt(system, user, total, limits, files)
+            return Prompt(system, user, total + code_tokens, limits, files)
         if all(v <= _MIN_LIMITS.get(k, 0) for k, v in limits.items()):
             break
         limits = {k: max(_MIN_LIMITS.get(k, 0), int(v * 0.6)) for k, v in limits.items()}
         user = b.user(limits)
     # still too long: the program gives way (its head is kept: goal and rules come first)
-    room = max_prompt_tokens - estimate_tokens(user) - fixed - estimate_tokens(b.system(""))
+    room = max_prompt_tokens - estimate_tokens(user) - b.tool_tokens - estimate_tokens(b.system(""))
     keep = max(0, int(room * CHARS_PER_TOKEN) - 40)
     system = b.system(program[:keep] + "\n[... program truncated to fit proposer.llm.max_prompt_tokens]")
-    total = estimate_tokens(system) + estimate_tokens(user) + fixed
-    return Prompt(system, user, total, limits, files)
+    total = estimate_tokens(system) + estimate_tokens(user) + b.tool_tokens
+    return Prompt(system, user, total + code_tokens, limits, files)
 
 
 def fixed_tokens(space: SearchSpace, objective: Objective, program: str, tool: Mapping[str, Any],
