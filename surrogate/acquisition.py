@@ -322,9 +322,12 @@ class GPRanker(Ranker):
                                        self.min_observations, seed=self.seed, hardware=self.hardware)
             with torch_threads(self.threads):
                 wave = self._rank_gp(pool, history, pending, workers, t0)
-        if wave is None:  # too few successes, or the fit/ranking failed: the proposers' order
+        if wave is None:  # too few successes, or the fit/ranking failed: the proposers' order...
             self.last_decision = RankDecision(n_obs, False, rank_seconds=time.perf_counter() - t0)
-            return list(zip(pool, workers, strict=False))
+            # ...after the candidates a wave share is owed (the LLM's share holds before any model too)
+            owed = [i for mine, k in self._reserved(pool, history, len(workers)) for i in mine[:k]]
+            rest = [c for i, c in enumerate(pool) if i not in set(owed)]
+            return list(zip([pool[i] for i in owed] + rest, workers, strict=False))
         return wave
 
     # ---- internals ----------------------------------------------------------------------------
