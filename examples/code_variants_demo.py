@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0, help="training time of one experiment (time_budget_s)")
-    ap.add_argument("--mlflow", action="store_true", help="mirror to MLflow (sqlite:///runs/mlflow.db)")
+    ap.add_argument("--mlflow", action="store_true", help="mirror to MLflow (mlflow.db next to --dir: runs/mlflow.db by default)")
     args = ap.parse_args(argv)
     campaign, _ = build_campaign(args.dir.resolve(), args.experiments, args.workers, args.seconds, args.mlflow)
     summary = campaign.run()
