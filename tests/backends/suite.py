@@ -15,11 +15,11 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ TREE = "sleep 30 & echo $! > child.pid; echo $$ > shell.pid; touch started; slee
 
 
 # Detached grandchildren for process-tree checks: each leaves the job's process group and session,
-# writes `ready` in the job's directory and ends as `sleep MARKER`, MARKER also in the command line
-# of the python ones, so a test finds it (and cleans it up) by its marker.
+# writes its new process group's id to `ready` in the job's directory and ends as `sleep MARKER`
+# (MARKER also in the command line of the python ones).
 DETACHED: dict[str, str | None] = {
     # setsid(1), as a user's command would use it
     "setsid": None,
@@ -49,7 +49,7 @@ import os, sys
 os.setsid()
 if os.fork() == 0:
     if os.fork() == 0:
-        open('ready', 'w').close()
+        open('ready', 'w').write(str(os.getpgid(0)))
         os.execvp('sleep', ['sleep', sys.argv[1]])
     os._exit(0)
 os.wait()
@@ -64,7 +64,7 @@ def respawn(*_):
         os.execvp('sleep', ['sleep', sys.argv[1]])
     os._exit(0)
 signal.signal(signal.SIGTERM, respawn)
-open('ready', 'w').close()
+open('ready', 'w').write(str(os.getpgid(0)))
 time.sleep(300)
 """,
     # forks and exits over and over for 5 s, then sleeps: a process that exits while the tree is
@@ -72,7 +72,7 @@ time.sleep(300)
     "relay": """
 import os, sys, time
 os.setsid()
-open('ready', 'w').close()
+open('ready', 'w').write(str(os.getpgid(0)))
 end = time.monotonic() + 5
 while time.monotonic() < end:
     if os.fork():
@@ -82,45 +82,69 @@ os.execvp('sleep', ['sleep', sys.argv[1]])
 }
 
 
-def start_detached(kind: str, marker: str) -> str:
-    """A shell snippet (ending in ``&``) that starts the ``kind`` of DETACHED grandchild."""
-    code = DETACHED[kind]
-    if code is None:
-        if shutil.which("setsid") is None:
+class Detached:
+    """One kind of DETACHED grandchild of a test job, found by its marker (a sleep length no
+    other process uses) and by the process groups it was seen in: a listing can miss a relay
+    between two hops, a check of its group cannot. Used as a context manager, it kills whatever
+    is left of it at the end, even if the backend failed to."""
+
+    def __init__(self, kind: str) -> None:
+        if DETACHED[kind] is None and shutil.which("setsid") is None:
             pytest.skip("no setsid(1) here")
-        return f"setsid /bin/sh -c 'touch ready; exec sleep {marker}' &"
-    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {marker} &"
+        self.kind = kind
+        self.marker = str(random.randint(3_000_000, 3_999_999))
+        self.groups: set[int] = set()
 
+    def __enter__(self) -> Detached:
+        return self
 
-def marked_processes(marker: str) -> list[psutil.Process]:
-    """Live processes with ``marker`` as an argument."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if marker in (proc.info["cmdline"] or []) and proc.info["status"] not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            found.append(proc)
-    return found
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
+    @property
+    def start(self) -> str:
+        """A shell snippet, ending in ``&``, that starts it."""
+        code = DETACHED[self.kind]
+        if code is None:
+            return f"setsid /bin/sh -c 'echo $$ > ready; exec sleep {self.marker}' &"
+        return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {self.marker} &"
 
-def assert_marked_gone(marker: str, after: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (left := marked_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"still alive {timeout_s:g} s after {after}: {[(p.pid, p.info['cmdline']) for p in left]}"
+    def wait_ready(self, workdir: Path, timeout_s: float = 10.0) -> None:
+        ready = workdir / "ready"
+        wait_until(lambda: ready.exists() and ready.read_text().strip().isdigit(), timeout_s,
+                   f"the {self.kind} grandchild to start")
+        self.groups.add(int(ready.read_text()))
 
-
-@contextmanager
-def detached_marker() -> Iterator[str]:
-    """A sleep length no other process uses; whatever carries it is killed at the end, even if the
-    backend failed to (a relay keeps moving, so this goes on until none is left)."""
-    mark = str(random.randint(3_000_000, 3_999_999))
-    try:
-        yield mark
-    finally:
-        deadline = time.monotonic() + 15
-        while (left := marked_processes(mark)) and time.monotonic() < deadline:
-            for proc in left:
+    def alive(self) -> list[str]:
+        """What is left of it: its processes and groups, as text for an assertion message."""
+        left = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if self.marker in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
                 with contextlib.suppress(psutil.Error):
-                    proc.kill()
+                    self.groups.add(os.getpgid(proc.pid))
+                left.append(f"pid {proc.pid}: {shlex.join(proc.info['cmdline'])}")
+        for pgid in sorted(self.groups):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, 0)
+                left.append(f"process group {pgid}")
+        return left
+
+    def assert_gone(self, after: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, f"still alive {timeout_s:g} s after {after}: {left}"
+
+    def kill(self) -> None:
+        deadline = time.monotonic() + 15
+        while self.alive() and time.monotonic() < deadline:
+            for pgid in self.groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+            for proc in psutil.process_iter(["cmdline"]):
+                if self.marker in (proc.info["cmdline"] or []):
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
             time.sleep(0.02)
 
 

@@ -29,10 +29,8 @@ from tests.backends.suite import (
     DETACHED,
     GATE,
     TREE,
-    assert_marked_gone,
-    detached_marker,
+    Detached,
     make_experiment,
-    start_detached,
     wait_until,
 )
 
@@ -197,54 +195,52 @@ def test_a_process_that_left_the_job_group_is_killed_with_the_tree(tmp_path: Pat
 
 
 @pytest.fixture
-def marker() -> Iterator[str]:
-    with detached_marker() as mark:
-        yield mark
+def grandchild(request: pytest.FixtureRequest) -> Iterator[Detached]:
+    """The DETACHED grandchild named by the test's ``kind`` parameter; killed at the end."""
+    with Detached(request.param) as it:
+        yield it
 
 
 @pytest.mark.parametrize("how", ["end", "timeout", "cancel"])
-@pytest.mark.parametrize("detached", list(DETACHED))
+@pytest.mark.parametrize("grandchild", list(DETACHED), indirect=True)
 def test_a_detached_grandchild_dies_with_the_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str, detached: str, how: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grandchild: Detached, how: str
 ) -> None:
     """The README promises a job's whole tree is killed: a grandchild in a session of its own
     is no exception, when the command ends, times out or is cancelled."""
-    start = start_detached(detached, marker)
-    wait_ready = "until [ -e ready ]; do sleep 0.02; done"
-    command = f"{start} {wait_ready}; " + ("echo done" if how == "end" else "sleep 60")
+    wait_ready = "until [ -s ready ]; do sleep 0.02; done"
+    command = f"{grandchild.start} {wait_ready}; " + ("echo done" if how == "end" else "sleep 60")
     monkeypatch.setattr(backends.local, "KILL_GRACE_S", 1.0)
-    exp = make_experiment(tmp_path / "exps" / f"{detached}-{how}", "w00")
+    exp = make_experiment(tmp_path / "exps" / f"{grandchild.kind}-{how}", "w00")
     workdir = Path(exp.workdir)
     backend = LocalBackend(workers=1)
     try:
         handle = backend.submit(exp, RunSpec(command, workdir, timeout_s=3.0 if how == "timeout" else 60))
-        wait_until(lambda: (workdir / "ready").exists(), 10, "the detached grandchild to start")
+        grandchild.wait_ready(workdir)
         if how == "cancel":
             backend.cancel(handle.job_id)
         [f] = finish(backend)
         assert f.state is {"end": JobState.EXITED, "timeout": JobState.TIMEOUT, "cancel": JobState.CANCELLED}[how]
-        assert_marked_gone(marker, f"the job's {how}")
+        grandchild.assert_gone(f"the job's {how}")
     finally:
         backend.cancel_all()
 
 
-@pytest.mark.parametrize("detached", ["double_fork", "respawn_on_term"])
-def test_a_detached_grandchild_dies_when_the_runner_itself_was_killed(
-    tmp_path: Path, marker: str, detached: str
-) -> None:
+@pytest.mark.parametrize("grandchild", ["double_fork", "respawn_on_term"], indirect=True)
+def test_a_detached_grandchild_dies_when_the_runner_itself_was_killed(tmp_path: Path, grandchild: Detached) -> None:
     """The runner killed from outside (the OOM killer, a kill -9): the job is lost, and the
     backend kills its processes, those that left the job's group too (by their mark)."""
-    exp = make_experiment(tmp_path / "exps" / f"orphaned-{detached}", "w00")
+    exp = make_experiment(tmp_path / "exps" / f"orphaned-{grandchild.kind}", "w00")
     workdir = Path(exp.workdir)
     backend = LocalBackend(workers=1)
     try:
-        command = f"{start_detached(detached, marker)} sleep 60"
+        command = f"{grandchild.start} sleep 60"
         handle = backend.submit(exp, RunSpec(command, workdir, timeout_s=60))
-        wait_until(lambda: (workdir / "ready").exists(), 10, "the detached grandchild to start")
+        grandchild.wait_ready(workdir)
         psutil.Process(int(handle.job_id.split("@")[0])).kill()
         [f] = finish(backend)
         assert f.state is JobState.LOST and "disappeared" in f.reason
-        assert_marked_gone(marker, "the runner was killed")
+        grandchild.assert_gone("the runner was killed")
     finally:
         backend.cancel_all()
 
