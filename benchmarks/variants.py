@@ -16,8 +16,9 @@ A scripted stand-in for the LLM offers the four changes in that fixed order, eac
 the best result so far (as autoresearch stacks changes), and offers a change again on a new base.
 
 Methods (every one the product's own campaign loop on the simulated fleet, async, 4 workers):
-  product    the scripted variants + the classical parameter proposers (TPE, local), spread
-             over the codes worth exploring, ranked by the GP over (variant, params)
+  product    the scripted variants (owed the LLM's default share of every wave, 0.3) + the
+             classical parameter proposers (TPE, local), spread over the codes worth exploring,
+             ranked by the GP over (variant, params)
   nogp       the same proposals, surrogate=none (the proposers' order)
   greedy     keep/discard hill-climbing as the reference agent does: every experiment is ONE
              change to the best so far (the next code change, else one parameter moved), kept
@@ -89,6 +90,7 @@ OBJ = Objective("val_bpb", "minimize")
 METHODS = ("product", "nogp", "greedy")
 RESULTS = ROOT / "benchmarks" / "results"
 HOURLY_USD = 2.5
+LLM_SHARE = 0.3  # the product's default proposer.llm_share
 
 
 def code_of(text: str) -> dict[str, Any]:
@@ -177,16 +179,24 @@ class ScriptedCoder(Proposer):
         self.inner = HybridProposer(space, objective, seed, sources={"tpe": 0.5, "local": 0.5})
         self.checker: VariantChecker | None = None
         self.script = _Script()
+        self.pending: list[Candidate] = []
 
     def use_variants(self, checker: VariantChecker) -> None:
         self.checker = checker
 
+    @property
+    def wave_shares(self) -> dict[str, float]:
+        return {"llm": LLM_SHARE}  # as proposer.llm_share gives the real LLM its share of every wave
+
     def propose(self, history_: Sequence[Experiment], n: int) -> list[Candidate]:
-        out: list[Candidate] = []
-        if self.checker is not None and (change := self.script.next(self.checker)) is not None:
+        # an offered change stays offered until it has run (as the LLM proposer's queue keeps them)
+        ran = {(e.variant, self.space.key(e.params)) for e in history_}
+        self.pending = [c for c in self.pending if (c.variant, self.space.key(c.params)) not in ran]
+        if not self.pending and self.checker is not None and (change := self.script.next(self.checker)) is not None:
             best = history.best(list(history_), self.objective)
             params = dict(best.params) if best else self.space.defaults()
-            out.append(Candidate(params, "llm", change[1], change[0]))
+            self.pending.append(Candidate(params, "llm", change[1], change[0]))
+        out = list(self.pending)
         classical = self.inner.propose(history_, max(0, n - len(out)))
         codes = self.checker.explore() if self.checker is not None else [None]
         return out + spread(classical, codes)
