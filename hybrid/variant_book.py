@@ -108,8 +108,28 @@ class VariantBook:
                     else VariantInfo(self._variants[v], "rejected", self._rejected[v], "") for v in self._order]
 
     def base(self) -> str | None:
-        best = history.best(list(self._experiments()), self.target.objective, self.target_hardware)
-        return best.variant if best is not None and best.variant in self._built else None
+        """Autoresearch's keep/discard: the code of the best result, if that variant held against the
+        code it changed (``history.held``: beyond the run-to-run noise once replicates measured it);
+        else, walking up, the nearest ancestor that held; None: the unchanged code."""
+        exps = list(self._experiments())
+        objective = self.target.objective
+        best = history.best(exps, objective, self.target_hardware)
+        if best is None:
+            return None
+        hardware = best.hardware
+        noise, _ = history.noise_sd(exps, objective)
+        by_code: dict[str | None, float] = {}
+        for e, v in history.successes(exps, objective):
+            if e.hardware == hardware and (e.variant not in by_code or objective.better(v, by_code[e.variant])):
+                by_code[e.variant] = v
+        code = best.variant
+        with self._lock:
+            while code is not None and code in self._built:
+                parent = self._built[code].variant.parent
+                if history.held(by_code.get(code), by_code.get(parent), noise, objective) == "yes":
+                    return code
+                code = parent
+        return None
 
     # ---- the campaign's side ----------------------------------------------------------------
     def parents(self) -> dict[str, str | None]:

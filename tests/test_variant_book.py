@@ -130,7 +130,7 @@ def test_the_book_is_restored_from_the_store_without_rechecking(tmp_path, tree):
 
 
 def _done(i: int, value: float, variant: str | None) -> Experiment:
-    e = Experiment(f"e{i:04d}", Candidate({"lr": 0.02}, "llm", "", variant), "w0", "cpu", 1,
+    e = Experiment(f"e{i:04d}", Candidate({"lr": 0.02 + i / 1000}, "llm", "", variant), "w0", "cpu", 1,
                    ExperimentState.DONE, seq=i)
     e.result = Result(e.id, ExperimentState.DONE, {"val_bpb": value}, "cpu", 1.0, 0.0)
     return e
@@ -166,3 +166,18 @@ def test_the_book_tells_each_variants_parent(tmp_path, tree):
     child = make_variant([Edit("train.py", 'ACT = "gelu"', 'ACT = "gelu"\nNORM = "layer"')], "and layer norm", GELU.id)
     b.check(child, "llm")
     assert b.parents() == {GELU.id: None, child.id: GELU.id}
+
+
+def test_a_variant_within_the_noise_of_its_base_is_not_kept(tmp_path, tree):
+    exps: list[Experiment] = [_done(1, 1.0, None), _done(2, 1.004, None)]  # the baseline ran twice
+    exps[1].candidate = exps[0].candidate  # same params, same code: a replicate (noise sd ~0.0028)
+    b, _ = book(tmp_path, tree, exps)
+    b.check(GELU, "llm")
+    exps.append(_done(3, 0.995, GELU.id))  # better, but by less than 2·√2·sd of the unchanged code
+    assert b.base() is None
+    exps.append(_done(4, 0.97, GELU.id))  # now beyond the noise
+    assert b.base() == GELU.id
+    child = make_variant([Edit("train.py", 'ACT = "gelu"', 'ACT = "gelu"\nNORM = "layer"')], "layer", GELU.id)
+    b.check(child, "llm")
+    exps.append(_done(5, 0.969, child.id))  # the best result, but within noise of its parent: keep the parent
+    assert b.base() == GELU.id

@@ -16,14 +16,13 @@ tree as the campaign found it, which ``git apply`` or ``patch -p1`` applies in `
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybrid.history import clip, counted, fmt_value, judged_hardware, successes
+from hybrid.history import NOISE_FACTOR, clip, counted, fmt_value, held, judged_hardware, noise_sd, successes
 from hybrid.reports.summary import variant_diff_path
 from hybrid.store import VariantRecord
 from hybrid.types import Experiment, Objective
@@ -32,7 +31,6 @@ from hybrid.variants import diff_stat
 __all__ = ["CodeChanges", "VariantRow", "code_changes", "noise_sd", "section_code_changes", "write_variant_diffs"]
 
 MAX_DIFF_LINES = 200  # of the winner's diff shown inline; the whole diff is in its file
-_NOISE_FACTOR = 2 * math.sqrt(2)  # two sd of the difference of two runs
 UNCHANGED = "unchanged code"
 
 
@@ -73,33 +71,11 @@ class CodeChanges:
     records: dict[str, VariantRecord]
 
 
-def noise_sd(exps: Sequence[Experiment], objective: Objective) -> tuple[float | None, int]:
-    """(pooled sd, number of groups) over the successes that ran the same code, params and hardware
-    at least twice; (None, 0) without such replicates."""
-    groups: dict[tuple[str | None, str, str], list[float]] = {}
-    for e, v in successes(exps, objective):
-        groups.setdefault((e.variant, e.hardware, repr(sorted(e.params.items()))), []).append(v)
-    reps = [g for g in groups.values() if len(g) > 1]
-    dof = sum(len(g) - 1 for g in reps)
-    if not dof:
-        return None, 0
-    ss = sum(sum((x - sum(g) / len(g)) ** 2 for x in g) for g in reps)
-    return math.sqrt(ss / dof), len(reps)
-
-
 def _best(exps: Sequence[Experiment], objective: Objective, hardware: str | None) -> tuple[int, float | None]:
     values = [v for e, v in successes(exps, objective) if e.hardware == hardware]
     if not values:
         return 0, None
     return len(values), (min(values) if objective.direction == "minimize" else max(values))
-
-
-def _held(best: float | None, base: float | None, noise: float | None, objective: Objective) -> str:
-    if best is None or base is None:
-        return ""
-    if noise is not None and abs(best - base) <= _NOISE_FACTOR * noise:
-        return "within noise"
-    return "yes" if objective.better(best, base) else "no"
 
 
 def code_changes(exps: Sequence[Experiment], records: Sequence[VariantRecord], objective: Objective,
@@ -125,7 +101,7 @@ def code_changes(exps: Sequence[Experiment], records: Sequence[VariantRecord], o
             vid, rec.variant.hypothesis if rec else "", parent, diff_stat(rec.diff) if rec and rec.diff else "",
             rec.status if rec else "not in the store", rec.reason if rec else "", len(mine),
             sum(e.state.is_failure() for e in mine), n, value, base_n, base_value,
-            _held(value, base_value, noise, objective)))
+            held(value, base_value, noise, objective)))
     u_n, u_best = _best(by.get(None, []), objective, hw)
     winner = best if best is not None and best.variant is not None else None
     return CodeChanges(hw, len(by.get(None, [])), u_n, u_best, rows, noise, n_groups, winner, known)
@@ -188,7 +164,7 @@ def section_code_changes(cc: CodeChanges | None, objective: Objective, max_lines
     if cc.noise is not None:
         out += ["", f"Run-to-run noise: sd {cc.noise:.3g} of {m}, pooled over {cc.noise_groups} configuration"
                 f"{'s' * (cc.noise_groups != 1)} run more than once on the same code and hardware; \"within noise\": "
-                f"the bests differ by less than {_NOISE_FACTOR * cc.noise:.3g} (2·√2·sd)."]
+                f"the bests differ by less than {NOISE_FACTOR * cc.noise:.3g} (2·√2·sd)."]
     else:
         out += ["", "No configuration ran twice on the same code and hardware, so the run-to-run noise is unknown: "
                 "held compares the best of each code as it is (see n)."]
