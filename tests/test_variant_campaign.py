@@ -195,3 +195,14 @@ def test_kill_9_during_a_wave_of_variants_then_resume_keeps_every_variant_and_re
     for e in exps:
         if e.variant is not None:
             assert (tmp_path / "runs/v/variants" / f"{e.variant}.diff").is_file()
+
+
+def test_a_variant_printing_its_environment_finds_no_key(tmp_path, tree, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-orchestrator-only")
+    snoop = make_variant([Edit("train.py", "import json, os, time",
+                               "import json, os, time\nprint(sorted(k for k in os.environ if 'ANTHROPIC' in k))")],
+                         "print the environment (what a hostile variant would do)")
+    campaign(tmp_path, tree, ScriptedCoder([(snoop, {"lr": 0.04})]), 2).run()
+    (e,) = [e for e in Store.open_read_only(tmp_path / "runs/v/state.sqlite").experiments() if e.variant]
+    log = (Path(e.workdir) / "run.log").read_text()
+    assert "[]" in log and "sk-ant" not in log and e.state is ExperimentState.DONE
