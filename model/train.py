@@ -79,6 +79,9 @@ class TrainConfig:
     compile: str = "auto"  # auto (on CUDA) | true | false
     threads: int = 0  # CPU threads for torch (0: torch's default)
     log_every: int = 10
+    # "progress: <fraction of the budget> train_loss: <smoothed loss>" lines at this many evenly spaced
+    # points of the time budget (the campaign's progress contract; 0: none)
+    progress_points: int = 16
     # missing data: prepare it first, once (model.prepare under its file lock); false: an error
     prepare: bool = True
     # validate the settings and exit 0 without loading data or training (a campaign's check_command)
@@ -135,6 +138,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
     if cfg.time_budget_s <= 0:
         raise ConfigError(f"time_budget_s: must be positive, got {cfg.time_budget_s}")
+    if cfg.progress_points < 0:
+        raise ConfigError(f"progress_points: must be >= 0 (0: no progress lines), got {cfg.progress_points}")
     if not cfg.window_pattern or set(cfg.window_pattern.upper()) - {"S", "L"}:
         raise ConfigError(f"window_pattern: {cfg.window_pattern!r} must be made of S and L, e.g. SSSL")
     tokens_per_micro = cfg.device_batch_size * cfg.seq_len
@@ -257,6 +262,7 @@ def train(cfg: TrainConfig, log=print, keep: dict[str, Any] | None = None) -> di
     diverged_at = 2.5 * math.log(tokenizer.vocab_size)  # far worse than a uniform guess: diverged
     x, y = next(loader)
     step, training_s, tokens_counted, smooth = 0, 0.0, 0, 0.0
+    next_point = 1  # the next progress point to report, of cfg.progress_points
     while True:
         if use_cuda:
             torch.cuda.synchronize()
@@ -283,6 +289,11 @@ def train(cfg: TrainConfig, log=print, keep: dict[str, Any] | None = None) -> di
             training_s += dt
             tokens_counted += cfg.total_batch_size
         step += 1
+        points = cfg.progress_points
+        if points and next_point <= points and training_s >= next_point / points * cfg.time_budget_s:
+            log(f"progress: {min(training_s / cfg.time_budget_s, 1.0):.4f} train_loss: {smooth:.4f}")
+            while next_point <= points and training_s >= next_point / points * cfg.time_budget_s:
+                next_point += 1  # one line per crossing, even when a slow step jumps several points
         if step % cfg.log_every == 0 or step == 1:
             tok_s = cfg.total_batch_size / dt
             mfu = flops_per_token * tok_s / peak * 100 if peak else 0.0

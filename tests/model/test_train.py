@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -95,6 +96,12 @@ def test_cli_prints_progress_and_the_block(prepared_data_cfg):
     assert "step 00001 | loss" in p.stdout
     metrics = parse_metrics(p.stdout)
     assert set(BLOCK_KEYS) <= set(metrics) and metrics["depth"] == 2
+    # the progress contract: "progress: <fraction> train_loss: <value>", rising fractions in (0, 1]
+    points = [ln.split() for ln in p.stdout.splitlines() if ln.startswith("progress: ")]
+    fractions = [float(f[1]) for f in points]
+    assert 2 <= len(points) <= 16 and fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] <= 1
+    assert all(f[2] == "train_loss:" and math.isfinite(float(f[3])) for f in points)
+    assert "progress" not in metrics  # not a result: the final block is what counts
 
 
 def test_exploding_lr_fails_fast_with_exit_1(prepared_data_cfg):
