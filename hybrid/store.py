@@ -17,12 +17,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hybrid.curves import ProgressPoint
 from hybrid.errors import StoreError
 from hybrid.secrets import create_private_file
 from hybrid.types import Candidate, Edit, Experiment, ExperimentState, FailureKind, Result, Variant
@@ -70,6 +71,13 @@ CREATE TABLE IF NOT EXISTS variants (
     diff       TEXT NOT NULL DEFAULT '',
     built      TEXT NOT NULL DEFAULT '{}',
     created    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS progress (
+    experiment_id TEXT NOT NULL,
+    fraction      REAL NOT NULL,
+    point         TEXT NOT NULL,
+    ts            REAL NOT NULL,
+    PRIMARY KEY (experiment_id, fraction)
 );
 CREATE TABLE IF NOT EXISTS events (
     ts     REAL NOT NULL,
@@ -382,6 +390,32 @@ class Store:
             out.append(Experiment(exp_id, Candidate(json.loads(params), source, rationale, variant), worker, hardware, wave,
                                   st, job_id, started, seq, workdir, result, extra_d, ended=ended,
                                   mirrored=bool(mirrored), requeued=requeued, idle_before_s=idle))
+        return out
+
+    # ---- learning curves ---------------------------------------------------------------------------
+    def record_progress(self, exp_id: str, points: Sequence[ProgressPoint]) -> int:
+        """Add an experiment's progress points (the progress contract, hybrid.curves) in one
+        transaction; a point already stored at that fraction is kept as it was. Returns how many
+        were new."""
+        if not points:
+            return 0
+        now = time.time()
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany("INSERT OR IGNORE INTO progress(experiment_id, fraction, point, ts) VALUES (?,?,?,?)",
+                          [(exp_id, p.fraction, json.dumps(p.values), now) for p in points])
+            return c.total_changes - before
+
+    def progress(self, exp_id: str | None = None) -> dict[str, list[ProgressPoint]]:
+        """Stored progress points by experiment id, in rising fraction (all experiments, or one)."""
+        if not self._read("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'progress'"):
+            return {}  # an old store opened read-only
+        q = "SELECT experiment_id, fraction, point FROM progress"
+        rows = self._read(q + (" WHERE experiment_id = ?" if exp_id else "") + " ORDER BY experiment_id, fraction",
+                          (exp_id,) if exp_id else ())
+        out: dict[str, list[ProgressPoint]] = {}
+        for eid, fraction, point in rows:
+            out.setdefault(eid, []).append(ProgressPoint(float(fraction), json.loads(point)))
         return out
 
     # ---- code variants ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class ExperimentState(IntEnum):
     CRASHED = 3  # non-zero exit, no/NaN metric, OOM, or lost by the orchestrator
     TIMEOUT = 4  # killed after target.timeout_s
     CANCELLED = 5  # cancelled by the user (Ctrl-C) or by the campaign
+    PRUNED = 6  # stopped by the pruning rule: its partial curve is kept, it is neither a success nor a failure
 
     def is_finished(self) -> bool:
         return self not in (ExperimentState.PENDING, ExperimentState.RUNNING)

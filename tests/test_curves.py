@@ -70,3 +70,33 @@ def test_the_gpt_targets_own_progress_lines_read_whole(tmp_path):
     r.flush()
     assert len(r.points) >= 2 and r.rejected == []
     assert all("train_loss" in pt.values for pt in r.points) and r.points[-1].fraction <= 1.0
+
+
+def test_progress_points_are_durable_once_each_and_read_back_in_order(tmp_path):
+    import sqlite3
+
+    from hybrid.store import Store
+    from hybrid.types import Candidate
+
+    store = Store(tmp_path / "state.sqlite")
+    e = store.create(Candidate({"x": 1}, "sobol"), "w0", "cpu", 1, tmp_path)
+    pts = [ProgressPoint(0.5, {"train_loss": 3.0}), ProgressPoint(0.25, {"train_loss": 3.5})]
+    assert store.record_progress(e.id, pts) == 2
+    # re-read after a resume: the same points again add nothing, a new one is added
+    assert store.record_progress(e.id, [ProgressPoint(0.5, {"train_loss": 9.9}), ProgressPoint(0.75, {})]) == 1
+    store.close()
+    ro = Store.open_read_only(tmp_path / "state.sqlite")
+    assert ro.progress() == {e.id: [ProgressPoint(0.25, {"train_loss": 3.5}), ProgressPoint(0.5, {"train_loss": 3.0}),
+                                    ProgressPoint(0.75, {})]}
+    assert ro.progress("e9999") == {}
+    ro.close()
+    with sqlite3.connect(tmp_path / "state.sqlite") as c:  # a store from before progress points
+        c.execute("DROP TABLE progress")
+    assert Store.open_read_only(tmp_path / "state.sqlite").progress() == {}
+
+
+def test_a_pruned_experiment_is_finished_and_not_a_failure():
+    from hybrid.types import ExperimentState
+
+    assert ExperimentState.PRUNED.is_finished() and not ExperimentState.PRUNED.is_failure()
+    assert ExperimentState.PRUNED.name.lower() == "pruned"  # its results.tsv status
