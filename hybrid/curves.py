@@ -15,17 +15,13 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from hybrid.types import ProgressPoint
+
 __all__ = ["ProgressPoint", "ProgressReader"]
 
 _LINE = re.compile(r"^\s*progress:\s*(?P<fraction>\S+)(?P<rest>.*)$")
 _PAIR = re.compile(r"([A-Za-z_][\w./-]*):\s*(\S+)")
 MAX_LINE = 4096  # a longer line is not a progress line (and is not buffered whole)
-
-
-@dataclass(frozen=True)
-class ProgressPoint:
-    fraction: float  # of the target's budget, in [0, 1]
-    values: dict[str, float]  # name -> finite value
 
 
 @dataclass

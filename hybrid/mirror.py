@@ -55,6 +55,8 @@ class TrackerMirror(threading.Thread):
         while (msg := self._q.get()) is not None:
             if isinstance(msg, ResultMsg):
                 # Trackers never raise: they warn and go on. An unmirrored result is retried on resume.
+                if not msg.exp.curve:  # its learning curve, as the store holds it (step metrics)
+                    msg.exp.curve = self.store.progress(msg.exp.id).get(msg.exp.id, [])
                 if self.tracker.log(msg.exp, msg.result):
                     self.store.mark_mirrored(msg.exp.id)
             elif isinstance(msg, MetricsMsg):

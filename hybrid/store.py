@@ -23,10 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid.curves import ProgressPoint
 from hybrid.errors import StoreError
 from hybrid.secrets import create_private_file
-from hybrid.types import Candidate, Edit, Experiment, ExperimentState, FailureKind, Result, Variant
+from hybrid.types import (
+    Candidate,
+    Edit,
+    Experiment,
+    ExperimentState,
+    FailureKind,
+    ProgressPoint,
+    Result,
+    Variant,
+)
 
 SCHEMA_VERSION = 1
 

@@ -138,6 +138,14 @@ class Result:
 
 
 @dataclass(frozen=True)
+class ProgressPoint:
+    """One point of a run's learning curve (the progress contract, ``hybrid.curves``)."""
+
+    fraction: float  # of the target's budget, in [0, 1]
+    values: dict[str, float]  # name -> finite value, e.g. {"train_loss": 3.21}
+
+
+@dataclass(frozen=True)
 class Prior:
     """Where a warm-start experiment comes from (``campaign.warm_start``)."""
 
@@ -167,6 +175,7 @@ class Experiment:
     requeued: bool = False  # lost by the orchestrator (or never submitted): its config is run again
     idle_before_s: float | None = None  # how long its worker sat idle before it was submitted
     prior: Prior | None = None  # set on an earlier campaign's experiment loaded by a warm start
+    curve: list[ProgressPoint] = field(default_factory=list)  # its progress points (filled where needed)
 
     @property
     def params(self) -> Mapping[str, Any]:

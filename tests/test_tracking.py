@@ -379,3 +379,18 @@ def test_make_tracker_rejects_bad_config(node: dict[str, Any], match: str) -> No
 def test_importing_the_module_does_not_import_mlflow() -> None:
     code = "import sys, hybrid.tracking; sys.exit('mlflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_learning_curve_becomes_step_metrics_and_a_pruned_run_is_killed(root: Path, client: MlflowClient) -> None:
+    from hybrid.types import ProgressPoint
+
+    tracker = MLflowTracker()
+    parent = tracker.start(campaign(root, "c-curve"))
+    assert parent is not None
+    exp, result = finished("e1", ExperimentState.PRUNED, {}, "pruned at 50%: hopeless")
+    exp.curve = [ProgressPoint(0.25, {"train_loss": 3.5}), ProgressPoint(0.5, {"train_loss": 3.4, "lr": 0.02})]
+    assert tracker.log(exp, result)
+    (run,) = children(client, parent)
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "pruned"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(250, 3.5), (500, 3.4)]

@@ -47,7 +47,9 @@ T = TypeVar("T")
 _MAX_CONSECUTIVE_FAILURES = 3
 
 _RUN_STATUS = {ExperimentState.DONE: "FINISHED", ExperimentState.CRASHED: "FAILED",
-               ExperimentState.TIMEOUT: "FAILED", ExperimentState.CANCELLED: "KILLED"}
+               ExperimentState.TIMEOUT: "FAILED", ExperimentState.CANCELLED: "KILLED",
+               ExperimentState.PRUNED: "KILLED"}
+CURVE_STEPS = 1000  # a progress point at fraction f is logged at step round(f * CURVE_STEPS)
 _CAMPAIGN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 
 
@@ -206,6 +208,11 @@ class MLflowTracker:
         metrics = {k: v for k, v in result.metrics.items() if finite_number(v) is not None}
         metrics.update(duration_s=result.duration_s, cost_usd=result.cost_usd)
         _log_batch(client, run_id, params=to_params(exp.params, by_key=False), metrics=metrics, timestamp=_ms(end))
+        for point in exp.curve:  # the learning curve: one step per progress point, so the UI draws it
+            values = {k: v for k, v in point.values.items() if finite_number(v) is not None}
+            if values:
+                _log_batch(client, run_id, metrics=values, step=round(point.fraction * CURVE_STEPS),
+                           timestamp=_ms(start + point.fraction * max(result.duration_s, 0.0)))
         if result.log_tail:
             client.log_text(run_id, scrub(result.log_tail), "log_tail.txt")  # scrubbed at the source too
         client.set_terminated(run_id, status=_RUN_STATUS[result.state], end_time=_ms(end))
