@@ -15,13 +15,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybrid.errors import BackendError
 from hybrid.types import Experiment, JobState, Worker
 
-__all__ = ["Backend", "Finished", "JobHandle", "JobState", "RunSpec", "Worker"]
+__all__ = ["Backend", "Finished", "JobHandle", "JobState", "RunSpec", "Worker", "read_appended", "read_log"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class Backend(ABC):
     bookkeeping against backends that complete jobs from helper threads.
     """
 
+    output_chunk_bytes: int = 1 << 20  # the most ``read_output`` returns per call
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._active: dict[str, JobHandle] = {}  # job_id -> handle, jobs not yet reported by poll()
@@ -102,6 +104,10 @@ class Backend(ABC):
                 raise BackendError(f"worker {worker.name} is busy; submit only to free_workers()")
         if not spec.workdir.is_dir():
             raise BackendError(f"workdir {spec.workdir} does not exist; snapshot it before submit")
+        if "PYTHONUNBUFFERED" not in spec.env:
+            # A Python target's print() to a log file is block-buffered: its progress lines would
+            # reach the log (and read_output) only every few KiB, or at its end.
+            spec = replace(spec, env={**spec.env, "PYTHONUNBUFFERED": "1"})
         handle = self._start(exp, spec, worker)
         with self._lock:
             self._active[handle.job_id] = handle
@@ -170,6 +176,23 @@ class Backend(ABC):
                 return out
             time.sleep(interval_s)
 
+    def read_output(self, handle: JobHandle, offset: int = 0) -> tuple[str, int]:
+        """The job's output appended since byte ``offset`` of its log: ``(text, new offset)``.
+
+        For following a running job (its progress lines): call it again with the offset it
+        returned; the texts of successive calls concatenate to the whole log, and after the job
+        ended the calls up to the one that returns ``""`` give the rest. Non-blocking and cheap
+        (called for every running job every couple of seconds): at most ``output_chunk_bytes``
+        per call, no network round trip in the caller's thread. Never raises: a log that does
+        not exist yet, or cannot be read for a while, gives ``("", offset)``.
+
+        Default: ``handle.workdir / handle.log_name`` read from ``offset``, for backends whose
+        jobs write their output there as they run. A UTF-8 sequence cut at the end of what was
+        read (the job is in the middle of writing it) is left for the next call: the new offset
+        stops before it. Backends whose logs live elsewhere override this.
+        """
+        return read_appended(handle.workdir / handle.log_name, offset, self.output_chunk_bytes)
+
     def close(self) -> None:  # noqa: B027 - optional hook: most backends start nothing shared
         """Release what this campaign started (clusters, daemons). Running jobs are left alone:
         the campaign cancels or detaches them first."""
@@ -203,3 +226,29 @@ def read_log(path: Path, max_bytes: int = 4 * 1024 * 1024) -> str:
     except FileNotFoundError:
         return ""
     return data.decode("utf-8", errors="replace")
+
+
+def read_appended(path: Path, offset: int, max_bytes: int = 1 << 20) -> tuple[str, int]:
+    """``Backend.read_output`` of a file: its text from byte ``offset`` (at most ``max_bytes``,
+    never fewer than one whole character) and the offset after it. A missing or unreadable file
+    gives ``("", offset)``; an unfinished UTF-8 sequence at the end is left for the next call."""
+    offset = max(0, int(offset))
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max(4, max_bytes))
+    except OSError:  # not there yet, a directory, permissions, a stale NFS handle...
+        return "", offset
+    keep = len(data) - _unfinished_utf8(data)
+    return data[:keep].decode("utf-8", errors="replace"), offset + keep
+
+
+def _unfinished_utf8(data: bytes) -> int:
+    """How many bytes at the end of ``data`` begin a UTF-8 sequence that is not complete yet (0-3).
+    Bytes that can never become valid UTF-8 are not held back: they are decoded as U+FFFD."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the sequence starts here
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0  # only continuation bytes: invalid, not unfinished

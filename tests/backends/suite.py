@@ -28,6 +28,7 @@ import pytest
 
 from backends.base import Backend, Finished, JobHandle, JobState, RunSpec
 from backends.workdir import snapshot
+from hybrid.curves import ProgressReader
 from hybrid.errors import BackendError
 from hybrid.types import Candidate, Experiment
 
@@ -35,6 +36,24 @@ from hybrid.types import Candidate, Experiment
 GATE = "touch started; i=0; until [ -e release ] || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done"
 # Records the shell's and a background child's pids, then sleeps: for process-tree checks.
 TREE = "sleep 30 & echo $! > child.pid; echo $$ > shell.pid; touch started; sleep 30"
+# A Python target reporting progress with plain print() (no flush: the backend must see to it that
+# its output is not held in a buffer): a point, a wait until the test creates `release` (which it
+# takes away again), another point, another wait, then the final metric.
+PROGRESS = """
+import os, time
+def wait_for_release():
+    for _ in range(1200):
+        if os.path.exists('release'):
+            os.remove('release')
+            return
+        time.sleep(0.05)
+open('started', 'w').close()
+print('progress: 0.1 train_loss: 3.0')
+wait_for_release()
+print('progress: 0.5 train_loss: 2.5')
+wait_for_release()
+print('val_bpb: 0.99')
+"""
 
 
 # Detached grandchildren for process-tree checks: each leaves the job's process group and session,
@@ -175,6 +194,7 @@ class BackendSuite(abc.ABC):
     """Conformance tests for a Backend. Not collected itself (no ``Test`` prefix)."""
 
     job_timeout_s: float = 30.0  # how long a short job may take from submit to poll()
+    output_timeout_s: float = 30.0  # how long a line a running job printed may take to reach read_output
     kill_timeout_s: float = 1.0  # RunSpec.timeout_s of the timeout test
     supports_recover: bool = True  # recover(exp) finds a job whose id never reached the store
     inherits_environment: bool = True  # jobs get the orchestrator's environment (less its credentials)
@@ -251,6 +271,15 @@ class BackendSuite(abc.ABC):
 
     def started(self, spec: RunSpec) -> None:
         wait_until(lambda: (spec.workdir / "started").exists(), self.job_timeout_s, "the job to start")
+
+    def read_to_end(self, backend: Backend, handle: JobHandle, offset: int) -> tuple[str, int]:
+        """After the job ended: ``read_output`` until it has nothing more."""
+        out = ""
+        while True:
+            text, offset = backend.read_output(handle, offset)
+            if not text:
+                return out, offset
+            out += text
 
     def assert_tree_gone(self, workdir: Path) -> None:
         for name in ("shell.pid", "child.pid"):
@@ -474,3 +503,79 @@ class BackendSuite(abc.ABC):
         assert isinstance(handle, JobHandle) and isinstance(handle.job_id, str) and handle.job_id
         assert os.path.samefile(handle.workdir, spec.workdir)
         self.finish(backend)
+
+    # ---- following a running job's output (progress) ------------------------------------------
+    def test_progress_is_read_while_the_job_runs_and_each_point_once(
+        self, backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # not inherited from the orchestrator
+        command = f"{shlex.quote(sys.executable)} -c {shlex.quote(PROGRESS)}"
+        exp, spec = self.job(backend, tmp_path, "progress", command)
+        handle = backend.submit(exp, spec)
+        reader, offset, ended = ProgressReader(), 0, []
+
+        def points_read() -> list[float]:
+            nonlocal offset
+            ended.extend(backend.poll())
+            text, offset = backend.read_output(handle, offset)
+            reader.feed(text)
+            return [p.fraction for p in reader.points]
+
+        wait_until(lambda: points_read() == [0.1], self.output_timeout_s, "the first progress point")
+        assert ended == []  # seen while the job runs: it waits for the test to go on
+        self.release(spec.workdir)
+        wait_until(lambda: points_read() == [0.1, 0.5], self.output_timeout_s, "the second progress point")
+        assert ended == []
+        self.release(spec.workdir)
+        ended += self.finish(backend)
+        [f] = ended
+        assert (f.state, f.exit_code) == (JobState.EXITED, 0), f.log
+        rest, _ = self.read_to_end(backend, handle, offset)
+        reader.feed(rest)
+        reader.flush()
+        assert [(p.fraction, p.values) for p in reader.points] == [(0.1, {"train_loss": 3.0}), (0.5, {"train_loss": 2.5})]
+        assert reader.rejected == []
+        assert "val_bpb: 0.99" in rest
+
+    def test_a_character_the_job_has_written_half_of_is_read_whole(self, backend: Backend, tmp_path: Path) -> None:
+        # 'é' is c3 a9 in UTF-8: the job writes c3, waits, then a9.
+        exp, spec = self.job(backend, tmp_path, "utf8", "printf 'caf\\303'; " + GATE + "; printf '\\251 \u2713\\n'")
+        handle = backend.submit(exp, spec)
+        self.started(spec)
+        first, offset = backend.read_output(handle, 0)
+        assert "\ufffd" not in first and "caf\u00e9".startswith(first), first  # nothing of the cut character
+        self.release(spec.workdir)
+        self.finish(backend)
+        rest, _ = self.read_to_end(backend, handle, offset)
+        assert first + rest == "caf\u00e9 \u2713\n"
+
+    def test_read_output_never_raises_and_cuts_no_character(self, backend: Backend, tmp_path: Path) -> None:
+        workdir = tmp_path / "not-yet"
+        handle = JobHandle("no-such-job", "not-yet", backend.workers()[0], time.time(), workdir)
+        assert backend.read_output(handle, 0) == ("", 0)  # the log does not exist yet
+        assert backend.read_output(handle, 7) == ("", 7)
+        (workdir / "run.log").mkdir(parents=True)  # there, but unreadable as a file
+        assert backend.read_output(handle, 3) == ("", 3)
+        (workdir / "run.log").rmdir()
+        log = workdir / "run.log"
+        log.write_bytes(b"caf\xc3")  # a job in the middle of writing 'é'
+        assert backend.read_output(handle, 0) == ("caf", 3)
+        with open(log, "ab") as f:
+            f.write(b"\xa9 \xe2\x9c")  # ... and of the 3-byte check mark
+        assert backend.read_output(handle, 3) == ("\u00e9 ", 6)
+        with open(log, "ab") as f:
+            f.write(b"\x93\n")
+        assert backend.read_output(handle, 6) == ("\u2713\n", 10)
+        assert backend.read_output(handle, 10) == ("", 10)
+        # A bounded read that ends inside a character leaves it whole for the next one.
+        log.write_text("progress: 0.25 note: \u00e9\u00e9\U0001f600\u2713\n", encoding="utf-8")
+        backend.output_chunk_bytes = 5
+        text, offset, reads = "", 0, 0
+        while True:
+            part, offset = backend.read_output(handle, offset)
+            if not part:
+                break
+            assert "\ufffd" not in part
+            text, reads = text + part, reads + 1
+        assert text == log.read_text(encoding="utf-8") and reads > 5
+
