@@ -26,6 +26,8 @@ from backends.workdir import snapshot
 from hybrid import history, targets
 from hybrid.config import Mode, OnInterrupt
 from hybrid.errors import BackendError
+from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
+from hybrid.following import Follower
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
@@ -102,6 +104,7 @@ class Campaign:
         prefetch_pool: bool | str = True,
         warm_start: Sequence[str | Path] = (),
         findings: bool | str = True,
+        follow_interval_s: float = FOLLOW_INTERVAL_S,
     ) -> None:
         self.name, self.dir, self.space, self.target = name, Path(dir), space, target
         self.objective = target.objective
@@ -121,6 +124,7 @@ class Campaign:
         self.warm: list[PriorCampaign] = []
         self.priors: list[Experiment] = []  # their experiments: in the decision history only
         self.findings = findings
+        self.follow_interval_s = follow_interval_s  # how often running jobs' progress lines are read
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}
@@ -156,6 +160,7 @@ class Campaign:
     def _run(self) -> Summary:
         self.store = Store(self.dir / STORE_NAME)
         self._watch = StoreWatch(self.store)
+        self.follower = Follower(self.store, self.backend, self.progress.message, self.follow_interval_s)
         config = redact_nested(self.config)  # secrets keep their names, never their values
         try:
             resumed = self.store.claim(self.name, self.objective.metric)
@@ -230,6 +235,9 @@ class Campaign:
     def _restore(self, resumed: bool) -> None:
         found = restore(self.store, self.backend, self.space, resumed)
         self.exps, self.wave, self.requeue = found.exps, found.wave, found.requeue
+        for exp_id, curve in self.store.progress().items():  # the learning curves recorded so far
+            if exp_id in self.exps:
+                self.exps[exp_id].curve = curve
         if not resumed:
             return
         for e in self.exps.values():
@@ -242,6 +250,7 @@ class Campaign:
         while True:
             self._check_store()
             busy = self._collect()
+            self.follower.read(self.backend.running(), self.exps)
             self._proposer_events()
             if self.stop_reason is None:
                 self.stop_reason = self._check_stop()
@@ -274,6 +283,7 @@ class Campaign:
             exp = self.exps[f.experiment_id]
             result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
                                        self.target.timeout_s, secrets=self.target.secret_values)
+            self.follower.finished(exp, f.log, result.state is ExperimentState.DONE)
             requeued = interrupted and result.state is ExperimentState.CANCELLED
             if requeued:
                 result = replace(result, reason=INTERRUPTED)
