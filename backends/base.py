@@ -97,13 +97,24 @@ class Backend(ABC):
         raise BackendError(f"no worker named {name!r}; workers: {', '.join(w.name for w in self.workers())}")
 
     def submit(self, exp: Experiment, spec: RunSpec) -> JobHandle:
-        """Start ``spec`` for ``exp`` on the worker ``exp.worker``. Returns at once."""
+        """Start ``spec`` for ``exp`` on the worker ``exp.worker``. Returns at once.
+
+        The log, ``spec.workdir / spec.log_name``, holds this job's output only: a file already
+        there is moved to ``<log_name>.before-submit``."""
         worker = self.worker(exp.worker)
         with self._lock:
             if any(h.worker.name == worker.name for h in self._active.values()):
                 raise BackendError(f"worker {worker.name} is busy; submit only to free_workers()")
         if not spec.workdir.is_dir():
             raise BackendError(f"workdir {spec.workdir} does not exist; snapshot it before submit")
+        stale = spec.workdir / spec.log_name
+        if stale.is_file():
+            # Not this job's output: copied from the target's directory with the code, or left by
+            # an earlier attempt. Appended to, its metrics and progress would pass for the job's.
+            try:
+                stale.replace(stale.with_name(stale.name + ".before-submit"))
+            except OSError as e:
+                raise BackendError(f"cannot move {stale} (not this job's output) out of the way: {e}") from e
         if "PYTHONUNBUFFERED" not in spec.env:
             # A Python target's print() to a log file is block-buffered: its progress lines would
             # reach the log (and read_output) only every few KiB, or at its end.

@@ -547,7 +547,23 @@ class BackendSuite(abc.ABC):
         self.release(spec.workdir)
         self.finish(backend)
         rest, _ = self.read_to_end(backend, handle, offset)
-        assert first + rest == "caf\u00e9 \u2713\n"
+        assert first + rest == "caf\u00e9 \u2713\n", (first, rest)
+
+    def test_a_log_file_in_the_targets_code_is_not_taken_for_the_jobs_output(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        src = tmp_path / "target"
+        src.mkdir()
+        (src / "run.log").write_text("progress: 0.9 train_loss: 1.0\nval_bpb: 0.5\n")  # the user's own run
+        workdir = snapshot(src, tmp_path / "exps" / "fresh")
+        exp, spec = self.job(backend, tmp_path, "fresh", "echo 'progress: 0.1 train_loss: 3.0'; exit 1", workdir=workdir)
+        handle = backend.submit(exp, spec)
+        [f] = self.finish(backend)
+        assert (f.state, f.exit_code) == (JobState.EXITED, 1)
+        assert "val_bpb" not in f.log and "progress: 0.9" not in f.log
+        text, _ = self.read_to_end(backend, handle, 0)
+        # (SkyPilot on Slurm adds lines of srun's and its own after a failed job)
+        assert text.startswith("progress: 0.1 train_loss: 3.0\n") and "val_bpb" not in text, text
 
     def test_read_output_never_raises_and_cuts_no_character(self, backend: Backend, tmp_path: Path) -> None:
         workdir = tmp_path / "not-yet"
