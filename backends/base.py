@@ -191,8 +191,8 @@ class Backend(ABC):
         """The job's output appended since byte ``offset`` of its log: ``(text, new offset)``.
 
         For following a running job (its progress lines): call it again with the offset it
-        returned; the texts of successive calls concatenate to the whole log, and after the job
-        ended the calls up to the one that returns ``""`` give the rest. Non-blocking and cheap
+        returned; the texts of successive calls concatenate to the whole log, and once ``poll``
+        has reported the job's end, reading on until ``""`` gives the rest. Non-blocking and cheap
         (called for every running job every couple of seconds): at most ``output_chunk_bytes``
         per call, no network round trip in the caller's thread. Never raises: a log that does
         not exist yet, or cannot be read for a while, gives ``("", offset)``.
