@@ -362,6 +362,8 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _PREFIX = re.compile(r"^\([^()]*pid=\d+[^()]*\) ?")  # (task, pid=123) / (setup pid=123) / (worker1, rank=1, pid=...)
 _EXIT_LINE = re.compile(r"^hybrid-skypilot: exit_code=(\d+) end=(exited|timeout)\s*$")
 _SKY_FOOTER = re.compile(r"^\W*Job finished \(status: [A-Z_]+\)\.?\s*$")
+# SkyPilot's own lines at the top of a job's log (no pid prefix: the job printed none of them).
+_SKY_HEADER = re.compile(r"^\W*(Waiting for task resources on \d+ nodes?\.|Job started\. Streaming logs\.\.\.)")
 
 
 @dataclass(frozen=True)
@@ -373,13 +375,17 @@ class ExitLine:
 def clean_log(raw: str) -> tuple[str, ExitLine | None]:
     """SkyPilot's log of a job -> (the job's own output, the exit line our run script printed).
 
-    Strips ANSI colours, the ``(task, pid=N)`` prefix SkyPilot puts on every line, its
-    "Job finished" footer, and our exit line (with the blank line the script printed before it).
+    Strips ANSI colours, the ``(task, pid=N)`` prefix SkyPilot puts on every line, its "Waiting
+    for task resources" / "Job started" header and "Job finished" footer, and our exit line (with
+    the blank line the script printed before it).
     """
     lines: list[str] = []
     exit_line: ExitLine | None = None
     for line in raw.replace("\r\n", "\n").split("\n"):
-        line = _PREFIX.sub("", _ANSI.sub("", line), count=1)
+        line = _ANSI.sub("", line)
+        if _SKY_HEADER.match(line):
+            continue
+        line = _PREFIX.sub("", line, count=1)
         m = _EXIT_LINE.match(line)
         if m:
             exit_line = ExitLine(int(m.group(1)), m.group(2) == "timeout")

@@ -9,6 +9,9 @@ and becomes the worker's hardware label and price.
 The campaign loop never waits on SkyPilot: launch/exec requests run on a bounded pool of
 threads (the API server runs only a few long requests at once), job status is polled in the
 background for all clusters at once, and ``poll`` only reports what those threads found.
+``read_output`` follows a running job's log (its progress lines) through a mirror in the
+experiment's workdir, refreshed off the loop's thread at most once per ``progress_poll_s``
+(``backends._skypilot_output``).
 
 A job id is ``<cluster>/<experiment id>``: known at submit time, before SkyPilot has numbered
 the job. SkyPilot's own job id is written to ``<workdir>/.hybrid/skypilot.json`` once known; a
@@ -26,12 +29,13 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backends._runner import STATE_DIR, read_json, write_json_atomic
 from backends._skypilot_client import ClusterGone, RequestPool, ServerUnavailable, SkyClient, SkyJob, sky_task
+from backends._skypilot_output import OutputMirror, is_whole
 from backends._skypilot_tasks import (
     RUNNING_STATUSES,
     WorkerSpec,
@@ -64,7 +68,9 @@ class SkyPilotBackend(Backend):
     ``resources``: more SkyPilot resource fields (``use_spot``, ``disk_size``, ``image_id``...).
     ``setup``: shell commands run once per cluster, in the first experiment's copy of the code.
     ``python``: the interpreter on the clusters; it replaces this machine's interpreter path that
-    the target's ``{python}`` placeholder put into the command.
+    the target's ``{python}`` placeholder put into the command. ``progress_poll_s``: the least
+    time between two fetches of one running job's log for ``read_output`` (each is a request to
+    the API server that returns up to ``log_tail_lines`` lines).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class SkyPilotBackend(Backend):
         autostop_minutes: int | None = None,
         extra_accelerators: Sequence[str] = (),
         log_tail_lines: int = 20000,
+        progress_poll_s: float = 15.0,
         name: str = "skypilot",
         client: Any = None,  # tests pass a stand-in for SkyClient
     ) -> None:
@@ -95,6 +102,9 @@ class SkyPilotBackend(Backend):
             raise ConfigError(f"backend.max_parallel_requests: expected an integer >= 1, got {max_parallel_requests!r}")
         if not isinstance(status_interval_s, int | float) or status_interval_s <= 0:
             raise ConfigError(f"backend.status_interval_s: expected seconds > 0, got {status_interval_s!r}")
+        if isinstance(progress_poll_s, bool) or not isinstance(progress_poll_s, int | float) or progress_poll_s <= 0:
+            raise ConfigError(f"backend.progress_poll_s: expected seconds > 0 between two fetches of a running "
+                              f"job's log, got {progress_poll_s!r}; e.g. backend.progress_poll_s=15")
         self.name = name
         self.setup = str(setup or "")
         self.python = str(python or "")
@@ -102,6 +112,7 @@ class SkyPilotBackend(Backend):
         self.status_interval_s = float(status_interval_s)
         self.autostop_minutes = autostop_minutes
         self.log_tail_lines = int(log_tail_lines)
+        self.progress_poll_s = float(progress_poll_s)
         self._client = client if client is not None else SkyClient()  # ConfigError without skypilot
         defaults = {"accelerators": accelerators, "infra": infra, "cpus": cpus, "memory": memory,
                     "resources": dict(resources or {}), "hardware": hardware, "hourly_usd": hourly_usd}
@@ -121,7 +132,8 @@ class SkyPilotBackend(Backend):
         self._jobs: dict[str, _Job] = {}
         self._requests = RequestPool(max_parallel_requests, "skypilot-request")
         self._background = RequestPool(1, "skypilot-status")  # status, logs, cancels: short requests
-        self._refresh: Future[list[tuple[str, _Ended]]] | None = None
+        self._output = RequestPool(2, "skypilot-output")  # running jobs' logs: never delay a cancel
+        self._refresh: Future[_Round] | None = None
         self._last_refresh = float("-inf")
         self._unavailable: BackendError | None = None
         self._kept_for_resume = False
@@ -142,6 +154,16 @@ class SkyPilotBackend(Backend):
         spec = self._spec(exp.worker)
         return None if spec is None else self.attach(f"{spec.cluster}/{exp.id}", exp)
 
+    def read_output(self, handle: JobHandle, offset: int = 0) -> tuple[str, int]:
+        """``Backend.read_output`` of the job's log mirror in its workdir; a running job's mirror is
+        refreshed in the background, at most once per ``progress_poll_s`` (a fetch that fails
+        changes nothing: the job's state is the status check's to decide, never the log's)."""
+        with self._lock:
+            job = self._jobs.get(handle.job_id)
+        if job is not None:
+            self._refresh_output(job)
+        return super().read_output(handle, offset)
+
     def detach(self) -> None:
         with self._lock:
             if self._active:
@@ -157,6 +179,7 @@ class SkyPilotBackend(Backend):
         self._closed = True
         self._requests.shutdown()
         self._background.shutdown()
+        self._output.shutdown()
         if self.keep_clusters:
             return
         if self._kept_for_resume:
@@ -206,13 +229,17 @@ class SkyPilotBackend(Backend):
         if self._refresh is not None and self._refresh.done():
             refresh, self._refresh = self._refresh, None
             try:
-                ended = refresh.result()
+                found = refresh.result()
             except ServerUnavailable as e:
                 self._unavailable = _unavailable(e)
                 raise self._unavailable from e
             except BackendError:
-                ended = []  # a failed status query: asked again next time
-            for job_id, end in ended:
+                found = _Round([], set())  # a failed status query: asked again next time
+            for job_id in found.running:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    job.seen_running = True
+            for job_id, end in found.ended:
                 job = self._jobs.get(job_id)
                 if job is not None and job.ended is None:
                     job.ended = end
@@ -276,7 +303,8 @@ class SkyPilotBackend(Backend):
         if workdir is not None:
             _write_record(workdir, {**record, "cluster": cluster, "job_name": exp.id, "sky_job_id": job.job_id})
         with self._lock:
-            self._jobs[job_id] = _Job(handle, cluster, sky_job_id=job.job_id, start_seen=True)
+            self._jobs[job_id] = _Job(handle, cluster, sky_job_id=job.job_id, start_seen=True,
+                                      seen_running=job.status == "RUNNING")
         return handle
 
     # ---- the request pool (worker threads) ---------------------------------------------------
@@ -328,11 +356,12 @@ class SkyPilotBackend(Backend):
         else:
             job.ended = _Ended(JobState.LOST, None, f"could not start the job: {err}", "")
 
-    def _check_jobs(self, watched: Sequence[_Watch]) -> list[tuple[str, _Ended]]:
+    def _check_jobs(self, watched: Sequence[_Watch]) -> _Round:
         """One status round for every watched job (background thread): the job queues of all
         their clusters (one batch), then the logs of the jobs that ended."""
         queues = self._client.queues(sorted({w.cluster for w in watched}))
         out: list[tuple[str, _Ended]] = []
+        running: set[str] = set()
         for w in watched:
             found = queues.get(w.cluster)
             if isinstance(found, ClusterGone):
@@ -347,9 +376,13 @@ class SkyPilotBackend(Backend):
                                              f"job {w.sky_job_id} is not in the queue of cluster {w.cluster}", "")))
                 continue
             if job.status in RUNNING_STATUSES:
+                if job.status == "RUNNING":
+                    running.add(w.job_id)
                 continue
+            whole = True
             try:
                 raw = self._client.logs(w.cluster, job.job_id, self.log_tail_lines)
+                whole = is_whole(raw, self.log_tail_lines)
             except ServerUnavailable:
                 raise
             except BackendError as e:
@@ -357,8 +390,8 @@ class SkyPilotBackend(Backend):
             log, exit_line = clean_log(raw)
             state, code, reason = job_state(job.status, exit_line)  # type: ignore[misc]
             out.append((w.job_id, _Ended(state, code, reason, log, started=job.start_at, ended=job.end_at,
-                                         cluster_broken=job.status == "FAILED_SETUP")))
-        return out
+                                         cluster_broken=job.status == "FAILED_SETUP", log_whole=whole)))
+        return _Round(out, running)
 
     # ---- internals -------------------------------------------------------------------------
     def _check_server_and_infra(self) -> None:
@@ -407,6 +440,28 @@ class SkyPilotBackend(Backend):
             job.cancel_sent = True
             self._background.submit(self._client.cancel, job.cluster, [job.sky_job_id])
 
+    def _refresh_output(self, job: _Job) -> None:
+        """Fetch the log of a running job in the background, unless a fetch is in flight or the
+        last one is less than ``progress_poll_s`` old. Only jobs the status check saw RUNNING:
+        for a queued one SkyPilot waits for a log file (seconds) and prints notes of its own."""
+        if job.sky_job_id is None or not job.seen_running or job.ended is not None or self._closed:
+            return
+        if job.output_fetch is not None and not job.output_fetch.done():
+            return
+        now = time.monotonic()
+        if now - job.output_fetched_at < self.progress_poll_s:
+            return
+        job.output_fetched_at = now
+        job.output_fetch = self._output.submit(self._fetch_output, job.mirror, job.cluster, job.sky_job_id)
+
+    def _fetch_output(self, mirror: OutputMirror, cluster: str, sky_job_id: int) -> None:
+        """One fetch of a running job's log into its mirror (a helper thread)."""
+        try:
+            raw = self._client.logs(cluster, sky_job_id, self.log_tail_lines)
+        except BackendError:  # the server or the cluster: the status check tells, this one waits
+            return
+        mirror.add_fetch(raw, self.log_tail_lines)
+
     def _record_job_id(self, job: _Job) -> None:
         record = read_json(job.handle.workdir / STATE_DIR / RECORD_FILE) or {}
         with contextlib.suppress(OSError):
@@ -415,8 +470,7 @@ class SkyPilotBackend(Backend):
     def _finished(self, job: _Job, end: _Ended) -> Finished:
         h = job.handle
         if end.log:
-            with contextlib.suppress(OSError):
-                (h.workdir / h.log_name).write_text(end.log)
+            job.mirror.add_final(end.log, end.log_whole)
         started = end.started if end.started else h.started
         ended = end.ended if end.ended else time.time()
         return Finished(h.job_id, h.experiment_id, end.state, end.exit_code, end.log, float(started),
@@ -443,6 +497,15 @@ class _Ended:
     started: float | None = None  # when the job started running on the cluster
     ended: float | None = None
     cluster_broken: bool = False  # setup failed or the cluster is gone: launch again next time
+    log_whole: bool = True  # ``log`` starts where the job's log starts (not only its tail)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """What one status round found."""
+
+    ended: list[tuple[str, _Ended]]
+    running: set[str]  # job ids SkyPilot reports RUNNING
 
 
 @dataclass
@@ -456,6 +519,13 @@ class _Job:
     cancel_requested: bool = False
     cancel_sent: bool = False
     ended: _Ended | None = None
+    seen_running: bool = False  # a status round saw it RUNNING: its log can be fetched
+    output_fetch: Future[None] | None = None
+    output_fetched_at: float = float("-inf")  # time.monotonic() of the last fetch
+    mirror: OutputMirror = field(init=False)  # its log, in its workdir (read_output reads it)
+
+    def __post_init__(self) -> None:
+        self.mirror = OutputMirror(self.handle.workdir / self.handle.log_name)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from backends._skypilot_client import ClusterGone, ServerUnavailable, SkyJob
+from hybrid.errors import BackendError
 
 
 class FakeSky:
     """Clusters and job queues in memory. ``gate``: while set to an unset Event, launches wait on
-    it (a slow launch). ``grants``: cluster -> accelerators granted (default: the first asked)."""
+    it (a slow launch). ``grants``: cluster -> accelerators granted (default: the first asked).
+    ``logs_fail``: log fetches fail (a log that cannot be read for a while); ``log_fetches``:
+    (job name, its status) of every fetch."""
 
     def __init__(self, enabled: Sequence[str] = ("Slurm",)) -> None:
         self.enabled = list(enabled)
@@ -27,6 +30,8 @@ class FakeSky:
         self.uploads: list[list[str]] = []  # the stage directory's files at request time
         self.cancelled_requests: list[str] = []
         self.queue_batches: list[list[str]] = []
+        self.logs_fail = False
+        self.log_fetches: list[tuple[str, str]] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._requests = 0
@@ -70,14 +75,19 @@ class FakeSky:
         return out
 
     def logs(self, cluster: str, job_id: int, tail: int = 0) -> str:
-        return self.clusters[cluster]["jobs"][job_id]["log"]
+        job = self.clusters[cluster]["jobs"][job_id]
+        self.log_fetches.append((job["name"], job["status"]))
+        if self.logs_fail:
+            raise BackendError(f"logs of job {job_id} on cluster {cluster}: ConnectionResetError: reset by peer")
+        lines = job["log"].splitlines(keepends=True)
+        return "".join(lines[-tail:] if tail > 0 else lines)  # SkyPilot's tail: the last N lines
 
     def cancel(self, cluster: str, job_ids: Sequence[int]) -> None:
         self.calls.append(("cancel", cluster))
         for i in job_ids:
             job = self.clusters[cluster]["jobs"][i]
             if job["status"] in ("PENDING", "RUNNING"):
-                self._end(job, "CANCELLED", "")
+                self._end(job, "CANCELLED", job["log"])
 
     def cancel_request(self, request_id: str) -> None:
         self.cancelled_requests.append(request_id)
@@ -96,11 +106,16 @@ class FakeSky:
     def job(self, name: str) -> dict[str, Any]:
         return next(j for c in self.clusters.values() for j in c["jobs"].values() if j["name"] == name)
 
+    def write(self, name: str, output: str) -> None:
+        """A running job prints ``output`` (logged the way SkyPilot logs it: prefix, colour)."""
+        job = self.job(name)
+        job["log"] += _logged(output)
+
     def end(self, name: str, status: str, output: str = "", exit_code: int | None = None,
             timed_out: bool = False) -> None:
-        """End a job: ``output`` is printed by the command; the run script's exit line follows
-        when ``exit_code`` is given. Logged the way SkyPilot logs it (prefix, colour)."""
-        raw = "".join(f"\x1b[36m(task, pid=4242)\x1b[0m {line}\n" for line in output.splitlines())
+        """End a job: ``output`` is printed by the command (after what it wrote before); the run
+        script's exit line follows when ``exit_code`` is given."""
+        raw = self.job(name)["log"] + _logged(output)
         if exit_code is not None:
             end = "timeout" if timed_out else "exited"
             raw += f"(task, pid=4242) \n(task, pid=4242) hybrid-skypilot: exit_code={exit_code} end={end}\n"
@@ -145,6 +160,10 @@ class FakeSky:
 
     def _end(self, job: dict[str, Any], status: str, raw: str) -> None:
         job.update(status=status, log=raw, end=time.time())
+
+
+def _logged(output: str) -> str:
+    return "".join(f"\x1b[36m(task, pid=4242)\x1b[0m {line}\n" for line in output.splitlines())
 
 
 def _first_asked(resources: Mapping[str, Any]) -> dict[str, float]:

@@ -32,7 +32,8 @@ from backends._skypilot_tasks import (
     setup_script,
     task_config,
 )
-from backends.base import Backend, JobState, RunSpec, Worker
+from backends.base import Backend, Finished, JobState, RunSpec, Worker
+from hybrid.curves import ProgressReader
 from hybrid.errors import BackendError, ConfigError
 from hybrid.types import Experiment
 from tests.backends.fake_skypilot import FakeSky
@@ -191,17 +192,21 @@ def test_resources_skypilot_rejects_are_config_errors() -> None:
 # ---- logs and states --------------------------------------------------------------------------------
 def test_log_cleaner_strips_colours_prefixes_and_skypilot_lines() -> None:
     raw = (
+        "├── Waiting for task resources on 1 node.\n"
+        "└── Job started. Streaming logs... (Ctrl-C to exit log streaming; job will not be killed)\n"
         "\x1b[36m(setup pid=1201)\x1b[0m Installing...\n"
         "\x1b[36m(task, pid=22605)\x1b[0m step 10 loss 3.2\r\n"
         "\x1b[36m(task, pid=22605)\x1b[0m (epoch 1) done\n"
         "\x1b[36m(task, pid=22605)\x1b[0m \x1b[1mval_bpb: 0.9979\x1b[0m\n"
         "(task, pid=22605) peak_vram_mb: 45060.2\n"
+        "(task, pid=22605) Job started. Streaming logs... (the job's own line)\n"
         "(task, pid=22605) \n"
         "(task, pid=22605) hybrid-skypilot: exit_code=0 end=exited\n"
         "\x1b[32m✓ Job finished (status: SUCCEEDED).\x1b[0m\n"
     )
     log, exit_line = clean_log(raw)
-    assert log == "Installing...\nstep 10 loss 3.2\n(epoch 1) done\nval_bpb: 0.9979\npeak_vram_mb: 45060.2\n"
+    assert log == ("Installing...\nstep 10 loss 3.2\n(epoch 1) done\nval_bpb: 0.9979\npeak_vram_mb: 45060.2\n"
+                   "Job started. Streaming logs... (the job's own line)\n")
     assert exit_line == ExitLine(0, False)
     from hybrid.targets import parse_metrics
 
@@ -480,6 +485,138 @@ def test_recover_finds_a_job_by_its_name(tmp_path: Path) -> None:
     assert second.recover(make_experiment(tmp_path / "never", "w01", "never")) is None
 
 
+# ---- following a running job's log (progress) --------------------------------------------------------
+class Follow:
+    """Reads a job's progress the way the campaign does: ``poll`` and ``read_output`` in turn."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend, self.reader, self.offset, self.ended = backend, ProgressReader(), 0, []
+        [self.handle] = backend.running()
+
+    def fractions(self) -> list[float]:
+        self.ended.extend(self.backend.poll())
+        text, self.offset = self.backend.read_output(self.handle, self.offset)
+        self.reader.feed(text)
+        return [p.fraction for p in self.reader.points]
+
+    def until(self, fractions: list[float], what: str) -> None:
+        wait_until(lambda: self.fractions() == fractions, 5, what)
+        assert self.ended == [], "read while the job runs"
+
+    def to_the_end(self) -> Finished:
+        wait_until(lambda: self.fractions() is not None and bool(self.ended), 5, "the job's end")
+        while True:
+            text, self.offset = self.backend.read_output(self.handle, self.offset)
+            if not text:
+                break
+            self.reader.feed(text)
+        self.reader.flush()
+        [f] = self.ended
+        return f
+
+
+@needs_sky
+def test_progress_is_read_from_the_log_of_a_running_job_each_point_once(tmp_path: Path) -> None:
+    fake = FakeSky()
+    backend = make_backend(fake, progress_poll_s=0.01)
+    submit(backend, tmp_path, "e0001")
+    started(backend, tmp_path, "e0001")
+    follow = Follow(backend)
+    fake.write("e0001", "step 1\nprogress: 0.1 train_loss: 3.0")
+    follow.until([0.1], "the first point")
+    fake.job("e0001")["log"] += "\x1b[36m(task, pi"  # SkyPilot in the middle of a line
+    assert follow.fractions() == [0.1]
+    fake.job("e0001")["log"] += "d=4242)\x1b[0m progress: 0.5 train_loss: 2.5\n"
+    follow.until([0.1, 0.5], "the second point")
+    fake.end("e0001", "SUCCEEDED", "val_bpb: 0.99", exit_code=0)
+    f = follow.to_the_end()
+    assert [(p.fraction, p.values) for p in follow.reader.points] == [(0.1, {"train_loss": 3.0}),
+                                                                         (0.5, {"train_loss": 2.5})]
+    assert follow.reader.rejected == []
+    expected = "step 1\nprogress: 0.1 train_loss: 3.0\nprogress: 0.5 train_loss: 2.5\nval_bpb: 0.99\n"
+    assert (f.state, f.exit_code, f.log) == (JobState.EXITED, 0, expected)
+    assert (tmp_path / "exps" / "e0001" / "run.log").read_text() == expected  # no prefix, colour or exit line
+
+
+@needs_sky
+def test_a_running_jobs_log_is_fetched_at_most_once_per_progress_poll_s(tmp_path: Path) -> None:
+    fake = FakeSky()
+    backend = make_backend(fake, progress_poll_s=3600)
+    submit(backend, tmp_path, "e0001")
+    started(backend, tmp_path, "e0001")
+    follow = Follow(backend)
+    fake.write("e0001", "progress: 0.1 train_loss: 3.0")
+    follow.until([0.1], "the first point")
+    fake.write("e0001", "progress: 0.5 train_loss: 2.5")
+    for _ in range(100):  # the campaign reads every running job at every turn of its loop
+        assert follow.fractions() == [0.1]
+    assert fake.log_fetches == [("e0001", "RUNNING")]
+    fake.end("e0001", "SUCCEEDED", "val_bpb: 0.99", exit_code=0)
+    assert follow.to_the_end().exit_code == 0
+    assert [p.fraction for p in follow.reader.points] == [0.1, 0.5]  # the final log brings the rest
+
+
+@needs_sky
+def test_a_log_that_cannot_be_fetched_for_a_while_loses_nothing_and_the_job_runs_on(tmp_path: Path) -> None:
+    fake = FakeSky()
+    backend = make_backend(fake, progress_poll_s=0.01)
+    submit(backend, tmp_path, "e0001")
+    started(backend, tmp_path, "e0001")
+    follow = Follow(backend)
+    fake.logs_fail = True
+    fake.write("e0001", "progress: 0.1 train_loss: 3.0")
+    wait_until(lambda: follow.fractions() == [] and len(fake.log_fetches) >= 3, 5, "failed fetches")
+    assert follow.offset == 0 and follow.ended == []  # not lost: its status is what says so
+    fake.logs_fail = False
+    follow.until([0.1], "the point once the log can be read again")
+    fake.end("e0001", "SUCCEEDED", "val_bpb: 0.99", exit_code=0)
+    assert (follow.to_the_end().state, [p.fraction for p in follow.reader.points]) == (JobState.EXITED, [0.1])
+
+
+@needs_sky
+def test_a_log_tail_that_lost_its_start_goes_on_where_the_last_fetch_ended(tmp_path: Path) -> None:
+    fake = FakeSky()
+    backend = make_backend(fake, progress_poll_s=0.01, log_tail_lines=4)  # every fetch: the last 4 lines
+    submit(backend, tmp_path, "e0001")
+    started(backend, tmp_path, "e0001")
+    follow = Follow(backend)
+    fake.write("e0001", "progress: 0.1 loss: 3\nstep\nstep")
+    follow.until([0.1], "the first point")
+    fake.write("e0001", "step\nprogress: 0.2 loss: 2.5\nstep")  # the tail starts inside what was read
+    follow.until([0.1, 0.2], "the second point")
+    fake.write("e0001", "step\nstep\nstep\nstep\nprogress: 0.3 loss: 2\nstep")  # more than a tail
+    follow.until([0.1, 0.2, 0.3], "the third point")
+    fake.end("e0001", "SUCCEEDED", "val_bpb: 0.99", exit_code=0)  # + 3 lines of SkyPilot's and ours
+    f = follow.to_the_end()
+    assert [p.fraction for p in follow.reader.points] == [0.1, 0.2, 0.3] and follow.reader.rejected == []
+    log = (tmp_path / "exps" / "e0001" / "run.log").read_text()
+    assert [line for line in log.splitlines() if line != "step"] == [
+        "progress: 0.1 loss: 3", "progress: 0.2 loss: 2.5", "progress: 0.3 loss: 2", "val_bpb: 0.99"]
+    assert (f.exit_code, f.log) == (0, "val_bpb: 0.99\n")
+
+
+@needs_sky
+def test_a_resumed_campaign_follows_the_log_on_without_repeating_it(tmp_path: Path) -> None:
+    fake = FakeSky()
+    first = make_backend(fake, progress_poll_s=0.01)
+    exp, _ = submit(first, tmp_path, "e0001")
+    started(first, tmp_path, "e0001")
+    fake.write("e0001", "progress: 0.1 train_loss: 3.0")
+    Follow(first).until([0.1], "the first point")
+    first.detach()
+    with pytest.warns(UserWarning, match="kept"):
+        first.close()
+    second = make_backend(fake, progress_poll_s=0.01)
+    assert second.attach("demo-w01/e0001", exp) is not None
+    follow = Follow(second)  # a new reader, from the start of the log
+    fake.write("e0001", "progress: 0.5 train_loss: 2.5")
+    follow.until([0.1, 0.5], "the points of both sessions")
+    fake.end("e0001", "SUCCEEDED", "val_bpb: 0.99", exit_code=0)
+    follow.to_the_end()
+    assert [p.fraction for p in follow.reader.points] == [0.1, 0.5] and follow.reader.rejected == []
+    assert (tmp_path / "exps" / "e0001" / "run.log").read_text().count("progress: 0.1") == 1
+
+
 @needs_sky
 def test_api_server_unavailable_is_one_clear_error_before_anything_runs() -> None:
     fake = FakeSky()
@@ -535,6 +672,7 @@ def test_infra_that_is_not_enabled_is_a_config_error() -> None:
         ({"accelerators": {"H100": 1, "H200": 1}, "hardware": "fast"}, "backend.hardware", "remove hardware"),
         ({"resources": {"accelerators": "H100"}}, "backend.resources.accelerators", "backend.accelerators"),
         ({"max_parallel_requests": 0}, "backend.max_parallel_requests", ">= 1"),
+        ({"progress_poll_s": 0}, "backend.progress_poll_s", "backend.progress_poll_s=15"),
         ({"campaign": "!!!"}, "backend.campaign", "backend.campaign=myrun"),
     ],
 )
@@ -647,6 +785,7 @@ class TestSkyPilotE2E(BackendSuite):
     Slurm login user on this machine, so their files are found under its home directory."""
 
     job_timeout_s = 300.0  # the first experiment on a worker launches its cluster
+    output_timeout_s = 300.0  # (and its output comes through the API server)
     inherits_environment = False  # a remote job gets the task's envs, nothing of this process's
     kill_timeout_s = 5.0
     campaign = f"hye2e-{os.getpid()}"
@@ -668,7 +807,7 @@ class TestSkyPilotE2E(BackendSuite):
 
         # Clusters outlive each test (launching one takes a while); the class fixture downs them.
         return SkyPilotBackend(workers=n_workers, infra="slurm", cpus=1, campaign=self.campaign,
-                               keep_clusters=True, status_interval_s=1.0)
+                               keep_clusters=True, status_interval_s=1.0, progress_poll_s=1.0)
 
     def job_has_ended(self, job_id: str, exp: Experiment) -> bool:
         from backends._skypilot_client import SkyClient
