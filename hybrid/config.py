@@ -235,6 +235,8 @@ class SkyPilotBackendConfig(BackendConfig):
     extra_accelerators: list[str] = field(default_factory=list)
     # lines of a job's log fetched when it ends (0: all)
     log_tail_lines: int = 20000
+    # a running job's log is fetched at most once per this many seconds, for its progress lines
+    progress_poll_s: float = 15.0
 
 
 @dataclass
