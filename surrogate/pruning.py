@@ -37,8 +37,8 @@ measurements the campaign needs whole. Bad input (no points, NaN values, a signa
 finished runs do not report, a degenerate fit) means "keep", never an exception: a target's output
 is not the orchestrator's to crash on. Deterministic: no random draws anywhere.
 
-Plain numpy and scipy: a decision costs well under a millisecond for hundreds of finished runs,
-next to the seconds between a target's progress lines.
+Plain numpy and scipy: a decision costs ~2 ms with 50 finished runs and ~5 ms with 500 (finished
+curves' readings are cached), next to the seconds between a target's progress lines.
 """
 
 from __future__ import annotations

@@ -200,3 +200,22 @@ def test_variants_benchmark_runs_real_variants_through_the_product(tmp_path, mon
         assert any(v != "unchanged" for v in r["variants"])
         # the change that breaks the run crashed (NaN) every time it ran
         assert all(math.isnan(t) for t, v in zip(r["true"], r["variants"], strict=True) if "SOFTCAP=0.0" in v)
+
+
+def test_pruning_benchmark_runs_every_method_at_equal_spend(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.pruning as bp
+
+    monkeypatch.setattr(bp, "RESULTS", tmp_path)
+    assert bp.main(["--seeds", "1", "--budget", "24", "--workers", "4", "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{m} " in out for m in bp.METHODS) and "e.g. rule: at " in out
+    runs = json.loads((tmp_path / "pruning-t.json").read_text())["runs"]
+    by = {r["method"]: r for r in runs}
+    assert set(by) == set(bp.METHODS)
+    assert by["none"]["experiments"] == 24 and by["none"]["pruned"] == 0  # every run took its full budget
+    for r in runs:  # the same GPU time for all; pruning buys experiments, never before the grace
+        assert r["gpu_hours"] == pytest.approx(2.0) and r["experiments"] == r["completed"] + r["pruned"]
+        assert r["experiments"] >= 24 - 4 and math.isfinite(r["best_true"])
+        if not r["method"].endswith("-default"):  # Optuna's defaults have no warm-up
+            assert all(f >= 0.3 for f in r["prune_fractions"])
+    assert by["rule"]["pruned"] > 0 and by["rule"]["experiments"] > by["none"]["experiments"]
