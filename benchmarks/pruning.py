@@ -46,7 +46,7 @@ pruning on the same seed, and "lost": pruned runs whose true final would have be
 the method found (the runs a naive rule kills).
 
 The rule's defaults were chosen on seeds 100-129 (``--first-seed 100 --seeds 30``); the reported
-numbers use seeds 0-9, which the tuning never saw.
+numbers use seeds 0-9, on which no setting was chosen.
 
 Usage: .venv/bin/python -m benchmarks.pruning [--seeds 10] [--jobs 1] [--tag NAME]   (~25 s)
 Results: benchmarks/results/pruning-<tag>.json (config, every run's numbers).
