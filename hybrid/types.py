@@ -137,6 +137,12 @@ class Result:
         return float(v)
 
 
+# The metric a PRUNED result carries next to whatever its log printed: the pruning rule's optimistic
+# bound on the objective the run would have ended with (worse than the incumbent, or it would not
+# have been pruned). Models may use it as partial information; nothing counts it as a result.
+PRUNED_BOUND = "pruned_bound"
+
+
 @dataclass(frozen=True)
 class ProgressPoint:
     """One point of a run's learning curve (the progress contract, ``hybrid.curves``)."""
