@@ -142,7 +142,7 @@ def test_sections_in_order(synthetic):
     text = findings(synthetic)
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
     assert titles == ["Headline", "Progress", "What mattered: main effects", "Interactions", "Response slices (GP)",
-                      "Hardware", "Sources", "Failures", "Spend", "LLM hypotheses"]
+                      "Hardware", "Sources", "Failures", "Pruning", "Spend", "LLM hypotheses"]
     assert "could not compute" not in text and "failed (" not in text.split("## Failures")[0]
 
 

@@ -3,8 +3,9 @@
 ``write_reports(campaign_dir)`` reads the campaign's own ``state.sqlite`` (its stored config gives
 the space, the objective and the target hardware) and writes, in order: the best config vs the
 baseline, the code variants (with code changes), progress, main effects, interactions, GP response
-slices, hardware, proposer sources, failures, spend and the LLM's hypotheses; a code variant's
-``variants/<id>.diff`` missing from the campaign dir is written again from the store.
+slices, hardware, proposer sources, failures, pruning (with the learning curves), spend and the LLM's
+hypotheses; a code variant's ``variants/<id>.diff`` missing from the campaign dir is written again
+from the store.
 ``hybrid report campaign.name=NAME`` regenerates them (``report_command``). Output is deterministic: no timestamps, sorted iteration, a seeded
 single-thread GP, PNGs without metadata; writing twice gives byte-identical files.
 
@@ -47,6 +48,7 @@ from hybrid.reports.code_changes import write_variant_diffs
 from hybrid.reports.effects import Anova, Effect
 from hybrid.reports.hypotheses import write_hypotheses_md
 from hybrid.reports.plots import Bar, HardwareSeries, ProgressPoint
+from hybrid.reports.pruning import curve_series
 from hybrid.reports.render import render
 from hybrid.reports.slices import GPFactory
 from hybrid.space import CategoricalParam, SearchSpace
@@ -71,6 +73,7 @@ def write_plots(data: CampaignData, a: Analysis, plots_dir: Path) -> tuple[dict[
         ("effects.png", lambda path: plots.plot_effects(path, effect_bars(data, a), a.slices, data.objective)),
         ("hardware.png", lambda path: plots.plot_hardware(path, hardware_series(data), data.objective,
                                                           hardware_rows(data, a.anova, a.hardware_ref)[1])),
+        ("curves.png", lambda path: _plot_curves(path, data, a)),
     ]
     for name, job in jobs:
         path = plots_dir / name
@@ -79,6 +82,13 @@ def write_plots(data: CampaignData, a: Analysis, plots_dir: Path) -> tuple[dict[
         elif path.exists():  # a plot that no longer applies must not outlive its report
             path.unlink()
     return written, [f"plot {k} failed ({v}); the report goes on without it" for k, v in notes.items()]
+
+
+def _plot_curves(path: Path, data: CampaignData, a: Analysis) -> bool:
+    from hybrid.reports import plots
+
+    signal, series = curve_series(data.exps, a.best)
+    return signal is not None and plots.plot_curves(path, series, signal)
 
 
 def _baseline_value(data: CampaignData, a: Analysis) -> float | None:
@@ -90,6 +100,8 @@ def progress_points(data: CampaignData) -> list[ProgressPoint]:
         (e.started for e in data.exps if e.started is not None), default=None)
     out = []
     for e in finish_order(data.exps):
+        if e.state is ExperimentState.PRUNED:
+            continue  # not a failure: the learning curves (curves.png) show where it stopped
         hours = (e.ended - start) / 3600 if e.ended is not None and start is not None else None
         out.append(ProgressPoint(e.seq, hours, e.value(data.objective.metric),
                                  e.state is not ExperimentState.DONE or e.value(data.objective.metric) is None,

@@ -1,4 +1,5 @@
-"""The campaign's plots (PNG, matplotlib's Agg canvas, no pyplot state): progress, effects, hardware.
+"""The campaign's plots (PNG, matplotlib's Agg canvas, no pyplot state): progress, effects, hardware,
+learning curves.
 
 Each ``plot_*`` function takes plain data (built by :mod:`hybrid.reports.findings`), writes one PNG and
 returns True, or returns False (writing nothing) when the plot does not apply. Output is
@@ -28,12 +29,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Bar", "HardwareSeries", "ProgressPoint", "Slice", "plot_effects", "plot_hardware", "plot_progress",
-           "quiet_matplotlib_logs"]
+__all__ = ["Bar", "CurveSeries", "HardwareSeries", "ProgressPoint", "Slice", "plot_curves", "plot_effects",
+           "plot_hardware", "plot_progress", "quiet_matplotlib_logs"]
 
 DPI = 100
 _MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
 _GOOD, _BAD, _NEUTRAL = "#2a9d4b", "#c8553d", "#7f7f7f"
+_PRUNED = "#e08a1e"  # orange: a pruned run's curve, apart from the grey finished ones and the green best
 _CHATTY = ("matplotlib", "fontTools", "PIL")  # the libraries a plot drives and their loggers
 
 
@@ -93,6 +95,15 @@ class HardwareSeries:
     values: list[float]  # the metric of each successful result
     durations_s: list[float]  # of each finished experiment
     throughput: list[float]  # per successful result, when reported
+
+
+@dataclass(frozen=True)
+class CurveSeries:
+    """One run's learning curve of the signal: (fraction, value) points, any order, maybe odd."""
+
+    exp_id: str
+    points: list[tuple[float, float]]
+    kind: str  # "finished" | "best" | "pruned"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -293,5 +304,68 @@ def plot_hardware(path: Path, series: Sequence[HardwareSeries], objective: Objec
         ax.grid(True, axis="y", alpha=0.3)
     ax1.set_title(f"{objective.metric} by hardware", fontsize=10)
     ax2.set_title("throughput by hardware" if use_tput else "duration by hardware", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def _clean(points: Sequence[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points with a fraction in [0, 1], sorted by fraction (a curve's odd points left out)."""
+    ok = []
+    for f, v in points:
+        try:
+            f, v = float(f), float(v)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(f) and np.isfinite(v) and 0.0 <= f <= 1.0:
+            ok.append((f, v))
+    ok.sort()
+    return np.array([f for f, _ in ok], dtype=float), np.array([v for _, v in ok], dtype=float)
+
+
+def _curve_limits(curves: Sequence[tuple[CurveSeries, np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """The bulk of the curves and all of the best run's, not a diverged run's 1e6 (either way)."""
+    values = np.concatenate([vals for _, _, vals in curves])
+    q05, q95 = float(np.quantile(values, 0.05)), float(np.quantile(values, 0.95))
+    spread = q95 - q05
+    lo = float(values.min()) if values.min() >= q05 - 2 * spread else q05
+    hi = float(values.max()) if values.max() <= q95 + 2 * spread else q95
+    for s, _, vals in curves:
+        if s.kind == "best":
+            lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.01, 1e-9)
+    return lo - pad, hi + pad
+
+
+def plot_curves(path: Path, series: Sequence[CurveSeries], signal: str) -> bool:
+    """The signal against the fraction of the budget: finished runs thin grey, the best run green,
+    pruned runs orange ending with an x where they were stopped. Needs one curve with a point."""
+    quiet_matplotlib_logs()
+    curves = [(s, *_clean(s.points)) for s in sorted(series, key=lambda s: (s.kind == "best", s.exp_id))]
+    curves = [c for c in curves if c[1].size]
+    if not curves:
+        return False
+    from matplotlib.lines import Line2D
+
+    fig = _figure(9, 5.0)
+    ax = fig.subplots()
+    style = {"finished": (_NEUTRAL, 0.8, 0.5, 2), "pruned": (_PRUNED, 1.2, 0.9, 3), "best": (_GOOD, 2.2, 1.0, 4)}
+    counts = {k: 0 for k in style}
+    for s, fr, vals in curves:
+        color, width, alpha, z = style.get(s.kind, style["finished"])
+        counts[s.kind if s.kind in style else "finished"] += 1
+        ax.plot(fr, vals, color=color, linewidth=width, alpha=alpha, zorder=z)
+        if s.kind == "pruned":
+            ax.scatter([fr[-1]], [vals[-1]], marker="x", s=40, color=color, zorder=z + 1)
+    ax.set_ylim(*_curve_limits(curves))
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("fraction of the budget")
+    ax.set_ylabel(signal)
+    ax.grid(True, alpha=0.3)
+    best = next((s.exp_id for s, _, _ in curves if s.kind == "best"), "")
+    labels = {"finished": "finished runs", "best": f"best run {best}", "pruned": "pruned runs (x: where stopped)"}
+    handles = [Line2D([], [], color=style[k][0], linewidth=style[k][1], marker="x" if k == "pruned" else None,
+                      label=labels[k] if k == "best" else f"{labels[k]} ({n})") for k, n in counts.items() if n]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    ax.set_title(f"Learning curves: {signal}", fontsize=10)
     _save(fig, path)
     return True

@@ -4,6 +4,8 @@
 created, claimed or written; safe while the campaign runs), reads everything once and closes it.
 The findings report, the strategy comparison of a multirun and the warm start all read a
 campaign through it, so they agree on its config, objective, target identity, spend and code variants.
+Each experiment comes with its learning curve (``Experiment.curve``: the store's progress points, in
+rising fraction; empty for a run that reported none, or in an old store without the table).
 
 Errors: a store that cannot be opened raises :class:`StoreError` (its message names the file);
 one that opens but cannot be read raises ``sqlite3.Error``. Callers turn them into their own
@@ -141,6 +143,9 @@ def read_campaign(campaign_dir: Path | str) -> CampaignRecord:
         name = store.get_meta("campaign")
         config = store.get_meta("config") or {}
         exps = store.experiments()
+        curves = store.progress()
+        for e in exps:
+            e.curve = curves.get(e.id, [])
         events = store.events()
         variants = store.variants()
     finally:

@@ -37,6 +37,7 @@ from hybrid.reports.analysis import (
 )
 from hybrid.reports.code_changes import code_changes, section_code_changes
 from hybrid.reports.effects import Anova
+from hybrid.reports.pruning import full_run_words, pruning_report
 from hybrid.reports.summary import variant_diff_path
 from hybrid.space import CategoricalParam, IntParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState
@@ -113,8 +114,10 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
     n_failed = sum(e.state.is_failure() for e in exps)
     n_cancelled = sum(e.state is ExperimentState.CANCELLED for e in exps)
     n_running = sum(e.result is None for e in exps)
-    out = [f"- {_plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {n_cancelled} cancelled, "
-           f"{n_running} not finished; campaign time {_duration(elapsed_s)}."]
+    n_pruned = sum(e.state is ExperimentState.PRUNED for e in exps)
+    pruned = f"{n_pruned} pruned, " if n_pruned else ""
+    out = [f"- {_plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {pruned}{n_cancelled} "
+           f"cancelled, {n_running} not finished; campaign time {_duration(elapsed_s)}."]
     imps = improvements(exps, data.objective)
     if imps:
         last = imps[-1]
@@ -281,6 +284,43 @@ def _reason(e: Experiment) -> str:
     return clip(text.splitlines()[0], 100) if text else e.state.name.lower()
 
 
+_PRUNED_ROWS = 20  # the reasons table: the first pruned runs (results.tsv has every reason)
+
+
+def section_pruning(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) -> list[str]:
+    r = pruning_report(data.exps)
+    if not r.with_curves:
+        return ["The target reports no progress (no `progress: <fraction> <name>: <value>` lines in any run's "
+                "output), so pruning did not apply."]
+    curves = ["", "![learning curves](plots/curves.png)"] if "curves.png" in plots else []
+    if not r.pruned:
+        return [f"No run was pruned; {r.with_curves} of {_plural(len(r.finished), 'finished run')} reported "
+                f"learning curves ({r.signal}).", *curves]
+    hw = r.by_hardware()
+    per = (" (" + ", ".join(f"{label} {n} of {m}" for label, (n, m) in hw.items()) + ")") if len(hw) > 1 else ""
+    unknown = sum(p.saved_s is None for p in r.pruned)
+    out = [f"- Pruned: {len(r.pruned)} of {_plural(len(r.finished), 'finished run')}{per}; "
+           f"{r.with_curves} reported learning curves ({r.signal}).",
+           f"- GPU time used by the pruned runs: {_duration(r.used_s)} (${r.used_usd:.2f}).",
+           f"- GPU time saved, an estimate: {_duration(r.saved_s)} (about ${r.saved_usd:.2f}). Per pruned run: the "
+           "median duration of the DONE runs on its hardware minus its own duration, floored at 0 (what a full "
+           "run there usually takes, less what it took)"
+           + (f"; {_plural(unknown, 'pruned run')} without a DONE run on its hardware not counted." if unknown
+              else "."),
+           "", f"| experiment | pruned at | last {_cell(r.signal)} | reason |", "|---|---|---|---|"]
+    for p in r.pruned[:_PRUNED_ROWS]:
+        at = "n/a" if p.fraction is None else f"{p.fraction:.0%}"
+        last = "n/a" if p.last_value is None else f"{p.last_value:.4g}"
+        out.append(f"| {p.exp.id} | {at} | {last} | {_cell(clip(p.reason, 300))} |")
+    if len(r.pruned) > _PRUNED_ROWS:
+        out += ["", f"And {len(r.pruned) - _PRUNED_ROWS} more (every reason: results.tsv)."]
+    reruns = [full_run_words(p, a.best, data.objective) for p in r.pruned if p.full_run is not None]
+    if reruns:
+        out += ["", "Pruned configurations that later ran in full (same params, same code variant):", ""]
+        out += [f"- {w}" for w in reruns]
+    return out + curves
+
+
 def section_spend(data: CampaignData, a: Analysis) -> list[str]:
     gpu = sum(e.result.cost_usd for e in data.exps if e.result is not None)
     total = gpu + data.llm_usd
@@ -350,6 +390,7 @@ def render(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapp
         ("Hardware", lambda: section_hardware(data, a, plots)),
         ("Sources", lambda: section_sources(data, a)),
         ("Failures", lambda: section_failures(data, a)),
+        ("Pruning", lambda: section_pruning(data, a, plots)),
         ("Spend", lambda: section_spend(data, a)),
         ("LLM hypotheses", lambda: section_hypotheses(data, a)),
     ]

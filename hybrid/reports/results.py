@@ -3,6 +3,10 @@
 The metric column is named after the objective's metric (``val_bpb`` for the GPT and example
 targets), as in autoresearch's results.tsv. ``variant`` is the id of the code variant the experiment
 ran (its diff: ``variants/<id>.diff``), empty for the target's unchanged code.
+
+The metric column holds results only (``Experiment.value``): it is empty for a run that is not a
+success, whatever its log printed (a crash's NaN, a pruned run's partial metric); such a row's
+``status`` says what it is (``crashed``, ``pruned``...) and its description starts with the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def write_results_tsv(path: Path, exps: Sequence[Experiment], objective: Objecti
         w.writerow(results_columns(objective))
         for e in exps:
             r = e.result
-            value = r.metrics.get(objective.metric) if r else None
+            value = e.value(objective.metric)  # a result, or nothing
             vram = r.metrics.get("peak_vram_mb") if r else None
             desc = e.candidate.rationale
             if r is not None and r.reason:

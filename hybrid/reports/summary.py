@@ -36,6 +36,11 @@ class Summary:
     baseline_value: float | None
     proposer_usd: float = 0.0  # the proposers' own spend (LLM tokens), included in spend_usd
     best_variant: str | None = None  # the code variant the best experiment ran (None: the unchanged code)
+    n_pruned: int = 0  # stopped early by the pruning rule: neither done nor failed
+
+    @property
+    def n_finished(self) -> int:
+        return self.n_done + self.n_failed + self.n_cancelled + self.n_pruned
 
     @property
     def improvement_pct(self) -> float | None:
@@ -44,7 +49,7 @@ class Summary:
     def as_metrics(self) -> dict[str, Any]:
         m = self.objective.metric
         out: dict[str, Any] = {"n_experiments": self.n_experiments, "n_done": self.n_done, "n_failed": self.n_failed,
-                               "n_finished": self.n_done + self.n_failed + self.n_cancelled,
+                               "n_pruned": self.n_pruned, "n_finished": self.n_finished,
                                "spend_usd": self.spend_usd, "elapsed_s": self.elapsed_s}
         if self.proposer_usd:
             out["proposer_usd"] = self.proposer_usd
@@ -63,7 +68,8 @@ class Summary:
         m = self.objective.metric
         lines = [f"campaign {self.name}: stopped: {self.stop_reason}",
                  f"  experiments: {self.n_experiments} ({self.n_done} done, {self.n_failed} failed, "
-                 f"{self.n_cancelled} cancelled) in {self.elapsed_s / 60:.1f} min, spend ${self.spend_usd:.2f}"
+                 + (f"{self.n_pruned} pruned, " if self.n_pruned else "")
+                 + f"{self.n_cancelled} cancelled) in {self.elapsed_s / 60:.1f} min, spend ${self.spend_usd:.2f}"
                  + (f" (LLM ${self.proposer_usd:.2f})" if self.proposer_usd else "")]
         if self.best_value is None:
             lines.append(f"  no successful experiment: no {m} to report")
@@ -92,6 +98,7 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
         best_params=dict(best.params) if best else {}, best_hardware=best.hardware if best else None,
         baseline_value=base.value(objective.metric) if base else None, proposer_usd=proposer_usd,
         best_variant=best.variant if best else None,
+        n_pruned=sum(1 for e in exps if e.state is ExperimentState.PRUNED),
     )
 
 
