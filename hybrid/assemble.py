@@ -36,14 +36,16 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
-from hybrid.config import SCHEMAS, Config, StoppingKind
+from hybrid.config import SCHEMAS, Config, PruningConfig, PruningKind, StoppingKind
 from hybrid.errors import ConfigError, reject_unknown_keys
 
 if TYPE_CHECKING:
     from backends.base import Backend
     from hybrid.campaign import Campaign
     from hybrid.progress import Progress
+    from hybrid.space import SearchSpace
     from hybrid.tracking import Tracker
+    from surrogate.pruning import PruningRule
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root: conf/, examples/, model/
 CONF_DIR = ROOT / "conf"
@@ -276,6 +278,7 @@ def assemble(
     if tracker is None:
         tracker = make_tracker(plain(cfg.tracking))  # it reads a mapping
     return Campaign(
+        pruning=pruning_rule(cfg.pruning, space), follow_interval_s=camp.follow_interval_s,
         name=name, dir=campaign_dir, space=space, target=target, backend=backend, proposer=proposer,
         ranker=ranker, budget=budget, tracker=tracker, mode=camp.mode, poll_interval_s=camp.poll_interval_s,
         max_failure_rate=camp.max_failure_rate, on_interrupt=camp.on_interrupt,
@@ -283,6 +286,16 @@ def assemble(
         cost_stop=cost_stop, prefetch_pool=camp.prefetch_pool, warm_start=list(camp.warm_start),
         findings=camp.findings,
     )
+
+
+def pruning_rule(cfg: PruningConfig | None, space: SearchSpace) -> PruningRule | None:
+    """The rule of ``pruning=curve`` (its values checked here: ConfigError names the field), or None."""
+    from surrogate.pruning import PruningRule
+
+    if cfg is None or cfg.name is PruningKind.none:
+        return None
+    return PruningRule(grace=cfg.grace, confidence=cfg.confidence, min_finished=cfg.min_finished,
+                       min_rank_correlation=cfg.min_rank_correlation, signal=cfg.signal, space=space)
 
 
 # ---- errors ------------------------------------------------------------------------------------------

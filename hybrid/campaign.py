@@ -32,6 +32,7 @@ from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
+from hybrid.pruner import Pruner
 from hybrid.reports import Summary, summarize, write_hypotheses_md, write_reports, write_results_tsv
 from hybrid.resume import (
     INTERRUPTED,
@@ -55,6 +56,7 @@ from hybrid.variant_book import VariantBook
 from hybrid.variants import VariantRejected
 from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
 from surrogate.acquisition import InOrderRanker, Ranker
+from surrogate.pruning import PruningRule
 
 
 @contextmanager
@@ -105,6 +107,7 @@ class Campaign:
         warm_start: Sequence[str | Path] = (),
         findings: bool | str = True,
         follow_interval_s: float = FOLLOW_INTERVAL_S,
+        pruning: PruningRule | None = None,
     ) -> None:
         self.name, self.dir, self.space, self.target = name, Path(dir), space, target
         self.objective = target.objective
@@ -125,6 +128,7 @@ class Campaign:
         self.priors: list[Experiment] = []  # their experiments: in the decision history only
         self.findings = findings
         self.follow_interval_s = follow_interval_s  # how often running jobs' progress lines are read
+        self.pruning = pruning  # None: no run is stopped early (pruning=none)
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}
@@ -161,6 +165,7 @@ class Campaign:
         self.store = Store(self.dir / STORE_NAME)
         self._watch = StoreWatch(self.store)
         self.follower = Follower(self.store, self.backend, self.progress.message, self.follow_interval_s)
+        self.pruner = Pruner(self.pruning, self.store, self.backend, self.objective, self.progress.message)
         config = redact_nested(self.config)  # secrets keep their names, never their values
         try:
             resumed = self.store.claim(self.name, self.objective.metric)
@@ -233,11 +238,15 @@ class Campaign:
         return lock_campaign(self.dir, self.name)
 
     def _restore(self, resumed: bool) -> None:
-        found = restore(self.store, self.backend, self.space, resumed)
+        self.pruner.restore({e.id: e for e in self.store.experiments()})
+        hourly = {w.name: w.hourly_usd for w in self.backend.workers()}
+        found = restore(self.store, self.backend, self.space, resumed,
+                        lost_as=lambda e: self.pruner.lost(e, hourly.get(e.worker, 0.0)))
         self.exps, self.wave, self.requeue = found.exps, found.wave, found.requeue
         for exp_id, curve in self.store.progress().items():  # the learning curves recorded so far
             if exp_id in self.exps:
                 self.exps[exp_id].curve = curve
+        self.pruner.resume(self.backend.running())  # a decision whose kill may never have been sent
         if not resumed:
             return
         for e in self.exps.values():
@@ -250,7 +259,9 @@ class Campaign:
         while True:
             self._check_store()
             busy = self._collect()
-            self.follower.read(self.backend.running(), self.exps)
+            running = self.backend.running()
+            if self.pruner.consider(self.follower.read(running, self.exps), self.exps, running):
+                busy = self._collect() or True  # the freed workers are filled in this same turn
             self._proposer_events()
             if self.stop_reason is None:
                 self.stop_reason = self._check_stop()
@@ -284,6 +295,7 @@ class Campaign:
             result = targets.to_result(f, self.objective, f.worker.hardware, f.worker.hourly_usd,
                                        self.target.timeout_s, secrets=self.target.secret_values)
             self.follower.finished(exp, f.log, result.state is ExperimentState.DONE)
+            result = self.pruner.outcome(exp, result)  # PRUNED when the rule stopped it
             requeued = interrupted and result.state is ExperimentState.CANCELLED
             if requeued:
                 result = replace(result, reason=INTERRUPTED)

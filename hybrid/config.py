@@ -52,6 +52,11 @@ class StoppingKind(StrEnum):
     cost_aware = "cost_aware"
 
 
+class PruningKind(StrEnum):
+    curve = "curve"
+    none = "none"
+
+
 class TrackingKind(StrEnum):
     mlflow = "mlflow"
     none = "none"
@@ -267,6 +272,27 @@ class StoppingConfig:
 
 
 @dataclass
+class PruningConfig:
+    # curve: stop a running experiment once its learning curve (the target's `progress:` lines)
+    # predicts it cannot beat the best run finished on its hardware (surrogate/pruning.py);
+    # none: every experiment runs its whole budget. A target that prints no progress lines is
+    # never pruned (the campaign says so once)
+    name: PruningKind = PruningKind.curve
+    # no decision before this fraction of the budget
+    grace: float = 0.3
+    # prune only when this one-sided prediction bound on the final is worse than the incumbent
+    confidence: float = 0.95
+    # finished runs (with curves, on the run's hardware) needed before any prune
+    min_finished: int = 8
+    # the curve's value at a fraction must rank the finished runs' finals at least this well
+    # (Spearman): early on, crossing curves do not
+    min_rank_correlation: float = 0.5
+    # the progress value to read (None: the objective's metric if the target reports it, else the
+    # first value of its progress lines, e.g. train_loss)
+    signal: str | None = None
+
+
+@dataclass
 class TrackingConfig:
     # mlflow: one parent run per campaign, one child run per experiment. none: no tracking (the
     # campaign's own store and results.tsv still record everything)
@@ -322,12 +348,17 @@ class CampaignSection:
     # at the end, write findings.md and plots/*.png (true), the same without the GP response
     # slices (no_gp: a second less), or nothing (false); `hybrid report` writes them any time
     findings: bool | str = True
+    # seconds between two reads of the running experiments' progress lines (their curves)
+    follow_interval_s: float = 2.0
 
     def __post_init__(self) -> None:  # runs in OmegaConf.to_object, i.e. once per composed config
         _check_name(self.name)
         if not (math.isfinite(self.poll_interval_s) and self.poll_interval_s >= 0):
             raise ConfigError(f"campaign.poll_interval_s: expected a number >= 0, got {self.poll_interval_s:g} "
                               "(seconds between backend polls, e.g. 0.1)")
+        if not (math.isfinite(self.follow_interval_s) and self.follow_interval_s > 0):
+            raise ConfigError(f"campaign.follow_interval_s: expected a number > 0, got {self.follow_interval_s:g} "
+                              "(seconds between reads of running experiments' progress, e.g. 2)")
         self.findings = _one_of("campaign.findings", self.findings, FINDINGS)
         self.prefetch_pool = _one_of("campaign.prefetch_pool", self.prefetch_pool, PREFETCH_POOL)
         if self.validate_top_k < 0:
@@ -351,6 +382,8 @@ class Config:
     # when to stop (stopping=budget | cost_aware) and where results are mirrored (tracking=mlflow | none)
     stopping: StoppingConfig = MISSING
     tracking: TrackingConfig = MISSING
+    # stop hopeless runs early (pruning=curve, the default | none)
+    pruning: PruningConfig = MISSING
     # a named pool of workers with hardware labels and $/h (optional: `fleet=reference`)
     fleet: FleetConfig | None = None
     # the caps and the campaign's own settings (conf/config.yaml)
@@ -369,5 +402,6 @@ SCHEMAS: tuple[tuple[str, type], ...] = (
     ("backend_skypilot_schema", SkyPilotBackendConfig),
     ("fleet_schema", FleetConfig),
     ("stopping_schema", StoppingConfig),
+    ("pruning_schema", PruningConfig),
     ("tracking_schema", TrackingConfig),
 )

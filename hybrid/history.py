@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybrid.space import CategoricalParam, SearchSpace
-from hybrid.types import Experiment, ExperimentState, FailureKind, JobState, Objective
+from hybrid.types import PRUNED_BOUND, Experiment, ExperimentState, FailureKind, JobState, Objective
 
 __all__ = [
     "HypothesisOutcome", "baseline", "best", "best_on", "changed_params", "classify", "clip", "counted",
@@ -127,6 +127,22 @@ def counted(exps: Sequence[Experiment]) -> list[Experiment]:
 def successes(exps: Sequence[Experiment], objective: Objective) -> list[tuple[Experiment, float]]:
     """Successful experiments with their objective value, in the given order."""
     return [(e, v) for e in exps if (v := e.value(objective.metric)) is not None]
+
+
+def pruned_bound(e: Experiment) -> float | None:
+    """A pruned run's partial information: the pruning rule's optimistic bound on the final it would
+    have reached (worse than the incumbent when it was pruned); None for any other experiment."""
+    if e.result is None or e.result.state is not ExperimentState.PRUNED:
+        return None
+    v = e.result.metrics.get(PRUNED_BOUND)
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def observed(e: Experiment, objective: Objective) -> float | None:
+    """What a model may learn from an experiment: its value when it succeeded, the rule's bound when
+    it was pruned (partial information: never a success, never a failure), else None."""
+    v = e.value(objective.metric)
+    return v if v is not None else pruned_bound(e)
 
 
 # ---- best and baseline ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -201,7 +201,11 @@ def lose(store: Store, e: Experiment, reason: str, state: ExperimentState) -> No
     e.state, e.result, e.requeued = state, result, True
 
 
-def restore(store: Store, backend: Backend, space: SearchSpace, resumed: bool) -> Restored:
+def restore(store: Store, backend: Backend, space: SearchSpace, resumed: bool,
+            lost_as: Callable[[Experiment], Result | None] = lambda e: None) -> Restored:
+    """The store's experiments; on a resume, RUNNING ones re-attached and the rest recorded.
+    ``lost_as``: the result of a RUNNING experiment whose job is gone when the campaign itself ended
+    it on purpose (a pruned run), instead of recording it lost and running it again."""
     out = Restored()
     for e in store.experiments():
         out.exps[e.id] = e
@@ -212,6 +216,9 @@ def restore(store: Store, backend: Backend, space: SearchSpace, resumed: bool) -
         if e.state is ExperimentState.RUNNING and e.job_id:
             if backend.attach(e.job_id, e) is not None:
                 out.n_attached += 1
+            elif (result := lost_as(e)) is not None:
+                store.record(result)
+                e.state, e.result = result.state, result
             else:
                 lose(store, e, LOST, ExperimentState.CRASHED)
         elif e.state is ExperimentState.PENDING:

@@ -107,8 +107,8 @@ def _load_metrics(text: str | None) -> dict[str, float]:
 def _legacy_failure(state: ExperimentState, reason: str, metrics: Mapping[str, float]) -> FailureKind | None:
     """The failure kind of a result recorded before stores had a ``failure`` column: derived once from
     the reason it was stored with (the only place a reason string is read for its meaning)."""
-    if not state.is_finished() or state is ExperimentState.DONE:
-        return None
+    if not state.is_finished() or state in (ExperimentState.DONE, ExperimentState.PRUNED):
+        return None  # a pruned run is neither a success nor a failure
     if state is ExperimentState.CANCELLED:
         return FailureKind.CANCELLED
     if state is ExperimentState.TIMEOUT:

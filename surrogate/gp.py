@@ -48,7 +48,7 @@ from gpytorch.priors import GammaPrior
 from torch import Tensor
 
 from hybrid.errors import ConfigError
-from hybrid.history import judged_label
+from hybrid.history import judged_label, observed
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, Objective
 from surrogate.lineage import Lineage
@@ -139,8 +139,10 @@ class TrainingData:
 
 
 def training_data(history: Sequence[Experiment], objective: Objective, encoder: OneHotEncoder) -> TrainingData:
-    rows = [(e, e.value(objective.metric)) for e in history]
-    rows = [(e, v) for e, v in rows if v is not None]  # successes only: never a crash's metric
+    # successes, and pruned runs at the rule's optimistic bound on their final (partial information):
+    # never a crash's metric
+    rows = [(e, observed(e, objective)) for e in history]
+    rows = [(e, v) for e, v in rows if v is not None]
     return TrainingData(
         X=encoder.encode_many([e.params for e, _ in rows]),
         y=np.array([-objective.sign() * v for _, v in rows], dtype=float),

@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hybrid.curves import ProgressPoint
 from hybrid.errors import ConfigError, InvalidCandidateError
@@ -60,8 +59,9 @@ __all__ = ["PROTECTED_SOURCES", "Prediction", "PruningRule", "RunCurve"]
 
 # Candidate sources whose runs are never pruned: the baseline every comparison is made against,
 # replicates (they measure run-to-run noise: a cut one measures nothing) and validation re-runs
-# of promising configurations on the target hardware (they confirm the recommendation).
-PROTECTED_SOURCES = frozenset({"baseline", "replicate", "validation"})
+# of promising configurations on the target hardware (they confirm the recommendation; the campaign's
+# validate_top_k picks have the source "validate").
+PROTECTED_SOURCES = frozenset({"baseline", "replicate", "validate", "validation"})
 _WINSOR_MADS = 4.0  # values beyond median ± this many (normal-scaled) MADs are clipped to it
 _RIDGE = 1e-3  # ridge penalty per run, on standardized features: only keeps the solve well posed
 
@@ -186,11 +186,20 @@ class PruningRule:
 
     def decide(self, run: RunCurve, finished: Sequence[RunCurve], objective: Objective) -> str | None:
         """None: keep running; else the reason for the prune, with its numbers."""
+        found = self.verdict(run, finished, objective)
+        return None if found is None else found[0]
+
+    def verdict(self, run: RunCurve, finished: Sequence[RunCurve],
+                objective: Objective) -> tuple[str, Prediction] | None:
+        """``decide`` with the prediction it acted on: None (keep) or (reason, prediction)."""
         if run.is_protected:
             return None
         p = self.predict(run, finished, objective)
         if p is None or not objective.better(p.incumbent, p.bound):
             return None
+        return self._reason(p, run, objective), p
+
+    def _reason(self, p: Prediction, run: RunCurve, objective: Objective) -> str:
         at_least = "≥" if objective.direction == "minimize" else "≤"
         given = f"{p.signal} {p.value:.4g}"
         if p.since is not None and p.change is not None:
@@ -277,6 +286,8 @@ class PruningRule:
         rho = fit.rank_correlation()
         if not math.isfinite(rho) or rho < self.min_rank_correlation:
             return None
+        from scipy import stats  # here: importing the campaign stays quick
+
         t = float(stats.t.ppf(self.confidence, max(fit.n - fit.dof, 1)))
         optimistic = fit.predicted - t * fit.loo_rmse * math.sqrt(1.0 + fit.leverage)
         if self.top_runs:  # the model underrates winners by this much: so might it this run
@@ -370,5 +381,7 @@ class _LooRidge:
         return max(0.0, float(np.mean(self.loo[top] - self.y[top])))
 
     def rank_correlation(self) -> float:
+        from scipy import stats
+
         rho = stats.spearmanr(self.loo, self.y).statistic
         return float(rho) if np.isfinite(rho) else math.nan

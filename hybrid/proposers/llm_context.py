@@ -41,6 +41,7 @@ from hybrid.history import (
     fmt_params,
     hypothesis_outcomes,
     is_prior,
+    pruned_bound,
     ranked,
     throughput,
 )
@@ -347,6 +348,9 @@ class PromptBuilder:
 
     def _row(self, e: Experiment, v: float | None) -> str:
         value = f"{v:.6f}" if v is not None else f"{e.state.name.lower()} ({failure_kind(e)})"
+        if v is None and (bound := pruned_bound(e)) is not None:  # stopped early, not a failure
+            at_least = "≥" if self.inp.objective.direction == "minimize" else "≤"
+            value = f"pruned (its curve predicted {at_least} {bound:.6f})"
         source = e.prior.source if e.prior is not None else e.source  # a prior: its label in its campaign
         return f"{e.id} {value} on {e.hardware} [{source}]{_code(e)} {_params(e.params, self.ref)}"
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybrid.errors import ConfigError, InvalidCandidateError
+from hybrid.history import pruned_bound
 from hybrid.proposers.base import Proposer, seen_keys
 from hybrid.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
@@ -163,7 +164,11 @@ class OptunaProposer(Proposer):
                 trials.append(create_trial(state=TrialState.RUNNING, params=params, distributions=dists))
                 continue
             value = exp.value(self.objective.metric)
-            if value is None:
+            bound = pruned_bound(exp)
+            if value is None and bound is not None:  # TPE ranks pruned trials by their last report
+                trials.append(create_trial(state=TrialState.PRUNED, params=params, distributions=dists,
+                                           intermediate_values={0: bound}))
+            elif value is None:
                 trials.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists))
             else:
                 trials.append(create_trial(params=params, distributions=dists, value=value))

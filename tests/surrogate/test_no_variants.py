@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,29 @@ def seeded_decisions() -> list[dict[str, Any]]:
         return json.loads(json.dumps(decisions()))  # tuples -> lists, as in the file
 
 
+_NUMBER = re.compile(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?")
+
+
+def _rounded_out(pick: list) -> list:
+    """A wave entry with the numbers of its rationale (a string) replaced by a placeholder."""
+    return [_NUMBER.sub("#", x) if isinstance(x, str) else x for x in pick]
+
+
+def _numbers(pick: list) -> list[float]:
+    return [float(n) for x in pick if isinstance(x, str) for n in _NUMBER.findall(x)]
+
+
 def test_rankings_without_variants_are_the_old_ones() -> None:
     golden = json.loads(GOLDEN.read_text())
     got = seeded_decisions()
     assert [d["name"] for d in got] == [d["name"] for d in golden]
     for d, want in zip(got, golden, strict=True):
-        assert d["wave"] == want["wave"], d["name"]
-        assert d["decision"] == pytest.approx(want["decision"], rel=1e-9), d["name"]
+        # the picks exactly; the numbers their rationale prints to 3-4 digits may differ in the last
+        # one between builds of torch/botorch (a value at a rounding edge), so those are compared close
+        assert [_rounded_out(w) for w in d["wave"]] == [_rounded_out(w) for w in want["wave"]], d["name"]
+        for w, v in zip(d["wave"], want["wave"], strict=True):
+            assert _numbers(w) == pytest.approx(_numbers(v), rel=5e-3, abs=2e-4), d["name"]
+        assert d["decision"] == pytest.approx(want["decision"], rel=2e-3), d["name"]  # (builds differ: ~7e-4)
 
 
 if __name__ == "__main__":
