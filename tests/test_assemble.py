@@ -90,3 +90,17 @@ def test_assembled_campaign_gives_the_clis_results_for_the_same_seed(tmp_path: P
     cli, lib = _results(cli_dir), _results(lib_dir)
     assert len(cli) == 4 and cli == lib
     assert summary.best_value == min(v for _, _, v in lib if v is not None)
+
+
+def test_pruning_is_on_by_default_with_its_options_and_off_with_pruning_none(tmp_path: Path) -> None:
+    from surrogate.pruning import PruningRule
+
+    rule = assemble(compose([*RUN, f"campaign.dir={tmp_path / 'a'}", "pruning.grace=0.4",
+                             "campaign.follow_interval_s=5"])).pruning
+    assert isinstance(rule, PruningRule) and rule.grace == 0.4 and rule.min_finished == 8 and rule.space is not None
+    off = assemble(compose([*RUN, f"campaign.dir={tmp_path / 'b'}", "pruning=none"]))
+    assert off.pruning is None
+    with pytest.raises(ConfigError, match=r"^pruning.confidence: must be in \(0.5, 1\)"):
+        assemble(compose([*RUN, f"campaign.dir={tmp_path / 'c'}", "pruning.confidence=2"]))
+    with pytest.raises(ConfigError, match=r"^campaign.follow_interval_s: expected a number > 0"):
+        assemble(compose([*RUN, f"campaign.dir={tmp_path / 'd'}", "campaign.follow_interval_s=0"]))
