@@ -86,6 +86,8 @@ class Progress:
         value = result.value(metric)
         if result.state is ExperimentState.DONE:
             what = f"{metric}={_fmt(value)}"
+        elif result.state is ExperimentState.PRUNED:
+            what = result.reason  # "pruned at 40% of its budget ...": stopped early, not a failure
         else:
             what = f"{result.state.name} ({result.reason})"
         best = view.best.value(metric) if view.best else None
