@@ -24,6 +24,7 @@ JOB_FILE = "job.json"  # written by the batch script when it starts: {job_id, no
 EXIT_FILE = "exit.json"  # written by the batch script when the command ends: {state, exit_code, started, ended}
 TIMEOUT_MARK = "timed-out"  # created by the script's timer just before it stops the command
 CANCEL_MARK = "cancel-requested"  # created by the backend before its own scancel
+SLURM_OUT = "slurm.out"  # sbatch --output: what Slurm itself prints about the job (the job's output: the log)
 
 JOB_ID = re.compile(r"\d+")  # plain batch jobs only (no arrays, no heterogeneous jobs)
 
@@ -79,11 +80,6 @@ class Slot:
 
 
 # ---- the batch script ------------------------------------------------------------------------------
-def escape_filename(path: str) -> str:
-    """A path for sbatch --output/--error, whose ``%`` starts a pattern (``%j``...)."""
-    return path.replace("%", "%%")
-
-
 def time_limit(timeout_s: float | None, margin_s: float, explicit: str | None) -> str | None:
     """sbatch --time: the explicit setting, or the experiment's timeout plus a margin in whole
     minutes (the command's own timer fires first; Slurm's limit is the safety net)."""
@@ -105,6 +101,7 @@ def batch_script(
     timeout_s: float | None,
     grace_s: float,
     setup: Sequence[str] = (),
+    log_name: str = "run.log",
 ) -> str:
     """The sbatch script of one experiment.
 
@@ -118,6 +115,12 @@ def batch_script(
     and the script records how the command ended in
     ``.hybrid/exit.json``: that is what the backend reads first, so it needs neither Slurm
     accounting nor the controller's memory of finished jobs.
+
+    The script appends its own and the command's output to ``log_name`` itself; sbatch's
+    ``--output`` is ``.hybrid/slurm.out``, which then holds only what slurmstepd writes (``***
+    JOB 12 ON node CANCELLED AT ... ***``). In the log, that message landed in the middle of the
+    line the command was printing when it was cancelled: the half line came out terminated, glued
+    to Slurm's words, and a line the command finished after the message was cut in two.
     """
     q = shlex.quote
     lines = [
@@ -130,6 +133,7 @@ def batch_script(
         "",
         "set -u",
         f"cd {q(workdir)} || exit 1",
+        f"exec >> {q(log_name)} 2>&1 || exit 1",
         f"mkdir -p {STATE_DIR} && rm -f {STATE_DIR}/{EXIT_FILE} {STATE_DIR}/{TIMEOUT_MARK}",
         "started=$(date +%s.%N)",
         "printf '{\"job_id\": \"%s\", \"node\": \"%s\", \"started\": %s}\\n' \"${SLURM_JOB_ID:-}\" "

@@ -227,14 +227,17 @@ class Backend(ABC):
 
 
 def read_log(path: Path, max_bytes: int = 4 * 1024 * 1024) -> str:
-    """A job log as text: all of it, or its last ``max_bytes`` when larger."""
+    """A job log as text: all of it, or its last ``max_bytes`` when larger. Never raises: a log
+    that is not there or cannot be read just now (a directory in its place, permissions, a stale
+    NFS handle) gives ``""``, so ``poll`` still reports the job's end; ``read_output`` brings its
+    lines once the log can be read again."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
             data = f.read()
-    except FileNotFoundError:
+    except OSError:
         return ""
     return data.decode("utf-8", errors="replace")
 

@@ -56,6 +56,10 @@ from hybrid.types import Experiment
 __all__ = ["SkyPilotBackend"]
 
 RECORD_FILE = "skypilot.json"  # in <workdir>/.hybrid/: cluster + SkyPilot job id, for resume
+# How long an ended job's final log is asked for again, at every status round, while fetching it
+# fails, before the end is reported without it: what the job printed since the last fetch of its
+# running log (its final metric) exists only in that log.
+FINAL_LOG_RETRY_S = 120.0
 
 
 class SkyPilotBackend(Backend):
@@ -113,6 +117,8 @@ class SkyPilotBackend(Backend):
         self.autostop_minutes = autostop_minutes
         self.log_tail_lines = int(log_tail_lines)
         self.progress_poll_s = float(progress_poll_s)
+        self.final_log_retry_s = FINAL_LOG_RETRY_S
+        self._final_log_failing: dict[str, float] = {}  # job id -> since when (status thread only)
         self._client = client if client is not None else SkyClient()  # ConfigError without skypilot
         defaults = {"accelerators": accelerators, "infra": infra, "cpus": cpus, "memory": memory,
                     "resources": dict(resources or {}), "hardware": hardware, "hourly_usd": hourly_usd}
@@ -386,7 +392,12 @@ class SkyPilotBackend(Backend):
             except ServerUnavailable:
                 raise
             except BackendError as e:
-                raw = f"(the log could not be fetched: {e})\n"
+                since = self._final_log_failing.setdefault(w.job_id, time.monotonic())
+                if time.monotonic() - since < self.final_log_retry_s:
+                    continue  # a fetch failing for a while: the end is reported with its log
+                raw = f"(the log could not be fetched for {self.final_log_retry_s:g} s: {e})\n"
+                whole = False  # not the log's start: the mirror keeps what it has and adds this
+            self._final_log_failing.pop(w.job_id, None)
             log, exit_line = clean_log(raw)
             state, code, reason = job_state(job.status, exit_line)  # type: ignore[misc]
             out.append((w.job_id, _Ended(state, code, reason, log, started=job.start_at, ended=job.end_at,

@@ -2,7 +2,8 @@
 
 Each experiment's workdir gets a generated batch script (``.hybrid/job.sbatch``) that runs the
 command in its own process group with the experiment's timeout, appends its output to
-``run.log`` and records how the command ended in ``.hybrid/exit.json``. The backend reads that
+``run.log`` (what Slurm itself says goes to ``.hybrid/slurm.out``, never into the middle of the
+command's lines) and records how the command ended in ``.hybrid/exit.json``. The backend reads that
 file first, so a finished job is seen at once and classified without Slurm accounting; Slurm's
 own verdict (``squeue``, then ``sacct``, then ``scontrol``) decides what the script cannot see:
 a cancel, a node failure, a preemption, Slurm's time limit, an out-of-memory kill.
@@ -119,7 +120,7 @@ class SlurmBackend(Backend):
         for stale in (S.SUBMIT_FILE, S.JOB_FILE, S.EXIT_FILE, S.TIMEOUT_MARK, S.CANCEL_MARK):
             (state_dir / stale).unlink(missing_ok=True)  # from an earlier attempt in the same workdir
         script = state_dir / S.SCRIPT_FILE
-        argv = self.sbatch_argv(workdir, spec.log_name, script)
+        argv = self.sbatch_argv(workdir, script)
         script.write_text(self.batch_script(exp, spec, worker, argv))
         proc = self._run(argv, cwd=workdir, what=f"submit experiment {exp.id}")
         m = re.match(r"\s*(\d+)", proc.stdout)
@@ -246,9 +247,10 @@ class SlurmBackend(Backend):
     def job_name(self, exp: Experiment) -> str:
         return f"{self.job_prefix}-{exp.id}"
 
-    def sbatch_argv(self, workdir: Path, log_name: str, script: Path) -> list[str]:
-        """The sbatch command line. Paths go here, not into ``#SBATCH`` lines (no shell quoting there)."""
-        return ["sbatch", "--parsable", f"--chdir={workdir}", f"--output={S.escape_filename(log_name)}",
+    def sbatch_argv(self, workdir: Path, script: Path) -> list[str]:
+        """The sbatch command line. Paths go here, not into ``#SBATCH`` lines (no shell quoting there).
+        Slurm's own output goes to ``.hybrid/slurm.out``: the script writes the job's log itself."""
+        return ["sbatch", "--parsable", f"--chdir={workdir}", f"--output={S.STATE_DIR}/{S.SLURM_OUT}",
                 "--open-mode=append", *self.sbatch_args, str(script)]
 
     def batch_script(self, exp: Experiment, spec: RunSpec, worker: Worker, submit_argv: Sequence[str]) -> str:
@@ -263,7 +265,7 @@ class SlurmBackend(Backend):
         return S.batch_script(
             experiment_id=exp.id, workdir=str(spec.workdir.resolve()), command=spec.command, env=env,
             directives=directives, submit_argv=submit_argv, timeout_s=spec.timeout_s, grace_s=KILL_GRACE_S,
-            setup=self.setup,
+            setup=self.setup, log_name=spec.log_name,
         )
 
     # ---- Slurm commands -------------------------------------------------------------------------
@@ -343,11 +345,14 @@ class SlurmBackend(Backend):
         if outcome is None:
             return None
         log = read_log(h.workdir / h.log_name)
+        reason = outcome.reason
+        if outcome.state is JobState.LOST and (said := _slurm_says(h.workdir)):
+            reason += f"; Slurm: {said}"
         if outcome.note:
             log += ("" if not log or log.endswith("\n") else "\n") + outcome.note + "\n"
         started, ended = self._times(h, record)
         return Finished(h.job_id, h.experiment_id, outcome.state, outcome.exit_code, log, started, ended,
-                        h.worker, outcome.reason)
+                        h.worker, reason)
 
     def _times(self, h: JobHandle, record: Mapping[str, Any] | None) -> tuple[float, float]:
         """When the command really started and ended: queue time is not run time (nor cost)."""
@@ -418,6 +423,13 @@ class SlurmBackend(Backend):
             if test.returncode != 0:
                 raise ConfigError(f"{slot.field}: Slurm rejects these job options ({' '.join(argv[2:])}): "
                                   f"{_first_line(test)}")
+
+
+def _slurm_says(workdir: Path) -> str:
+    """The last lines Slurm itself wrote about the job (slurmstepd's ``*** JOB ... ***``, an error
+    of the batch script before it opened the log), for the reason of a lost job."""
+    lines = [ln.strip() for ln in read_log(workdir / S.STATE_DIR / S.SLURM_OUT, max_bytes=2000).splitlines()]
+    return "; ".join([ln for ln in lines if ln][-2:])
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

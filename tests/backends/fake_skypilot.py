@@ -16,8 +16,9 @@ from hybrid.errors import BackendError
 class FakeSky:
     """Clusters and job queues in memory. ``gate``: while set to an unset Event, launches wait on
     it (a slow launch). ``grants``: cluster -> accelerators granted (default: the first asked).
-    ``logs_fail``: log fetches fail (a log that cannot be read for a while); ``log_fetches``:
-    (job name, its status) of every fetch."""
+    ``logs_fail``: log fetches fail (a log that cannot be read for a while); ``logs_gate``: while
+    set to an unset Event, log fetches wait on it (a fetch that hangs); ``log_fetches``: (job name,
+    its status) of every fetch."""
 
     def __init__(self, enabled: Sequence[str] = ("Slurm",)) -> None:
         self.enabled = list(enabled)
@@ -31,6 +32,7 @@ class FakeSky:
         self.cancelled_requests: list[str] = []
         self.queue_batches: list[list[str]] = []
         self.logs_fail = False
+        self.logs_gate: threading.Event | None = None
         self.log_fetches: list[tuple[str, str]] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -77,6 +79,8 @@ class FakeSky:
     def logs(self, cluster: str, job_id: int, tail: int = 0) -> str:
         job = self.clusters[cluster]["jobs"][job_id]
         self.log_fetches.append((job["name"], job["status"]))
+        if self.logs_gate is not None:
+            self.logs_gate.wait(10)
         if self.logs_fail:
             raise BackendError(f"logs of job {job_id} on cluster {cluster}: ConnectionResetError: reset by peer")
         lines = job["log"].splitlines(keepends=True)

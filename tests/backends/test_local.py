@@ -20,10 +20,11 @@ from backends.base import Backend, JobState, RunSpec, Worker
 from backends.local import LocalBackend
 from hybrid.errors import ConfigError
 from hybrid.types import Experiment
-from tests.backends.suite import GATE, TREE, BackendSuite, make_experiment, wait_until
+from tests.backends.suite import GATE, TREE, make_experiment, wait_until
+from tests.backends.suite_output import OutputFaultSuite
 
 
-class TestLocal(BackendSuite):
+class TestLocal(OutputFaultSuite):
     job_timeout_s = 15.0
 
     def make_backend(self, tmp_path: Path, n_workers: int) -> Backend:

@@ -9,6 +9,7 @@ client is exercised by the end-to-end lane at the bottom (``pytest -m skypilot_e
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,13 @@ from backends._skypilot_tasks import (
     setup_script,
     task_config,
 )
-from backends.base import Backend, Finished, JobState, RunSpec, Worker
+from backends.base import Backend, Finished, JobHandle, JobState, RunSpec, Worker
 from hybrid.curves import ProgressReader
 from hybrid.errors import BackendError, ConfigError
 from hybrid.types import Experiment
 from tests.backends.fake_skypilot import FakeSky
-from tests.backends.suite import BackendSuite, make_experiment, wait_until
+from tests.backends.suite import make_experiment, wait_until
+from tests.backends.suite_output import OutputFaultSuite
 
 HAVE_SKY = importlib.util.find_spec("sky") is not None
 needs_sky = pytest.mark.skipif(not HAVE_SKY, reason="skypilot is not installed: pip install -e '.[skypilot]'")
@@ -780,7 +783,7 @@ def _e2e_skip_reason() -> str | None:
 
 
 @pytest.mark.skypilot_e2e
-class TestSkyPilotE2E(BackendSuite):
+class TestSkyPilotE2E(OutputFaultSuite):
     """The conformance suite against SkyPilot's Slurm infra over a localhost sshd. Jobs run as the
     Slurm login user on this machine, so their files are found under its home directory."""
 
@@ -788,6 +791,8 @@ class TestSkyPilotE2E(BackendSuite):
     output_timeout_s = 300.0  # (and its output comes through the API server)
     inherits_environment = False  # a remote job gets the task's envs, nothing of this process's
     kill_timeout_s = 5.0
+    unreadable_s = 3.0  # a few fetches (progress_poll_s=1) fail meanwhile
+    cancel_adds_lines = True  # slurmstepd's "*** STEP ... CANCELLED ***" and srun's errors, each on its line
     campaign = f"hye2e-{os.getpid()}"
 
     @pytest.fixture(autouse=True, scope="class")
@@ -835,6 +840,38 @@ class TestSkyPilotE2E(BackendSuite):
 
     def assert_tree_gone(self, workdir: Path) -> None:
         super().assert_tree_gone(self.remote(workdir))
+
+    def job_dir(self, workdir: Path) -> Path:
+        return self.remote(workdir)
+
+    @contextlib.contextmanager
+    def log_unreadable(self, backend: Backend, handle: JobHandle, fault: str) -> Iterator[None]:
+        """The job's log cannot be fetched: a failure injected into the SDK's ``sky.tail_logs``
+        (the real API server answers every other call; before and after, the real fetches bring
+        the lines). ``missing``: the fetch fails at once (the server cannot reach the cluster);
+        ``not_a_file``: it hangs for 2 s, then times out. Yields once a fetch has failed, so no
+        fetch sent before is still on its way."""
+        import requests
+        import sky
+        from sky import exceptions
+
+        real, failed = sky.tail_logs, threading.Event()
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if fault == "not_a_file":
+                time.sleep(2.0)
+                failed.set()
+                raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=2)")
+            failed.set()
+            raise exceptions.CommandError(255, "tail_logs", "ssh: connect to host 127.0.0.1 port 2222: "
+                                          "Connection refused", None)
+
+        sky.tail_logs = failing
+        try:
+            wait_until(lambda: backend.read_output(handle, 0) is not None and failed.is_set(), 30, "a failed fetch")
+            yield
+        finally:
+            sky.tail_logs = real
 
     def test_cancel_all_and_close_leave_other_campaigns_jobs_alone(self, *args: Any, **kwargs: Any) -> None:
         pytest.skip(

@@ -36,11 +36,11 @@ from tests.backends.suite import (
     DETACHED,
     GATE,
     TREE,
-    BackendSuite,
     Detached,
     make_experiment,
     wait_until,
 )
+from tests.backends.suite_output import OutputFaultSuite
 
 GOLDEN = Path(__file__).parent / "golden"
 AWKWARD = "with space/a'; echo INJECTED; '$(x) 100%j"
@@ -96,7 +96,7 @@ def jobs_of(workdir_root: Path) -> list[list[str]]:
 
 
 # ---- the conformance suite, for real ----------------------------------------------------------------
-class TestSlurm(BackendSuite):
+class TestSlurm(OutputFaultSuite):
     job_timeout_s = 60.0
 
     @pytest.fixture(autouse=True)
@@ -120,6 +120,9 @@ class TestSlurm(BackendSuite):
         [f] = self.finish(backend)
         assert (f.state, f.exit_code) == (JobState.LOST, None)
         assert f"Slurm job {handle.job_id} was cancelled outside the campaign" in f.reason
+        # slurmstepd's own words: in the reason, not in the middle of the job's output
+        assert "; Slurm: slurmstepd" in f.reason and f"*** JOB {handle.job_id} ON" in f.reason, f.reason
+        assert "slurmstepd" not in f.log, f.log
         self.assert_tree_gone(spec.workdir)
         result = to_result(f, Objective("val_bpb", "minimize"), "cpu", 0.0)
         assert result.state is ExperimentState.CRASHED and "outside the campaign" in result.reason
@@ -333,7 +336,7 @@ def render(workdir: Path, command: str, timeout_s: float | None = 900.0, **kwarg
     exp = Experiment("e0007", Candidate({"lr": 0.01}, "test"), worker.name, worker.hardware, 1, workdir=str(workdir))
     spec = RunSpec(command, workdir, {"HYBRID_EXPERIMENT_ID": "e0007", "HYBRID_PARAMS": '{"lr": 0.01, "name": "it\'s"}'},
                    timeout_s=timeout_s)
-    argv = backend.sbatch_argv(workdir, spec.log_name, workdir / S.STATE_DIR / S.SCRIPT_FILE)
+    argv = backend.sbatch_argv(workdir, workdir / S.STATE_DIR / S.SCRIPT_FILE)
     return backend, backend.batch_script(exp, spec, worker, argv)
 
 
@@ -387,7 +390,9 @@ def test_backend_slurm_with_a_fleet_is_built_from_the_hydra_config(fake_slurm_to
 
 def run_script(tmp_path: Path, command: str, timeout_s: float | None = 30.0,
                on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[Path, dict, str]:
-    """Render the batch script for an awkward workdir and run it with bash, as Slurm would."""
+    """Render the batch script for an awkward workdir and run it with bash, as Slurm would.
+    Returns the workdir, exit.json and the job's log (the script writes it; its own stdout, which
+    Slurm sends to .hybrid/slurm.out, gets nothing)."""
     workdir = tmp_path / AWKWARD
     workdir.mkdir(parents=True)
     _, script = render(workdir, command, timeout_s)
@@ -399,7 +404,8 @@ def run_script(tmp_path: Path, command: str, timeout_s: float | None = 30.0,
     if on_start is not None:
         on_start(proc)
     out, _ = proc.communicate(timeout=60)
-    return workdir, json.loads((workdir / S.STATE_DIR / S.EXIT_FILE).read_text()), out
+    assert out == "", out
+    return workdir, json.loads((workdir / S.STATE_DIR / S.EXIT_FILE).read_text()), (workdir / "run.log").read_text()
 
 
 def process_gone(pid: int) -> bool:
