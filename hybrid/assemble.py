@@ -279,6 +279,7 @@ def assemble(
         tracker = make_tracker(plain(cfg.tracking))  # it reads a mapping
     return Campaign(
         pruning=pruning_rule(cfg.pruning, space), follow_interval_s=camp.follow_interval_s,
+        replicates=camp.replicates, confirm_top_k=camp.confirm_top_k,
         name=name, dir=campaign_dir, space=space, target=target, backend=backend, proposer=proposer,
         ranker=ranker, budget=budget, tracker=tracker, mode=camp.mode, poll_interval_s=camp.poll_interval_s,
         max_failure_rate=camp.max_failure_rate, on_interrupt=camp.on_interrupt,

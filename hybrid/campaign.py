@@ -25,6 +25,7 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import history, targets
 from hybrid.config import Mode, OnInterrupt
+from hybrid.confirming import Repeats
 from hybrid.errors import BackendError
 from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
@@ -33,7 +34,14 @@ from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
 from hybrid.pruner import Pruner
-from hybrid.reports import Summary, summarize, write_hypotheses_md, write_reports, write_results_tsv
+from hybrid.reports import (
+    Summary,
+    summarize,
+    write_hypotheses_md,
+    write_reports,
+    write_results_tsv,
+    write_summary,
+)
 from hybrid.resume import (
     INTERRUPTED,
     STORE_NAME,
@@ -108,6 +116,8 @@ class Campaign:
         findings: bool | str = True,
         follow_interval_s: float = FOLLOW_INTERVAL_S,
         pruning: PruningRule | None = None,
+        replicates: int = 0,
+        confirm_top_k: int = 0,
     ) -> None:
         self.name, self.dir, self.space, self.target = name, Path(dir), space, target
         self.objective = target.objective
@@ -129,6 +139,9 @@ class Campaign:
         self.findings = findings
         self.follow_interval_s = follow_interval_s  # how often running jobs' progress lines are read
         self.pruning = pruning  # None: no run is stopped early (pruning=none)
+        # the runs it repeats on its own (hybrid/confirming.py); 0 and 0: none (the CLI's config: 1 and 3)
+        self.repeats = Repeats(self.objective, target_hardware, replicates, confirm_top_k)
+        self._soft_stop = False  # the stop reason ends exploration only: confirmations may still run
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
         self.exps: dict[str, Experiment] = {}
@@ -249,6 +262,9 @@ class Campaign:
         self.pruner.resume(self.backend.running())  # a decision whose kill may never have been sent
         if not resumed:
             return
+        soft = self.store.get_meta("soft_stop")  # set while the confirmations of a soft stop run
+        if soft:
+            self.stop_reason, self._soft_stop = str(soft), True
         for e in self.exps.values():
             if e.result is not None and not e.mirrored:
                 self.mirror.send(ResultMsg(e, e.result))
@@ -263,22 +279,36 @@ class Campaign:
             if self.pruner.consider(self.follower.read(running, self.exps), self.exps, running):
                 busy = self._collect() or True  # the freed workers are filled in this same turn
             self._proposer_events()
-            if self.stop_reason is None:
-                self.stop_reason = self._check_stop()
+            if self.stop_reason is None or self._soft_stop:
+                hard = self._check_stop()
+                if hard is not None:
+                    self.stop_reason, self._soft_stop = hard, False
             running = self.backend.running()
-            if self.stop_reason is not None and not running:
+            confirming = self._soft_stop and self.repeats.can_confirm(list(self.exps.values()), self.backend.workers())
+            if self.stop_reason is not None and not running and not confirming:
                 return self.stop_reason
-            if self.stop_reason is None:
+            if self.stop_reason is None or confirming:
                 dispatched = self._dispatch()
                 busy = dispatched or busy
+                if confirming and not dispatched and not self.backend.running():
+                    return self.stop_reason  # (no worker took a confirmation: nothing left to wait for)
                 if self.stop_reason is None:
-                    self.stop_reason = self.stopping.exhausted(dispatched, bool(self.backend.running()),
-                                                               self.proposer.waiting())
-                    if self.stop_reason:
-                        self.progress.message(f"stopping: {self.stop_reason}")
+                    reason = self.stopping.exhausted(dispatched, bool(self.backend.running()), self.proposer.waiting())
+                    if reason:
+                        self._stop_softly(reason)
             self.progress.tick(self._view())
             if not busy:
                 time.sleep(self.poll_interval_s)
+
+    def _stop_softly(self, reason: str) -> None:
+        """Exploration ends (the cost-aware rule, an exhausted space); the top configurations are
+        confirmed first, within the budget's caps (hybrid/confirming.py)."""
+        self.stop_reason, self._soft_stop = reason, True
+        self.store.set_meta("soft_stop", reason)  # a resume in the middle of the confirmations goes on with them
+        need = self.repeats.needed(list(self.exps.values()))
+        if need and self.repeats.can_confirm(list(self.exps.values()), self.backend.workers()):
+            reason += f"; confirming the top {self.repeats.confirm_top_k} configs first ({need} runs)"
+        self.progress.message(f"stopping: {reason}")
 
     def _check_store(self, force: bool = False) -> None:
         what = self._watch.changed(force)
@@ -370,7 +400,16 @@ class Campaign:
         while self.requeue and len(fixed) < n:
             fixed.append(self.requeue.pop(0))
         wave = list(zip(fixed, free, strict=False))
-        rest = free[len(fixed):n]
+        left = free[len(fixed):]
+        if self._soft_stop or self.repeats.reserve_due(own, self.budget, self._progress(), self.backend.workers()):
+            # the confirmation phase: what is left of the budget confirms the top configs, nothing new
+            wave += self.repeats.confirm_picks(own, left)[: n - len(wave)]
+            left = []
+        else:
+            wave += self.repeats.replicate_picks(own, left)[: n - len(wave)]
+            left = [w for w in left if w.name not in {w.name for _, w in wave}]
+        rest = left[: n - len(wave)]
+        fixed = [c for c, _ in wave]
         pool = self.pool.take(seen, self.ranker.pool_size(len(rest)), len(rest), fixed) if rest else []
         if pool:  # (proposer=llm may have nothing yet: no ranking, no stopping decision on an empty pool)
             if self.book is not None:  # a stacked variant shares its parent's part of the GP
@@ -400,9 +439,8 @@ class Campaign:
         reason = self.stopping.after_ranking(self.ranker.last_decision, self._progress(), fleet_hourly)
         if reason is None:
             return False
-        self.stop_reason = reason
         self.store.event("cost_stop", reason)
-        self.progress.message(f"stopping: {reason}")
+        self._stop_softly(reason)
         return True
 
     def _submit(self, cand: Candidate, worker: Worker, wave: int) -> None:
@@ -499,20 +537,32 @@ class Campaign:
         the tracker's local store (MLflow's default one sits next to the campaign dir)."""
         return (self.dir, *self.tracker.local_paths(self.dir))
 
+    def _gp_noise(self, exps: Sequence[Experiment]) -> dict[str, float]:
+        """The GP's inferred noise sd on the hardware it predicts for (its last decision's), stored
+        for ``hybrid report``; {} without a fitted GP."""
+        sd = getattr(self.ranker.last_decision, "noise_sd", None)
+        hw = history.judged_hardware(exps, self.objective, self.target_hardware)
+        if sd is not None and hw is not None:
+            self.store.set_meta("gp_noise", {hw: float(sd)})
+        stored = self.store.get_meta("gp_noise") or {}
+        return {str(k): float(v) for k, v in stored.items()}
+
     def _finalize(self, reason: str, status: str) -> Summary:
         self._check_store(force=True)
         elapsed = self._progress().elapsed_s
         self.store.set_meta("active_s", elapsed)
         self.store.set_meta("stop_reason", reason)
         self.store.set_meta("status", status)
+        if status == "finished":
+            self.store.set_meta("soft_stop", None)  # done: a later resume explores again
         self.store.event("stop", reason)
         self._write_tsv(force=True)
         self._proposer_events()
         exps = self.store.experiments()
+        gp_noise = self._gp_noise(exps)
         summary = summarize(self.name, exps, self.objective, reason, elapsed, self.target_hardware,
-                            self._proposer_usd)
-        (self.dir / "summary.txt").write_text(summary.text() + "\n")
-        artifacts = [self.dir / "results.tsv", self.dir / "summary.txt"]
+                            self._proposer_usd, gp_noise)
+        artifacts = [self.dir / "results.tsv", *write_summary(self.dir, summary)]
         if write_hypotheses_md(self.dir / "hypotheses.md", exps, self.objective):
             artifacts.append(self.dir / "hypotheses.md")
         if self.findings:  # findings.md + plots/*.png (hybrid/reports/); never raises on the data

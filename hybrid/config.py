@@ -337,6 +337,12 @@ class CampaignSection:
     # screening/validation: the k best configs seen on other hardware re-run on free
     # target-hardware workers before anything new goes there (0: off; needs target_hardware)
     validate_top_k: int = 0
+    # run-to-run noise: the baseline runs this many times more early on, and a new incumbent that
+    # wins by less than 3 noise sd runs again (up to this many times); 0: no replicates (hybrid/confirming.py)
+    replicates: int = 1
+    # the recommendation: before the budget ends (or a cost-aware stop), the k configurations with the
+    # best mean on the judged hardware are re-run there until each has 2 successful runs (0: off)
+    confirm_top_k: int = 3
     # with surrogate=gp: generate the next candidate pool on a background thread right after a
     # wave is dispatched, so a freed worker waits only for the ranking (true); inline: the same
     # pool, generated synchronously at the same moment; false: asked when the worker frees
@@ -361,6 +367,9 @@ class CampaignSection:
                               "(seconds between reads of running experiments' progress, e.g. 2)")
         self.findings = _one_of("campaign.findings", self.findings, FINDINGS)
         self.prefetch_pool = _one_of("campaign.prefetch_pool", self.prefetch_pool, PREFETCH_POOL)
+        for key in ("replicates", "confirm_top_k"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"campaign.{key}: expected an integer >= 0, got {getattr(self, key)} (0 turns it off)")
         if self.validate_top_k < 0:
             raise ConfigError(f"campaign.validate_top_k: expected an integer >= 0, got {self.validate_top_k}")
         if self.validate_top_k and self.target_hardware is None:

@@ -61,7 +61,7 @@ __all__ = ["PROTECTED_SOURCES", "Prediction", "PruningRule", "RunCurve"]
 # replicates (they measure run-to-run noise: a cut one measures nothing) and validation re-runs
 # of promising configurations on the target hardware (they confirm the recommendation; the campaign's
 # validate_top_k picks have the source "validate").
-PROTECTED_SOURCES = frozenset({"baseline", "replicate", "validate", "validation"})
+PROTECTED_SOURCES = frozenset({"baseline", "replicate", "confirm", "validate", "validation"})
 _WINSOR_MADS = 4.0  # values beyond median ± this many (normal-scaled) MADs are clipped to it
 _RIDGE = 1e-3  # ridge penalty per run, on standardized features: only keeps the solve well posed
 

@@ -49,8 +49,13 @@ def test_the_summary_prints_values_as_people_write_them() -> None:
     s = summarize("demo", [base, best, exp(3, {"lr": 0.5}, None)], VAL_BPB, "budget reached", 90.0)
     assert isinstance(s, Summary) and s.best_id == "e0002" and s.n_failed == 1
     lines = s.text().splitlines()
-    assert lines[2] == "  best val_bpb 0.987654 (+2.15% vs baseline) by e0002 on cpu, baseline 1.00937"
-    assert lines[3] == "  best config: lr=0.01 depth=12 window_pattern=SL"
+    assert lines[2:] == [
+        "  recommended: val_bpb 0.987654 (1 run, unconfirmed) by e0002 on cpu, +2.15% vs baseline 1.00937",
+        "  recommended config: lr=0.01 depth=12 window_pattern=SL",
+        "  unconfirmed: no configuration ran 2 times on cpu: the best estimate is a single run",
+        "  best single run: val_bpb 0.987654 by e0002 on cpu (one of the recommended's runs)",
+        "  noise sd: not measured (no configuration succeeded twice)",
+    ]
     assert s.as_metrics()["best_val_bpb"] == 0.98765432101  # the metrics keep every digit
 
 

@@ -19,9 +19,9 @@ from hybrid.reports.compare import compare_command, compare_sweep
 from hybrid.reports.findings import report_command, write_reports
 from hybrid.reports.hypotheses import write_hypotheses_md
 from hybrid.reports.results import write_results_tsv
-from hybrid.reports.summary import Summary, summarize
+from hybrid.reports.summary import Summary, summarize, write_summary
 
 __all__ = [
     "Summary", "compare_command", "compare_sweep", "report_command", "summarize", "write_hypotheses_md",
-    "write_reports", "write_results_tsv",
+    "write_reports", "write_results_tsv", "write_summary",
 ]

@@ -38,6 +38,7 @@ from hybrid.reports.effects import (
 from hybrid.reports.plots import Slice
 from hybrid.reports.reader import finite_number, read_campaign
 from hybrid.reports.slices import GPFactory, gp_slices
+from hybrid.reports.summary import Summary, summarize
 from hybrid.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace
 from hybrid.store import VariantRecord
 from hybrid.types import Experiment, FailureKind, Objective
@@ -73,6 +74,13 @@ class CampaignData:
     tracking: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
     variants: list[VariantRecord] = field(default_factory=list)  # code variants proposed, in order
+    gp_noise: dict[str, float] = field(default_factory=dict)  # the GP's inferred noise sd per hardware, at the end
+
+    @cached_property
+    def summary(self) -> Summary:
+        """The campaign's summary (its recommendation, noise, best single run): summary.txt's."""
+        return summarize(self.name, self.exps, self.objective, self.stop_reason or "", self.elapsed_s or 0.0,
+                         self.target_hardware, self.llm_usd, self.gp_noise)
 
     @cached_property
     def valid(self) -> list[Experiment]:
@@ -105,8 +113,14 @@ def load_campaign(campaign_dir: Path, *, objective: Objective | None = None,
         llm_calls=record.proposer_calls, cost_stops=[d for _, _, d in record.events_of("cost_stop")],
         warm_start=[w for w in warm if isinstance(w, dict)] if isinstance(warm, list) else [],
         tracking=dict(record.config.get("tracking") or {}), parent_run_id=record.meta.get("mlflow_parent_run_id"),
-        variants=record.variants,
+        variants=record.variants, gp_noise=_gp_noise(record.meta.get("gp_noise")),
     )
+
+
+def _gp_noise(stored: Any) -> dict[str, float]:
+    if not isinstance(stored, dict):
+        return {}
+    return {str(k): v for k, raw in stored.items() if (v := finite_number(raw)) is not None and v >= 0}
 
 
 def _infer_space(exps: Sequence[Experiment]) -> SearchSpace | None:

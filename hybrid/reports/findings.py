@@ -51,6 +51,7 @@ from hybrid.reports.plots import Bar, HardwareSeries, ProgressPoint
 from hybrid.reports.pruning import curve_series
 from hybrid.reports.render import render
 from hybrid.reports.slices import GPFactory
+from hybrid.reports.summary import write_summary
 from hybrid.space import CategoricalParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState, Objective
 
@@ -194,15 +195,16 @@ def report_command(container: Mapping[str, Any], *, gp: GPFactory | None = None,
     if not (campaign_dir / "state.sqlite").is_file():
         raise ConfigError(f"campaign.name: no campaign at {campaign_dir} (no state.sqlite); give the name of a "
                           "campaign under runs/, or campaign.dir=PATH")
-    hypotheses, diffs = [], []
+    hypotheses, diffs, summaries = [], [], []
     try:  # the LLM's hypotheses.md and the variants' diffs, first, as the campaign's end writes them:
         data = load_campaign(campaign_dir)  # findings.md points at hypotheses.md when it exists
         if write_hypotheses_md(campaign_dir / "hypotheses.md", data.exps, data.objective):
             hypotheses.append(campaign_dir / "hypotheses.md")
         diffs = write_variant_diffs(campaign_dir, data.variants)
+        summaries = write_summary(campaign_dir, data.summary)  # summary.txt and summary.json, as at the end
     except HybridError:  # an unreadable store: findings.md says so
         pass
-    paths = [*write_reports(campaign_dir, gp=gp), *hypotheses]
+    paths = [*write_reports(campaign_dir, gp=gp), *hypotheses, *summaries]
     for p in paths:
         print(p, flush=True)
     if diffs:

@@ -29,7 +29,8 @@ __all__ = ["STORE_FILE", "CampaignRecord", "finite_number", "read_campaign"]
 STORE_FILE = "state.sqlite"
 _DIRECTIONS = ("minimize", "maximize")
 # the meta keys a reader uses (the store has others: schema_version, ...)
-META_KEYS = ("metric", "identity", "status", "stop_reason", "active_s", "created", "warm_start", "mlflow_parent_run_id")
+META_KEYS = ("metric", "identity", "status", "stop_reason", "active_s", "created", "warm_start", "mlflow_parent_run_id",
+             "gp_noise")
 
 
 def finite_number(x: Any) -> float | None:
