@@ -30,6 +30,7 @@ from hybrid.errors import BackendError
 from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
+from hybrid.noise import recommend
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
@@ -508,7 +509,15 @@ class Campaign:
             baseline=base.value(self.objective.metric) if base else None,
             n_created=p.n_created, n_done=sum(1 for e in exps if e.state is ExperimentState.DONE),
             n_failed=p.n_failed, spend_usd=p.spend_usd, elapsed_s=p.elapsed_s, stopping=self.stop_reason,
+            recommended=self._recommended(exps),
         )
+
+    def _recommended(self, exps: Sequence[Experiment]) -> str | None:
+        """The live view's recommendation: shown once confirmed (before, it is the best single run)."""
+        rec = recommend(exps, self.objective, self.target_hardware)
+        if rec is None or not rec.confirmed:
+            return None
+        return f"{rec.estimate()} by {', '.join(rec.runs.ids[:3])}{'...' if rec.n > 3 else ''}"
 
     def _summary_metrics(self) -> dict[str, Any]:
         return summarize(self.name, list(self.exps.values()), self.objective, self.stop_reason or "",

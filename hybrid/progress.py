@@ -29,6 +29,7 @@ class View:
     spend_usd: float = 0.0
     elapsed_s: float = 0.0
     stopping: str | None = None
+    recommended: str | None = None  # the confirmed recommendation so far: "1.0032 ± 0.001 (2 runs: e0010, e0012)"
 
 
 def _fmt(v: float | None) -> str:
@@ -93,7 +94,8 @@ class Progress:
         best = view.best.value(metric) if view.best else None
         self.message(
             f"{exp.id} {what} in {result.duration_s:.1f}s on {exp.worker} | best {_fmt(best)}"
-            f"{' (' + view.best.id + ')' if view.best else ''} | done {view.n_done} failed {view.n_failed}"
+            f"{' (' + view.best.id + ')' if view.best else ''}"
+            f"{' | recommended ' + view.recommended if view.recommended else ''} | done {view.n_done} failed {view.n_failed}"
         )
 
     def tick(self, view: View, force: bool = False) -> None:
@@ -115,7 +117,8 @@ class Progress:
         head = Text.assemble(
             (f"campaign {view.name}", "bold"),
             f"  best {metric} {_fmt(best)}{improvement(best, view.baseline, view.objective)}",
-            f"  {'(' + view.best.id + ')' if view.best else ''}\n",
+            f"  {'(' + view.best.id + ')' if view.best else ''}",
+            f"  recommended {view.recommended}\n" if view.recommended else "\n",
             f"experiments {view.n_created} created, {view.n_done} done, {view.n_failed} failed"
             f"   spend ${view.spend_usd:.2f}   elapsed {view.elapsed_s / 60:.1f} min",
         )
