@@ -141,14 +141,14 @@ def section(text: str, title: str) -> str:
 def test_sections_in_order(synthetic):
     text = findings(synthetic)
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert titles == ["Headline", "Progress", "What mattered: main effects", "Interactions", "Response slices (GP)",
+    assert titles == ["Headline", "Progress", "Noise", "What mattered: main effects", "Interactions", "Response slices (GP)",
                       "Hardware", "Sources", "Failures", "Pruning", "Spend", "LLM hypotheses"]
     assert "could not compute" not in text and "failed (" not in text.split("## Failures")[0]
 
 
 def test_headline_best_vs_baseline(synthetic):
     head = section(findings(synthetic), "Headline")
-    assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h(100|200): [\d.]+ \([\d.]+%\) better than "
+    assert re.search(r"\*\*Best single run val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h(100|200): [\d.]+ \([\d.]+%\) better than "
                      r"the baseline [\d.]+ \(e0001 on h100\)", head), head
     assert "| lr | 0.003 |" in head  # the changed params, with the baseline's value
 
@@ -179,8 +179,8 @@ def test_without_a_target_hardware_best_is_judged_where_most_results_are(tmp_pat
     assert "Objective: val_bpb (minimize), judged on h100 (the hardware with the most successful results; set " \
            "campaign.target_hardware to choose)." in text
     head = section(text, "Headline")
-    assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e000[1-4] \[\w+\] on h100", head), head
-    assert re.search(r"\*\*Best on any hardware val_bpb [\d.]+\*\* by e0005 \[sobol\] on h200", head), head
+    assert re.search(r"\*\*Best single run val_bpb [\d.]+\*\* by e000[1-4] \[\w+\] on h100", head), head
+    assert re.search(r"\*\*Best single run on any hardware val_bpb [\d.]+\*\* by e0005 \[sobol\] on h200", head), head
 
 
 def test_lr_is_the_top_main_effect_with_its_direction(synthetic):
@@ -277,8 +277,10 @@ def test_target_hardware_and_warm_start_in_the_headline(tmp_path):
     data = load_campaign(d)
     text = render(data, analyze(data, GPSurrogate), None, {}, [])
     head = section(text, "Headline")
-    assert re.search(r"\*\*Best val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h100 \(the target hardware\)", head), head
-    assert re.search(r"\*\*Best on any hardware val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h200", head), head
+    assert re.search(r"\*\*Best single run val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h100 \(the target hardware\)", head), head
+    assert re.search(r"\*\*Best single run on any hardware val_bpb [\d.]+\*\* by e\d{4} \[\w+\] on h200", head), head
+    assert re.search(r"\*\*Recommended: val_bpb [\d.]+ \(1 run, unconfirmed\)\*\* by e\d{4} \[\w+\] on h100 \(the "
+                     r"target hardware\)", head), head
     assert "Warm-started with 42 results of campaign older (runs/older)" in section(text, "Progress")
     assert "judged on h100" in text
 
@@ -376,7 +378,8 @@ def test_end_to_end_on_the_example_target_then_report(tmp_path):
     assert q.stderr == ""
     text = findings(tmp_path / d)
     assert "# Findings: campaign example-sobol-s0" in text and "8 experiments:" in text
-    assert re.search(r"Best val_bpb [\d.]+\*\* by e\d{4} \[(sobol|baseline)\] on cpu", text), text
+    assert re.search(r"Best single run val_bpb [\d.]+\*\* by e\d{4} \[(sobol|baseline)\] on cpu", text), text
+    assert re.search(r"\*\*Recommended: val_bpb [\d.]+( ± [\d.e-]+)? \(\d runs?(, unconfirmed)?\)\*\*", text), text
     assert "could not compute" not in text and "GP posterior mean" in section(text, "Response slices (GP)")
 
     from mlflow import MlflowClient

@@ -6,7 +6,9 @@ stored config. ``analyze`` runs the statistics of :mod:`hybrid.reports.effects` 
 slices, each part guarded: a part that fails is noted in ``Analysis.notes`` and the report goes on.
 The per-hardware table, the improvements of the best and the failure patterns are computed here
 too, when a section or a plot asks for them. "Best", the baseline, failure kinds, throughput and
-value formatting are :mod:`hybrid.history`'s.
+value formatting are :mod:`hybrid.history`'s; the run-to-run noise, the recommendation and the rule
+that a difference is "within noise" (below 2 sd) are :mod:`hybrid.noise`'s (``CampaignData.summary``
+holds them, as summary.txt shows them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid import history
+from hybrid import history, noise
 from hybrid.errors import HybridError
 from hybrid.history import clip, failure_of, fmt_value, running_best, throughput_by_hardware
 from hybrid.reports.effects import (
@@ -35,7 +37,7 @@ from hybrid.reports.effects import (
     paired_offsets,
     reference_level,
 )
-from hybrid.reports.plots import Slice
+from hybrid.reports.plots import ProgressNoise, Slice
 from hybrid.reports.reader import finite_number, read_campaign
 from hybrid.reports.slices import GPFactory, gp_slices
 from hybrid.reports.summary import Summary, summarize
@@ -45,7 +47,8 @@ from hybrid.types import Experiment, FailureKind, Objective
 
 __all__ = [
     "Analysis", "CampaignData", "HardwareRow", "Improvement", "analyze", "failure_label", "failure_pattern",
-    "finish_order", "guarded", "hardware_rows", "improvements", "load_campaign",
+    "finish_order", "guarded", "hardware_rows", "hypothesis_margins", "improvements", "load_campaign",
+    "progress_noise", "repeated_configs",
 ]
 
 _SLICE_PARAMS = 3  # GP slices along the most important numeric parameters
@@ -75,12 +78,13 @@ class CampaignData:
     parent_run_id: str | None = None
     variants: list[VariantRecord] = field(default_factory=list)  # code variants proposed, in order
     gp_noise: dict[str, float] = field(default_factory=dict)  # the GP's inferred noise sd per hardware, at the end
+    gp_estimates: dict[str, float] = field(default_factory=dict)  # its posterior mean per experiment, at the end
 
     @cached_property
     def summary(self) -> Summary:
         """The campaign's summary (its recommendation, noise, best single run): summary.txt's."""
         return summarize(self.name, self.exps, self.objective, self.stop_reason or "", self.elapsed_s or 0.0,
-                         self.target_hardware, self.llm_usd, self.gp_noise)
+                         self.target_hardware, self.llm_usd, self.gp_noise, self.gp_estimates or None)
 
     @cached_property
     def valid(self) -> list[Experiment]:
@@ -89,6 +93,17 @@ class CampaignData:
 
     def successes(self) -> list[tuple[Experiment, float]]:
         return history.successes(self.valid, self.objective)
+
+    def sd_on(self, hardware: str | None) -> float | None:
+        """The run-to-run sd differences on ``hardware`` are judged by (:func:`hybrid.noise.noise_on`:
+        measured there, else the GP's there, else the other labels' pooled); None: nothing known."""
+        return noise.noise_on(self.summary.noise, hardware)
+
+    def within_noise(self, difference: float, hardware: str | None) -> bool | None:
+        """True when ``difference`` on ``hardware`` is below 2 sd (:func:`hybrid.noise.significant`);
+        None when no sd is known."""
+        beyond = noise.significant(difference, self.sd_on(hardware))
+        return None if beyond is None else not beyond
 
 
 def load_campaign(campaign_dir: Path, *, objective: Objective | None = None,
@@ -113,14 +128,16 @@ def load_campaign(campaign_dir: Path, *, objective: Objective | None = None,
         llm_calls=record.proposer_calls, cost_stops=[d for _, _, d in record.events_of("cost_stop")],
         warm_start=[w for w in warm if isinstance(w, dict)] if isinstance(warm, list) else [],
         tracking=dict(record.config.get("tracking") or {}), parent_run_id=record.meta.get("mlflow_parent_run_id"),
-        variants=record.variants, gp_noise=_gp_noise(record.meta.get("gp_noise")),
+        variants=record.variants, gp_noise=_numbers(record.meta.get("gp_noise"), min_value=0.0),
+        gp_estimates=_numbers(record.meta.get("gp_estimates")),
     )
 
 
-def _gp_noise(stored: Any) -> dict[str, float]:
+def _numbers(stored: Any, min_value: float = -math.inf) -> dict[str, float]:
+    """A stored {name: number} map, its non-numbers (and numbers below ``min_value``) left out."""
     if not isinstance(stored, dict):
         return {}
-    return {str(k): v for k, raw in stored.items() if (v := finite_number(raw)) is not None and v >= 0}
+    return {str(k): v for k, raw in stored.items() if (v := finite_number(raw)) is not None and v >= min_value}
 
 
 def _infer_space(exps: Sequence[Experiment]) -> SearchSpace | None:
@@ -192,6 +209,7 @@ class Improvement:
     value: float
     gain: float  # how much better than the best before it (> 0)
     rank: int  # 1-based position of this result in finish order
+    within_noise: bool | None = None  # the gain is below 2 sd of the noise on its hardware (None: no sd known)
 
 
 def finish_order(exps: Sequence[Experiment]) -> list[Experiment]:
@@ -199,15 +217,76 @@ def finish_order(exps: Sequence[Experiment]) -> list[Experiment]:
     return sorted(finished, key=lambda e: (e.ended or math.inf, e.seq))
 
 
-def improvements(exps: Sequence[Experiment], objective: Objective) -> list[Improvement]:
-    """Each result (in finish order) that beat the best result before it; the first success is not one."""
+def improvements(exps: Sequence[Experiment], objective: Objective,
+                 sd_on: Callable[[str], float | None] | None = None) -> list[Improvement]:
+    """Each result (in finish order) that beat the best result before it; the first success is not one.
+    ``sd_on`` (``CampaignData.sd_on``): the noise sd per hardware label, to mark the gains within noise."""
     order = finish_order(exps)
     values = [e.value(objective.metric) for e in order]
     after = running_best(values, objective)
     before = [None, *after[:-1]]  # the best before each result
-    return [Improvement(e, v, abs(b - v), rank)
-            for rank, (e, v, b, a) in enumerate(zip(order, values, before, after, strict=True), 1)
-            if v is not None and b is not None and a != b]
+    out = []
+    for rank, (e, v, b, a) in enumerate(zip(order, values, before, after, strict=True), 1):
+        if v is None or b is None or a == b:
+            continue
+        beyond = noise.significant(v - b, sd_on(e.hardware)) if sd_on is not None else None
+        out.append(Improvement(e, v, abs(b - v), rank, None if beyond is None else not beyond))
+    return out
+
+
+def hypothesis_margins(exps: Sequence[Experiment], objective: Objective, source: str = "llm") -> dict[str, float]:
+    """For each successful experiment of ``source`` that held (:func:`hybrid.history.hypothesis_outcomes`:
+    a new best, or better than the baseline), by how much: over the best created before it for a
+    new best, over the baseline otherwise. What findings compares with the noise."""
+    base = history.baseline(exps)
+    base_v = base.value(objective.metric) if base else None
+    out: dict[str, float] = {}
+    top: float | None = None
+    for e in sorted(exps, key=lambda x: x.seq):  # the order hypothesis_outcomes judges them in
+        v = e.value(objective.metric)
+        if v is None:
+            continue
+        if e.source == source and top is not None:
+            if objective.better(v, top):
+                out[e.id] = abs(top - v)
+            elif base_v is not None and objective.better(v, base_v):
+                out[e.id] = abs(base_v - v)
+        if top is None or objective.better(v, top):
+            top = v
+    return out
+
+
+@dataclass(frozen=True)
+class RepeatedConfig:
+    """A configuration the campaign ran more than once on one hardware label: what the noise is measured on."""
+
+    runs: noise.ConfigRuns | None  # its successful runs there (None: none succeeded)
+    attempts: list[Experiment]  # every run of it there (failures too), in creation order
+
+
+def repeated_configs(data: CampaignData) -> list[RepeatedConfig]:
+    """The configurations with two or more runs on one label (this campaign's own), in the order of
+    their first run; those where fewer than two succeeded too (a replicate that crashed)."""
+    own = history.counted(history.own(data.exps))
+    runs = {(c.hardware, noise.config_key(c.first)): c for c in noise.config_runs(own, data.objective)}
+    attempts: dict[tuple[str, tuple[str | None, str]], list[Experiment]] = {}
+    for e in own:
+        if e.result is not None:
+            attempts.setdefault((e.hardware, noise.config_key(e)), []).append(e)
+    out = []
+    for key, tried in attempts.items():
+        if len(tried) > 1:
+            out.append(RepeatedConfig(runs.get(key), tried))
+    return out
+
+
+def progress_noise(data: CampaignData) -> ProgressNoise:
+    """What the progress plot draws of the noise: the sd on the judged hardware and the recommendation."""
+    s = data.summary
+    rec = s.recommendation
+    hw = rec.hardware if rec is not None else history.judged_hardware(data.exps, data.objective, data.target_hardware)
+    return ProgressNoise(data.sd_on(hw), hw, rec.mean if rec else None, rec.sd if rec else None, rec.n if rec else 0,
+                         bool(rec and rec.confirmed))
 
 
 def failure_label(e: Experiment) -> str:

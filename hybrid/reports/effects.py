@@ -148,6 +148,8 @@ class Effect:
     p: float
     words: str  # the direction, for the user's objective
     better_when_higher: bool | None = None  # numeric and monotone over the observed range
+    spread: float | None = None  # how far its fitted effect moves the metric: max - min over the observed
+    # range (numeric) or across its levels (categorical, hardware); what findings compares with the noise
 
 
 @dataclass
@@ -199,6 +201,16 @@ def _numeric_words(p: Param, t: Term, b: np.ndarray, objective: Objective) -> tu
     return f"higher {p.name} → {word}; {delta:+.3g} across {lo} to {hi}", higher_is_better
 
 
+def _spread(t: Term, b: np.ndarray) -> float:
+    """Max - min of the term's fitted contribution: over the observed range, or across the levels."""
+    if t.kind == "numeric":
+        assert t.u is not None
+        curve = _numeric_curve(t, b, np.linspace(t.u.min(), t.u.max(), 101))
+        return float(curve.max() - curve.min())
+    levels = [0.0, *(float(x) for x in b)]  # the reference level at 0
+    return max(levels) - min(levels)
+
+
 def _level_words(t: Term, b: np.ndarray, objective: Objective, metric: str) -> str:
     offsets = {t.reference: 0.0, **{lvl: float(x) for lvl, x in zip(t.levels, b, strict=True)}}
     ranked = sorted(offsets.items(), key=lambda kv: (objective.sign() * kv[1], str(kv[0])))
@@ -233,7 +245,7 @@ def main_effects(space: SearchSpace, objective: Objective, rows: Sequence[tuple[
             words, higher = _numeric_words(space.params[t.name], t, coefs[t.name], objective)
         else:
             words, higher = _level_words(t, coefs[t.name], objective, objective.metric), None
-        effects.append(Effect(t.name, t.kind, ss / ss_total, ss, df, F, pv, words, higher))
+        effects.append(Effect(t.name, t.kind, ss / ss_total, ss, df, F, pv, words, higher, _spread(t, coefs[t.name])))
     hw_effect = next((e for e in effects if e.kind == "hardware"), None)
     effects = sorted((e for e in effects if e.kind != "hardware"), key=lambda e: (-e.share, e.name))
     offsets = ({lvl: float(x) for lvl, x in zip(hw_term.levels, coefs["hardware"], strict=True)}

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hybrid.history import running_best
+from hybrid.history import fmt_value, running_best
+from hybrid.noise import SIGNIFICANT_SIGMAS, significant
 from hybrid.types import Objective
 
 if TYPE_CHECKING:
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["Bar", "CurveSeries", "HardwareSeries", "ProgressPoint", "Slice", "plot_curves", "plot_effects",
-           "plot_hardware", "plot_progress", "quiet_matplotlib_logs"]
+__all__ = ["Bar", "CurveSeries", "HardwareSeries", "ProgressNoise", "ProgressPoint", "Slice", "new_bests",
+           "plot_curves", "plot_effects", "plot_hardware", "plot_progress", "progress_figure", "quiet_matplotlib_logs"]
 
 DPI = 100
 _MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
@@ -59,6 +60,18 @@ class ProgressPoint:
     failed: bool
     hardware: str
     source: str
+
+
+@dataclass(frozen=True)
+class ProgressNoise:
+    """The run-to-run noise and the recommendation, as the progress plot draws them."""
+
+    sd: float | None  # the noise sd on the judged hardware (None: not measured)
+    hardware: str | None  # that hardware
+    recommended: float | None = None  # the recommendation's mean (None: no recommendation)
+    recommended_sd: float | None = None  # the sd of its runs (None: one run)
+    recommended_n: int = 0
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,9 +154,23 @@ def _best_so_far(xs: Sequence[float], ys: Sequence[float], objective: Objective)
     return list(xs), [float(b) for b in running_best(list(ys), objective) if b is not None]
 
 
+def new_bests(xs: Sequence[float], ys: Sequence[float], objective: Objective,
+              sd: float | None) -> list[tuple[float, float, bool | None]]:
+    """The results (x, y, in x order) that beat the best before them, each with whether its gain is
+    beyond the noise (:func:`hybrid.noise.significant`; None: no sd known). The first is not one."""
+    out: list[tuple[float, float, bool | None]] = []
+    top: float | None = None
+    for x, y in zip(xs, ys, strict=True):
+        if top is not None and objective.better(y, top):
+            out.append((x, y, significant(y - top, sd)))
+        if top is None or objective.better(y, top):
+            top = y
+    return out
+
+
 def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint], xkey: str, objective: Objective,
                     baseline: float | None, colors: dict[str, Any], markers: dict[str, str],
-                    limits: tuple[float, float]) -> None:
+                    limits: tuple[float, float], noise: ProgressNoise | None = None) -> None:
     def x_of(p: ProgressPoint) -> float:
         return float(getattr(p, xkey))
 
@@ -160,10 +187,24 @@ def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint
         strip.set_yticks([])
         strip.tick_params(labelbottom=False)
         strip.grid(True, axis="x", alpha=0.3)
+    sd = noise.sd if noise is not None else None
     if ok:
         bx, by = _best_so_far([x_of(p) for p, _ in ok], [v for _, v in ok], objective)
         right = max(x_of(p) for p in pts)
         ax.step([*bx, right], [*by, by[-1]], where="post", color="black", linewidth=1.6, zorder=5)
+        if sd:  # the band a result must leave to be an improvement beyond the noise
+            band = SIGNIFICANT_SIGMAS * sd
+            ax.fill_between([*bx, right], [y - band for y in [*by, by[-1]]], [y + band for y in [*by, by[-1]]],
+                            step="post", color="black", alpha=0.1, linewidth=0, zorder=1)
+        for x, y, beyond in new_bests([x_of(p) for p, _ in ok], [v for _, v in ok], objective, sd):
+            hollow = beyond is False  # within noise: hollow; beyond it, or no sd known: filled
+            ax.scatter([x], [y], s=120, marker="*", zorder=6, linewidths=1.2, edgecolors="black",
+                       facecolors="none" if hollow else "black")
+    if noise is not None and noise.recommended is not None:
+        ax.axhline(noise.recommended, color=_GOOD, linestyle="-.", linewidth=1.4, zorder=4)
+        if noise.recommended_sd:
+            ax.axhspan(noise.recommended - noise.recommended_sd, noise.recommended + noise.recommended_sd,
+                       color=_GOOD, alpha=0.15, linewidth=0, zorder=1)
     if baseline is not None:
         ax.axhline(baseline, color="#555555", linestyle="--", linewidth=1.0, zorder=2)
     ax.set_ylim(*limits)
@@ -173,12 +214,48 @@ def _progress_panel(ax: Axes, strip: Axes | None, points: Sequence[ProgressPoint
     ax.grid(True, alpha=0.3)
 
 
-def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Objective, baseline: float | None) -> bool:
+def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Objective, baseline: float | None,
+                  noise: ProgressNoise | None = None) -> bool:
     """Best-so-far against experiment number and against wall-clock hours; every result a dot
-    (colour: hardware, marker: source), failures as x at the top edge, the baseline dashed."""
+    (colour: hardware, marker: source), failures as x at the top edge, the baseline dashed. With
+    ``noise``: a band of ±2 sd around the best so far, each new best a star, hollow when it beat the
+    best before it by less than 2 sd (within noise), and the recommendation's mean ± sd in green."""
+    fig = progress_figure(points, objective, baseline, noise)
+    if fig is None:
+        return False
+    _save(fig, path)
+    return True
+
+
+def _noise_handles(noise: ProgressNoise | None) -> list[Artist]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    star = {"linestyle": "", "marker": "*", "markersize": 11, "markeredgecolor": "black"}
+    if noise is None or noise.sd is None:
+        handles: list[Artist] = [Line2D([], [], markerfacecolor="black", label="new best (noise not measured: not judged)",
+                                        **star)]  # type: ignore[arg-type]
+    else:
+        k = f"{SIGNIFICANT_SIGMAS:g} sd"
+        handles = [Patch(facecolor="black", alpha=0.1, label=f"best so far ± {k} (sd {fmt_value(noise.sd, 3)}"
+                         + (f" on {noise.hardware})" if noise.hardware else ")")),
+                   Line2D([], [], markerfacecolor="black", label=f"new best beyond noise (> {k})", **star),  # type: ignore[arg-type]
+                   Line2D([], [], markerfacecolor="none", label=f"new best within noise (< {k})", **star)]  # type: ignore[arg-type]
+    if noise is not None and noise.recommended is not None:
+        sd = "" if noise.recommended_sd is None else f" ± {fmt_value(noise.recommended_sd, 3)}"
+        runs = f"{noise.recommended_n} run{'s' * (noise.recommended_n != 1)}"
+        handles.append(Line2D([], [], color=_GOOD, linestyle="-.", linewidth=1.4,
+                              label=f"recommended: {fmt_value(noise.recommended)}{sd} ({runs}, "
+                                    f"{'confirmed' if noise.confirmed else 'unconfirmed'})"))
+    return handles
+
+
+def progress_figure(points: Sequence[ProgressPoint], objective: Objective, baseline: float | None,
+                    noise: ProgressNoise | None = None) -> Figure | None:
+    """The figure :func:`plot_progress` writes (None: no points)."""
     quiet_matplotlib_logs()
     if not points:
-        return False
+        return None
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -188,7 +265,7 @@ def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Object
     markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(srcs)}
     values = [p.value for p in points if p.value is not None]
     limits = _robust_limits(values, baseline, objective) if values else (0.0, 1.0)
-    fig = _figure(12, 5.0)
+    fig = _figure(12, 5.4)
     n_bad = len(points) - len(values)
     if n_bad:
         gs = fig.add_gridspec(2, 2, height_ratios=[1, 12])
@@ -199,28 +276,29 @@ def plot_progress(path: Path, points: Sequence[ProgressPoint], objective: Object
         ax1, ax2 = fig.subplots(1, 2)
         strips = [None, None]
     ax2.sharey(ax1)
-    _progress_panel(ax1, strips[0], points, "seq", objective, baseline, colors, markers, limits)
+    _progress_panel(ax1, strips[0], points, "seq", objective, baseline, colors, markers, limits, noise)
     ax1.set_xlabel("experiment number")
     ax1.set_ylabel(f"{objective.metric} ({'lower' if objective.sign() > 0 else 'higher'} is better)")
     hours = [p.hours for p in points if p.hours is not None]
     if hours:
         scale, unit = (1.0, "hours") if max(hours) >= 2 else (60.0, "minutes")
         scaled = [replace(p, hours=None if p.hours is None else p.hours * scale) for p in points]
-        _progress_panel(ax2, strips[1], scaled, "hours", objective, baseline, colors, markers, limits)
+        _progress_panel(ax2, strips[1], scaled, "hours", objective, baseline, colors, markers, limits, noise)
         ax2.set_xlabel(f"{unit} since the campaign started")
     else:
         ax2.text(0.5, 0.5, "no finish times recorded", ha="center", va="center", transform=ax2.transAxes)
     fig.suptitle(f"Progress: {len(values)} results, {n_bad} failed")
     handles: list[Artist] = [Line2D([], [], color="black", linewidth=1.6, label="best so far")]
+    if values:
+        handles += _noise_handles(noise)
     if baseline is not None:
         handles.append(Line2D([], [], color="#555555", linestyle="--", label="baseline"))
     handles += [Patch(facecolor=colors[h], label=h) for h in hw]
     handles += [Line2D([], [], linestyle="", marker=markers[s], color="#444444", label=s) for s in srcs]
     if n_bad:
         handles.append(Line2D([], [], linestyle="", marker="x", color="#444444", label="failed"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
-    _save(fig, path)
-    return True
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    return fig
 
 
 def _bars(ax: Axes, bars: Sequence[Bar]) -> None:

@@ -26,6 +26,15 @@ from hybrid.history import (
     judged_hardware,
     successes,
 )
+from hybrid.noise import (
+    MIN_RUNS,
+    REPLICATE_SOURCES,
+    SIGNIFICANT_SIGMAS,
+    ConfigRuns,
+    Noise,
+    Recommendation,
+    config_key,
+)
 from hybrid.reports.analysis import (
     Analysis,
     CampaignData,
@@ -33,7 +42,9 @@ from hybrid.reports.analysis import (
     failure_pattern,
     guarded,
     hardware_rows,
+    hypothesis_margins,
     improvements,
+    repeated_configs,
 )
 from hybrid.reports.code_changes import code_changes, section_code_changes
 from hybrid.reports.effects import Anova
@@ -67,7 +78,8 @@ def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def _best_line(label: str, best: Experiment, base: Experiment | None, data: CampaignData) -> list[str]:
+def _best_line(label: str, best: Experiment, base: Experiment | None, data: CampaignData,
+               note: str = "") -> list[str]:
     """The best result and how it compares with the baseline's."""
     m, obj = data.objective.metric, data.objective
     v, base_v = best.value(m), base.value(m) if base else None
@@ -76,36 +88,159 @@ def _best_line(label: str, best: Experiment, base: Experiment | None, data: Camp
     code = f" with code variant {best.variant} ({variant_diff_path(best.variant)})" if best.variant else ""
     head = f"- **{label} {m} {v:.6g}** by {best.id} [{best.source}]{code} on {best.hardware}{where}"
     if base is None or base_v is None:
-        return [head + " (no baseline result to compare with)."]
+        return [head + f" (no baseline result to compare with).{note}"]
     if best is base:
-        return [head + ": the baseline itself; no experiment beat it."]
+        return [head + f": the baseline itself; no experiment beat it.{note}"]
     diff = obj.sign() * (base_v - v)
     pct = f" ({abs(diff) / abs(base_v) * 100:.2f}%)" if base_v else ""
     verdict = "better" if diff > 0 else "worse" if diff < 0 else "no different"
-    out = [head + f": {abs(diff):.4g}{pct} {verdict} than the baseline {base_v:.6g} ({base.id} on {base.hardware})."]
+    out = [head + f": {abs(diff):.4g}{pct} {verdict} than the baseline {base_v:.6g} ({base.id} on {base.hardware}).{note}"]
     if best.hardware != base.hardware:
         out.append(f"  They ran on different hardware: see Hardware for the offset of {best.hardware} vs "
                    f"{base.hardware}, which is part of this difference.")
     return out
 
 
+def _mean_sd(c: ConfigRuns) -> str:
+    """``1.01008 ± 6.9e-05 (2 runs: e0001, e0003)``."""
+    sd = "" if c.sd is None else f" ± {fmt_value(c.sd, 3)}"
+    return f"{fmt_value(c.mean)}{sd} ({_plural(c.n, 'run')}: {', '.join(c.ids)})"
+
+
+def _noise_words(data: CampaignData, difference: float, hardware: str | None) -> str:
+    """``, within noise (less than 2 sd = 0.00085)`` or ``, beyond the noise (...)``; "" with no sd known."""
+    within = data.within_noise(difference, hardware)
+    if within is None:
+        return ""
+    band = fmt_value(SIGNIFICANT_SIGMAS * data.sd_on(hardware), 3)  # type: ignore[operator]
+    k = f"{SIGNIFICANT_SIGMAS:g} sd = {band}"
+    return f", within noise (less than {k})" if within else f", beyond the noise (more than {k})"
+
+
+def _recommended_lines(data: CampaignData, rec: Recommendation) -> list[str]:
+    """The recommendation (mean ± sd of its runs), confirmed or not and why, against the baseline's mean."""
+    m, obj = data.objective.metric, data.objective
+    runs, base = rec.runs, data.summary.baseline_runs
+    where = " (the target hardware)" if rec.hardware == data.target_hardware else ""
+    code = f" with code variant {runs.variant} ({variant_diff_path(runs.variant)})" if runs.variant else ""
+    status = f", confirmed (at least {MIN_RUNS} runs there)" if rec.confirmed else ""
+    head = (f"- **Recommended: {m} {rec.estimate()}** by {', '.join(runs.ids)} [{runs.first.source}]{code} "
+            f"on {rec.hardware}{where}{status}")
+    if base is None:
+        out = [head + " (no baseline result to compare with)."]
+    elif config_key(base.first) == config_key(runs.first) and base.hardware == runs.hardware:
+        out = [head + ": the baseline configuration itself; no configuration beat it."]
+    else:
+        diff = obj.sign() * (base.mean - rec.mean)
+        pct = f" ({abs(diff) / abs(base.mean) * 100:.2f}%)" if base.mean else ""
+        verdict = "better" if diff > 0 else "worse" if diff < 0 else "no different"
+        out = [head + f": {abs(diff):.4g}{pct} {verdict} than the baseline {_mean_sd(base)} on {base.hardware}"
+               + _noise_words(data, diff, rec.hardware) + "."]
+        if base.hardware != rec.hardware:
+            out.append(f"  They ran on different hardware: see Hardware for the offset of {rec.hardware} vs "
+                       f"{base.hardware}, which is part of this difference.")
+    if rec.note:
+        out.append(f"  {'Note' if rec.confirmed else 'Why unconfirmed'}: {rec.note}.")
+    return out
+
+
 def section_headline(data: CampaignData, a: Analysis) -> list[str]:
     overall = best_on(data.exps, data.objective, None)  # on any hardware
-    if overall is None or a.best is None:
+    rec = data.summary.recommendation
+    if overall is None or a.best is None or rec is None:
         return ["No successful experiment yet: nothing to compare with the baseline."]
     base = a.baseline
-    out = _best_line("Best", a.best, base, data)
+    out = _recommended_lines(data, rec)
+    one_of = " It is one of the recommended configuration's runs." if a.best.id in rec.runs.ids else ""
+    out += _best_line("Best single run", a.best, base, data, one_of)
     if overall is not a.best:
-        out += _best_line("Best on any hardware", overall, base, data)
+        out += _best_line("Best single run on any hardware", overall, base, data)
     if data.target_hardware and a.best.hardware != data.target_hardware:
         out.append(f"- No successful result on the target hardware {data.target_hardware} yet.")
-    diff = changed_params(a.best.params, base.params) if base else {}
-    if diff:
-        out += ["", f"What {a.best.id} changed from the baseline:", "",
-                "| parameter | baseline | best |", "|---|---|---|"]
-        out += [f"| {_cell(k)} | {_cell(fmt_value(base.params.get(k), 4))} | {_cell(fmt_value(v, 4))} |"  # type: ignore[union-attr]
-                for k, v in diff.items()]
+    out += ["- The best single run is the luckiest of many noisy runs and flatters its configuration (the winner's "
+            "curse); the recommendation is the best mean of a configuration run more than once, see Noise."]
+    recommended = rec.runs.params
+    diff = changed_params(recommended, base.params) if base else {}
+    single = (changed_params(a.best.params, base.params) if base and config_key(a.best) != config_key(rec.runs.first)
+              else None)
+    if diff or single:
+        names = list(dict.fromkeys([*diff, *(single or {})]))
+        extra = f" and the best single run ({a.best.id})" if single is not None else ""
+        out += ["", f"What the recommended configuration ({rec.runs.first.id}){extra} changed from the baseline:", "",
+                "| parameter | baseline | recommended |" + (" best single run |" if single is not None else ""),
+                "|---|---|---|" + ("---|" if single is not None else "")]
+        for k in names:
+            row = (f"| {_cell(k)} | {_cell(fmt_value(base.params.get(k), 4))} | "  # type: ignore[union-attr]
+                   f"{_cell(fmt_value(recommended.get(k), 4))} |")
+            if single is not None:
+                row += f" {_cell(fmt_value(a.best.params.get(k), 4))} |"
+            out.append(row)
     return out
+
+
+_REPEATED_ROWS = 20  # the table of configurations run more than once
+
+
+def _noise_line(n: Noise) -> str:
+    gp = "" if n.gp_sd is None else f"; the GP's estimate {fmt_value(n.gp_sd, 3)}"
+    if n.sd is None:
+        return f"- {n.hardware}: not measured (no configuration succeeded twice there){gp}."
+    if n.sd == 0:
+        return (f"- {n.hardware}: sd 0: every repeated configuration gave the same value ({n.dof} dof from "
+                f"{_plural(n.n_configs, 'configuration')}){gp}.")
+    return (f"- {n.hardware}: sd {fmt_value(n.sd, 3)}, 95% interval [{fmt_value(n.low, 3)}, {fmt_value(n.high, 3)}], "
+            f"{n.dof} dof from {_plural(n.n_configs, 'configuration')} run more than once{gp}.")
+
+
+def section_noise(data: CampaignData, a: Analysis) -> list[str]:
+    """The run-to-run noise per hardware, the rule "within noise" and the runs the campaign repeated."""
+    s, m = data.summary, data.objective.metric
+    if not s.noise:
+        return ["No successful experiment yet: no noise to estimate."]
+    out = [f"Run-to-run sd of {m} per hardware, pooled over every configuration (same params, same code) that "
+           "succeeded more than once there:", ""]
+    out += [_noise_line(n) for _, n in sorted(s.noise.items())]
+    measured = any(n.sd is not None for n in s.noise.values())
+    gp = any(n.gp_sd is not None for n in s.noise.values())
+    k = f"{SIGNIFICANT_SIGMAS:g} sd"
+    if measured or gp:
+        how = ("the measured sd of its hardware, else the GP's estimate there, else the pooled sd of the other "
+               "labels" if measured else "the GP's estimate of the noise (nothing measured)")
+        out += ["", f"A difference smaller than {k} ({how}) is marked *within noise* in this report: "
+                "it is no evidence that one configuration is better than the other."]
+    else:
+        out += ["", "No difference in this report is judged against the noise: no configuration succeeded twice on "
+                "one hardware, so there is nothing to measure it with."]
+    repeated = repeated_configs(data)
+    sources = Counter(e.source for r in repeated for e in r.attempts if e.source in REPLICATE_SOURCES)
+    if sources:
+        out += ["", f"The campaign re-ran configurations itself: {_plural(sources.get('replicate', 0), 'replicate')} "
+                "(to measure the noise: the baseline again early on, an incumbent that won by little) and "
+                f"{_plural(sources.get('confirm', 0), 'confirmation')} (the top configurations again where \"best\" "
+                "is judged, to confirm the recommendation)."]
+    if repeated:
+        out += ["", "| configuration (first run) | hardware | runs | mean ± sd |", "|---|---|---|---|"]
+        for r in repeated[:_REPEATED_ROWS]:
+            runs = ", ".join(f"{e.id} [{e.source}]" + ("" if e.value(m) is not None else f" {e.state.name.lower()}")
+                             for e in r.attempts)
+            value = "no success" if r.runs is None else (
+                fmt_value(r.runs.mean) + ("" if r.runs.sd is None else f" ± {fmt_value(r.runs.sd, 3)}")
+                + f" (n {r.runs.n})")
+            out.append(f"| {r.attempts[0].id} | {_cell(r.attempts[0].hardware)} | {_cell(runs)} | {value} |")
+        if len(repeated) > _REPEATED_ROWS:
+            out.append(f"And {len(repeated) - _REPEATED_ROWS} more.")
+    else:
+        out += ["", "No configuration ran more than once."]
+    return out
+
+
+_IMPROVEMENT_ROWS = 15  # the new-best list of Progress: the last ones
+
+
+def _when(data: CampaignData, e: Experiment) -> str:
+    if data.created is None or not e.ended:
+        return ""
+    return f", {_duration(e.ended - data.created)} after the start"
 
 
 def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapping[str, Path]) -> list[str]:
@@ -118,14 +253,27 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
     pruned = f"{n_pruned} pruned, " if n_pruned else ""
     out = [f"- {_plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {pruned}{n_cancelled} "
            f"cancelled, {n_running} not finished; campaign time {_duration(elapsed_s)}."]
-    imps = improvements(exps, data.objective)
+    imps = improvements(exps, data.objective, data.sd_on)
     if imps:
         last = imps[-1]
-        when = ""
-        if data.created is not None and last.exp.ended:
-            when = f", {_duration(last.exp.ended - data.created)} after the start"
         out.append(f"- The best so far improved {len(imps)} times (results in finish order); the last improvement "
-                   f"was {last.exp.id}, result #{last.rank} in finish order{when}.")
+                   f"was {last.exp.id}, result #{last.rank} in finish order{_when(data, last.exp)}.")
+        if any(i.within_noise is not None for i in imps):
+            within = sum(bool(i.within_noise) for i in imps)
+            beyond = [i for i in imps if i.within_noise is False]
+            tail = (f"; the last beyond the noise was {beyond[-1].exp.id}, result #{beyond[-1].rank}"
+                    f"{_when(data, beyond[-1].exp)}" if beyond else "; none was beyond the noise")
+            out.append(f"- {within} of the {len(imps)} improvements {'was' if within == 1 else 'were'} *within noise* (smaller than "
+                       f"{SIGNIFICANT_SIGMAS:g} sd of the noise on their hardware, see Noise){tail}.")
+        shown = imps[-_IMPROVEMENT_ROWS:]
+        more = f" (the last {len(shown)} of {len(imps)})" if len(shown) < len(imps) else ""
+        out += ["", f"New bests{more}:", "",
+                f"| result # | experiment | source | hardware | {data.objective.metric} | better by | noise |",
+                "|---|---|---|---|---|---|---|"]
+        for i in shown:
+            mark = {None: "", True: "within noise", False: "beyond noise"}[i.within_noise]
+            out.append(f"| {i.rank} | {i.exp.id} | {_cell(i.exp.source)} | {_cell(i.exp.hardware)} | "
+                       f"{fmt_value(i.value)} | {i.gain:.4g} | {mark} |")
     elif n_done:
         out.append("- No result improved on the first successful one.")
     for w in data.warm_start:
@@ -137,6 +285,21 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
     return out
 
 
+def _spread_rule(data: CampaignData, a: Analysis) -> str:
+    sd = data.sd_on(a.hardware_ref)
+    if sd is None:
+        return ""
+    return (f"; *within noise*: less than {SIGNIFICANT_SIGMAS:g} sd of the run-to-run noise "
+            f"({fmt_value(SIGNIFICANT_SIGMAS * sd, 3)}), no evidence that the parameter matters")
+
+
+def _spread(data: CampaignData, a: Analysis, spread: float | None) -> str:
+    if spread is None:
+        return "n/a"
+    within = data.within_noise(spread, a.hardware_ref)
+    return f"{spread:.3g}" + (" (within noise)" if within else "")
+
+
 def section_effects(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) -> list[str]:
     m = data.objective.metric
     if isinstance(a.anova, Anova):
@@ -146,10 +309,12 @@ def section_effects(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) 
                "linear + quadratic term of its [0, 1] search-space encoding (log scale where the parameter is log), "
                f"categoricals one-hot against a reference level,{hw} {an.n_columns} columns with the intercept. "
                f"Importance = Type-II sum of squares (refit without the parameter) as a share of the variance of "
-               f"{m}; F test against the residual. R² = {an.r2:.3f}, residual sd {an.resid_sd:.3g}.", "",
-               "| parameter | share of variance | F | p | direction |", "|---|---|---|---|---|"]
-        out += [f"| {_cell(e.name)} | {e.share * 100:.1f}% | {e.F:.3g} | {_p(e.p)} | {_cell(e.words)} |"
-                for e in an.effects]
+               f"{m}; F test against the residual. R² = {an.r2:.3f}, residual sd {an.resid_sd:.3g}. Spread: how far "
+               f"the parameter's fitted effect moves {m} over its observed values (across its levels for a "
+               f"categorical){_spread_rule(data, a)}.", "",
+               "| parameter | share of variance | F | p | spread | direction |", "|---|---|---|---|---|---|"]
+        out += [f"| {_cell(e.name)} | {e.share * 100:.1f}% | {e.F:.3g} | {_p(e.p)} | {_spread(data, a, e.spread)} | "
+                f"{_cell(e.words)} |" for e in an.effects]
         if sum(e.share for e in an.effects) < 0.5 * an.r2:
             out += ["", "The shares add up to much less than R²: the parameters were varied together (e.g. a "
                     "proposer concentrating on one region), so much of the explained variance cannot be "
@@ -235,7 +400,7 @@ def section_hardware(data: CampaignData, a: Analysis, plots: Mapping[str, Path])
 
 
 def section_sources(data: CampaignData, a: Analysis) -> list[str]:
-    imps = improvements(data.exps, data.objective)
+    imps = improvements(data.exps, data.objective, data.sd_on)
     overall = best_on(data.exps, data.objective, None)  # on any hardware
     by: dict[str, list[Experiment]] = {}
     for e in data.exps:
@@ -245,10 +410,16 @@ def section_sources(data: CampaignData, a: Analysis) -> list[str]:
            "| source | experiments | done | failed | improvements | total improvement |", "|---|---|---|---|---|---|"]
     for src, exps in sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         mine = [i for i in imps if i.exp.source == src]
+        within = sum(bool(i.within_noise) for i in mine)
+        count = f"{len(mine)}" + (f" ({within} within noise)" if within else "")
         out.append(f"| {_cell(src)} | {len(exps)} | {sum(e.value(m) is not None for e in exps)} | "
-                   f"{sum(e.state.is_failure() for e in exps)} | {len(mine)} | {sum(i.gain for i in mine):.4g} |")
+                   f"{sum(e.state.is_failure() for e in exps)} | {count} | {sum(i.gain for i in mine):.4g} |")
+    rec = data.summary.recommendation
     if overall is not None:
-        out += ["", f"The best result ({overall.id}) came from {overall.source}."]
+        first = rec.runs.first if rec is not None else overall
+        also = ("" if first is overall else
+                f"; the recommended configuration was first run by {first.id}, from {first.source}")
+        out += ["", f"The best single run ({overall.id}) came from {overall.source}{also}."]
     return out
 
 
@@ -324,9 +495,13 @@ def section_pruning(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) 
 def section_spend(data: CampaignData, a: Analysis) -> list[str]:
     gpu = sum(e.result.cost_usd for e in data.exps if e.result is not None)
     total = gpu + data.llm_usd
-    n_imp = len(improvements(data.exps, data.objective))
+    imps = improvements(data.exps, data.objective, data.sd_on)
+    n_imp = len(imps)
+    n_beyond = sum(i.within_noise is False for i in imps)
+    beyond = (f"; ${total / n_beyond:.2f} per improvement beyond the noise ({n_beyond})" if n_beyond else
+              "; none beyond the noise") if any(i.within_noise is not None for i in imps) else ""
     out = [f"- Workers: ${gpu:.2f}; LLM: ${data.llm_usd:.2f} ({_plural(data.llm_calls, 'call')}); total ${total:.2f}.",
-           f"- Cost per improvement of the best: ${total / n_imp:.2f} ({n_imp} improvements)." if n_imp else
+           f"- Cost per improvement of the best: ${total / n_imp:.2f} ({n_imp} improvements){beyond}." if n_imp else
            "- No improvement of the best: no cost per improvement.",
            f"- Stopped: {data.stop_reason or 'not stopped yet (running, or killed)'}"
            + (f" (status {data.status})." if data.status else ".")]
@@ -346,12 +521,20 @@ def section_hypotheses(data: CampaignData, a: Analysis) -> list[str] | None:
     held = sorted((o for o in done if o.improved), key=lambda o: (data.objective.sign() * (o.value or 0), o.experiment_id))
     failed = [o for o in done if not o.improved]
     full = " Full list: hypotheses.md." if (data.dir / "hypotheses.md").exists() else ""
-    out = [f"{len(held)} of {len(done)} finished LLM hypotheses held (a new best, or better than the baseline); "
+    hardware = {e.id: e.hardware for e in data.exps}
+    margins = hypothesis_margins(data.exps, data.objective)
+    within = {o.experiment_id: data.within_noise(margins[o.experiment_id], hardware.get(o.experiment_id))
+              for o in held if o.experiment_id in margins}
+    n_within = sum(bool(w) for w in within.values())
+    noisy = (f", {n_within} of them by less than {SIGNIFICANT_SIGMAS:g} sd (within noise)"
+             if any(w is not None for w in within.values()) else "")
+    out = [f"{len(held)} of {len(done)} finished LLM hypotheses held (a new best, or better than the baseline){noisy}; "
            f"{len(failed)} did not.{full}"]
     for title, group in (("Held", held), ("Did not hold", failed)):
         if group:
             out += ["", f"{title}:"]
-            out += [f"- {o.experiment_id} ({o.outcome}{', ' + o.detail if o.detail else ''}): "
+            out += [f"- {o.experiment_id} ({o.outcome}{', ' + o.detail if o.detail else ''}"
+                    f"{', within noise' if within.get(o.experiment_id) else ''}): "
                     f"{clip(o.hypothesis, 200) or '(no hypothesis given)'}" for o in group[:5]]
     return out
 
@@ -384,6 +567,7 @@ def render(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapp
         ("Code changes", lambda: section_code_changes(
             code_changes(data.exps, data.variants, obj, data.target_hardware, a.best), obj)),
         ("Progress", lambda: section_progress(data, a, elapsed_s, plots)),
+        ("Noise", lambda: section_noise(data, a)),
         ("What mattered: main effects", lambda: section_effects(data, a, plots)),
         ("Interactions", lambda: section_interactions(data, a)),
         ("Response slices (GP)", lambda: section_slices(data, a)),
