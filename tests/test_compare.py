@@ -126,7 +126,7 @@ def test_crashed_unrelated_and_other_metric_jobs_are_reported_not_mixed_in(sweep
         assert s.median == pytest.approx(original[s.label]["median"])
     md = (mixed / "comparison.md").read_text()
     assert md.count("| 3 (seeds 0,1,2), 1 no result |") == 2
-    assert f"| 4 | proposer=sobol | 2 | {tmp_path / 'never'} | — | 0 | 0 | no result: the campaign never started" in md
+    assert f"| 4 | proposer=sobol | 2 | {tmp_path / 'never'} | — | — | 0 | 0 | no result: the campaign never started" in md
     assert "| 5 | proposer=grid | 2 |" in md and "no val_bpb among 2 experiments (2 crashed); campaign failed" in md
     assert "- `6`: no campaign.json" in md
     assert "- `7`: campaign acc optimizes accuracy (maximize), not val_bpb (minimize)" in md
@@ -191,16 +191,18 @@ T0 = 1_700_000_000.0
 
 def campaign(cdir: Path, values: list[float | None], metric: str = "loss", direction: str = "minimize",
              status: str | None = "finished", step_s: float = 60.0, proposer_usd: float = 0.0,
-             hardware: list[str] | None = None, target_hardware: str | None = None) -> Path:
+             hardware: list[str] | None = None, target_hardware: str | None = None,
+             xs: list[int] | None = None) -> Path:
     """A campaign store whose experiment k (1-based) runs from T0+(k-1)*step to T0+k*step on
-    ``hardware[k-1]`` (default cpu) and gives ``values[k-1]`` (None: crashed); each costs $0.5."""
+    ``hardware[k-1]`` (default cpu) with params x=``xs[k-1]`` (default k: every config once) and
+    gives ``values[k-1]`` (None: crashed); each costs $0.5."""
     store = Store(cdir / "state.sqlite")
     store.claim(cdir.name, metric)
     store.set_meta("config", {"target": {"metric": metric, "direction": direction},
                               "campaign": {"target_hardware": target_hardware}})
     for k, v in enumerate(values, 1):
         hw = hardware[k - 1] if hardware else "cpu"
-        exp = store.create(Candidate({"x": k}, "sobol"), "w0", hw, k, cdir / "experiments")
+        exp = store.create(Candidate({"x": xs[k - 1] if xs else k}, "sobol"), "w0", hw, k, cdir / "experiments")
         store.mark_running(exp.id, f"job{k}", T0 + (k - 1) * step_s)
         state = ExperimentState.DONE if v is not None else ExperimentState.CRASHED
         store.record(Result(exp.id, state, {} if v is None else {metric: v}, hw, step_s, 0.5,
@@ -249,8 +251,43 @@ def test_ratio_column_counts_experiments_to_reach_the_winners_median(tmp_path):
     assert cc.failure_rate == 0.25 and cc.median_experiments == 2 and cc.median_spend_usd == 1.0
     assert cc.mean == 2.75 and cc.sd == pytest.approx(0.353553, rel=1e-5)
     md = (sweep / "comparison.md").read_text()
-    assert "| **proposer=a** (winner) | 2 (seeds 0,1) | 1 [1, 1] | 1 ± 0 | 1 (job 0) | 4 | 2.00 | 4.0 min | 0% | 3 | 1.00 | — |" in md
-    assert "| proposer=c | 2 (seeds 0,1) | 2.75 [2.625, 2.875] | 2.75 ± 0.354 | 2.5 (job 4) | 2 | 1.00 | 2.0 min | 25% | >2 | >0.67 | 2 of 2 |" in md
+    # every config ran once: each recommendation is its best single run, unconfirmed
+    assert ("| **proposer=a** (winner) | 2 (seeds 0,1) | 1 [1, 1] | 0 of 2 | 1 [1, 1] | 1 ± 0 | 1 (job 0) | 4 | 2.00 "
+            "| 4.0 min | 0% | 3 | 1.00 | — |") in md
+    assert ("| proposer=c | 2 (seeds 0,1) | 2.75 [2.625, 2.875] | 0 of 2 | 2.75 [2.625, 2.875] | 2.75 ± 0.354 "
+            "| 2.5 (job 4) | 2 | 1.00 | 2.0 min | 25% | >2 | >0.67 | 2 of 2 |") in md
+
+
+def test_each_strategy_shows_its_recommendations_apart_from_the_best_single_runs(tmp_path):
+    """A campaign's answer is its recommendation (the best mean of a config run twice), not its
+    luckiest run: the comparison shows both, per job and per strategy, as the summary does."""
+    sweep = tmp_path / "sweep"
+    job(sweep, 0, "a", 0, [1.0, 0.9, 0.95, 0.85], xs=[1, 2, 2, 3])  # x=2 twice: 0.925 ± 0.0354; x=3 once: 0.85
+    job(sweep, 1, "a", 1, [1.0, 0.8], xs=[1, 2])  # nothing ran twice: 0.8, unconfirmed
+    job(sweep, 2, "b", 0, [1.0, 1.0, 0.97], xs=[1, 1, 2])  # x=1 twice: 1.0 ± 0, confirmed; x=2 (0.97) ran once
+    c, paths = compare_sweep(sweep)
+    a, b = sorted(c.strategies, key=lambda s: s.label)
+    first = c.runs[0]
+    assert (first.recommended, first.recommended_n, first.recommended_confirmed, first.recommended_ids) == (
+        pytest.approx(0.925), 2, True, ["e0002", "e0003"])
+    assert first.recommended_sd == pytest.approx(0.0353553, rel=1e-5) and first.best == 0.85
+    assert (a.rec_median, a.n_confirmed, a.median) == (pytest.approx(0.8625), 1, 0.825)
+    assert (b.rec_median, b.n_confirmed) == (pytest.approx(1.0), 1)  # 1.0 ± 0 (2 runs) is confirmed, 0.97 ran once
+    md = paths[0].read_text()
+    assert f"| 0 | proposer=a | 0 | {first.campaign_dir} | 0.925 ± 0.0354 (2 runs, confirmed) | 0.85 | 4 | 0 |" in md
+    assert f"| 1 | proposer=a | 1 | {c.runs[1].campaign_dir} | 0.8 (1 run, unconfirmed) | 0.8 | 2 | 0 |" in md
+    assert "| **proposer=a** (winner) | 2 (seeds 0,1) | 0.8625 [0.83125, 0.89375] | 1 of 2 | 0.825 [0.8125, 0.8375] |" in md
+    assert "| proposer=b | 1 (seeds 0) | 1 [1, 1] | 1 of 1 | 0.97 [0.97, 0.97] |" in md
+    assert "its runs recommend loss 0.8625 (median; 1 of 2 confirmed)" in md
+    data = json.loads(paths[1].read_text())
+    strategies = {s["label"]: s for s in data["strategies"]}
+    assert strategies["proposer=a"]["rec_median"] == pytest.approx(0.8625) and strategies["proposer=a"]["n_confirmed"] == 1
+    jobs = {j["job"]: j for j in data["jobs"]}
+    assert (jobs["0"]["recommended"], jobs["0"]["recommended_n"], jobs["0"]["best"]) == (pytest.approx(0.925), 2, 0.85)
+    from hybrid.reports.compare_render import summary_text
+
+    line = next(x for x in summary_text(c, paths).splitlines() if "proposer=a" in x)
+    assert "recommended median 0.8625 [0.83125, 0.89375] (1 confirmed), best single run median 0.825" in line
 
 
 def test_maximize_ranks_the_highest_and_curves_rise(tmp_path):

@@ -16,7 +16,11 @@ and every one left out with the reason), ``comparison.json`` (the same, with the
 ``hybrid.callbacks.CompareCallback`` (registered in conf/config.yaml under ``hydra.callbacks``)
 runs it when a multirun ends. "Best" is :mod:`hybrid.history`'s: a campaign's best-so-far curve
 counts the results on its judged hardware (``campaign.target_hardware`` when it has a result,
-else the label with the most successes), as its summary does. The files are written by
+else the label with the most successes), as its summary does. Each campaign's answer is its
+*recommendation* (:func:`hybrid.noise.recommend`, as in its summary.txt): the best mean of a
+configuration confirmed by >= 2 runs there, or the best estimate marked unconfirmed; per strategy
+the median of the recommendations' means and how many were confirmed are shown beside the best
+single runs (the luckiest result of each campaign, biased under noise). The files are written by
 :mod:`hybrid.reports.compare_render`.
 """
 
@@ -35,6 +39,7 @@ from typing import Any
 
 from hybrid.errors import ConfigError, HybridError
 from hybrid.history import counted, judged_hardware, running_best
+from hybrid.noise import recommend
 from hybrid.reports.compare_render import as_json, markdown, plot, summary_text, write_atomic
 from hybrid.reports.reader import STORE_FILE, read_campaign
 from hybrid.types import Experiment, Objective
@@ -71,6 +76,11 @@ class JobRun:
     curve: list[float | None] = field(default_factory=list)  # best so far after experiment k (1-based)
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (active s, best so far) per result
     note: str = ""  # why it has no result
+    recommended: float | None = None  # the recommendation's mean (hybrid.noise.recommend; None: no result)
+    recommended_sd: float | None = None  # the sd of its runs (None: one run)
+    recommended_n: int = 0  # its runs on the judged hardware
+    recommended_confirmed: bool = False
+    recommended_ids: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> float | None:
@@ -174,6 +184,10 @@ def read_job(job: str, pointer: dict[str, Any]) -> JobRun:
     ended = sorted((e for e in exps if e.result is not None and e.ended is not None), key=lambda e: e.ended or 0.0)
     run.timeline = [(round(active(e.ended or 0.0), 3), v) for e, v in
                     zip(ended, best_so_far(ended, run.objective, judged), strict=True) if v is not None]
+    rec = recommend(exps, run.objective, hardware)
+    if rec is not None:
+        run.recommended, run.recommended_sd, run.recommended_n = rec.mean, rec.sd, rec.n
+        run.recommended_confirmed, run.recommended_ids = rec.confirmed, list(rec.runs.ids)
     if not run.elapsed_s and stamps:
         run.elapsed_s = active(max(stamps))
     if run.best is None:
@@ -199,6 +213,10 @@ class Strategy:
     sd: float | None = None
     best: float | None = None
     best_job: str | None = None
+    rec_median: float | None = None  # these three: of the recommendations' means of its runs
+    rec_q25: float | None = None
+    rec_q75: float | None = None
+    n_confirmed: int = 0  # runs whose recommendation is confirmed (>= 2 runs on the judged hardware)
     median_experiments: float = 0.0  # these three: medians over the runs that started
     median_spend_usd: float = 0.0
     median_elapsed_s: float = 0.0
@@ -242,6 +260,11 @@ def _summarize(s: Strategy, sign: float) -> None:
     done = s.with_result
     if not done:
         return
+    recs = [r.recommended for r in done if r.recommended is not None]
+    if recs:
+        q = _quantiles(np.array([sign * v for v in recs]), sign)
+        s.rec_median, s.rec_q25, s.rec_q75 = q["median"][0], q["q25"][0], q["q75"][0]
+    s.n_confirmed = sum(r.recommended_confirmed for r in done)
     bests: list[float] = [r.best for r in done]  # type: ignore[misc]
     q = _quantiles(np.array([sign * b for b in bests]), sign)
     s.median, s.q25, s.q75 = q["median"][0], q["q25"][0], q["q75"][0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hybrid.reports.plots import quiet_matplotlib_logs
 
 if TYPE_CHECKING:  # compare imports this module: the types only, for the annotations
-    from hybrid.reports.compare import Comparison
+    from hybrid.reports.compare import Comparison, JobRun, Strategy
 
 __all__ = ["as_json", "markdown", "plot", "summary_text", "write_atomic"]
 
@@ -36,6 +36,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _recommended(r: JobRun) -> str:
+    """A job's recommendation: ``0.98231 ± 0.00017 (2 runs, confirmed)``; ``—`` without a result."""
+    if r.recommended is None:
+        return "—"
+    sd = "" if r.recommended_sd is None else f" ± {r.recommended_sd:.3g}"
+    runs = f"{r.recommended_n} run{'s' * (r.recommended_n != 1)}"
+    return f"{_g(r.recommended)}{sd} ({runs}, {'confirmed' if r.recommended_confirmed else 'unconfirmed'})"
+
+
+def _rec_median(s: Strategy) -> str:
+    return "—" if s.rec_median is None else f"{_g(s.rec_median)} [{_g(s.rec_q25)}, {_g(s.rec_q75)}]"
+
+
 def markdown(c: Comparison) -> str:
     m, w = c.objective.metric, c.winner
     lines = [f"# Strategy comparison: {c.sweep_dir}", "",
@@ -44,13 +57,15 @@ def markdown(c: Comparison) -> str:
     if c.common:
         lines.append("Common overrides: " + " ".join(f"`{o}`" for o in c.common) + ".")
     if w is not None:
-        lines += ["", f"**Winner: {w.label}**: median best {m} {_g(w.median)} over {len(w.with_result)} runs, "
-                      f"reached by its median curve at experiment {w.evals_to_reach}."]
+        lines += ["", f"**Winner: {w.label}**: median best single run {m} {_g(w.median)} over {len(w.with_result)} "
+                      f"runs, reached by its median curve at experiment {w.evals_to_reach}; its runs recommend "
+                      f"{m} {_g(w.rec_median)} (median; {w.n_confirmed} of {len(w.with_result)} confirmed)."]
     else:
         lines += ["", f"No strategy has a {m} result yet."]
-    lines += ["", f"| strategy | runs | median best [q25, q75] | mean ± sd | best | experiments | spend $ | elapsed "
+    lines += ["", f"| strategy | runs | recommended: median [q25, q75] | confirmed | median best single run [q25, q75] "
+                  f"| mean ± sd | best single run | experiments | spend $ | elapsed "
                   f"| failures | to reach {_g(w.median if w else None)} | ratio | winner needs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in c.strategies:
         seeds = ",".join(str(r.seed) for r in s.runs if r.seed is not None)
         missing = len(s.runs) - len(s.with_result)
@@ -58,24 +73,31 @@ def markdown(c: Comparison) -> str:
         med = "—" if s.median is None else f"{_g(s.median)} [{_g(s.q25)}, {_g(s.q75)}]"
         mean = "—" if s.mean is None else _g(s.mean) + ("" if s.sd is None else f" ± {s.sd:.3g}")
         fails = "—" if s.failure_rate is None else f"{s.failure_rate:.0%}"
-        lines.append(f"| {f'**{_cell(s.label)}** (winner)' if s.winner else _cell(s.label)} | {runs} | {med} | {mean} "
+        confirmed = f"{s.n_confirmed} of {len(s.with_result)}" if s.with_result else "—"
+        lines.append(f"| {f'**{_cell(s.label)}** (winner)' if s.winner else _cell(s.label)} | {runs} | {_rec_median(s)} "
+                     f"| {confirmed} | {med} | {mean} "
                      f"| {'—' if s.best is None else f'{_g(s.best)} (job {s.best_job})'} | {s.median_experiments:g} "
                      f"| {s.median_spend_usd:.2f} | {_duration(s.median_elapsed_s)} | {fails} | {s.to_reach} "
                      f"| {s.ratio} | {s.winner_needs} |")
-    lines += ["", "Medians, means and curves are over the runs with a result; experiments, spend and elapsed (active "
+    lines += ["", "*Recommended*: each campaign's answer, as its summary.txt gives it: the best mean of a configuration "
+              "run at least twice on its judged hardware (*confirmed*), else its best estimate (unconfirmed); "
+              "*confirmed*: how many of the strategy's runs have a confirmed one. *Best single run*: each campaign's "
+              "luckiest result, which noise flatters; the curves, the winner and *to reach* are about it. "
+              "Medians, means and curves are over the runs with a result; experiments, spend and elapsed (active "
               "campaign time) are medians over the runs that started; failures: crashed or timed-out experiments "
               "over finished ones. *to reach*: experiments the strategy's median best-so-far curve needs to reach "
               "the winner's final median; *ratio*: that over the winner's own count (>x: not reached within its "
               "runs). *winner needs*: k of n, the winner's median curve reaches this strategy's final median after "
               "k experiments, this strategy's after n.",
               "", "![median best-so-far per strategy](comparison.png)", "", "## Jobs", "",
-              f"| job | strategy | seed | campaign dir | best {m} | experiments | failed | status |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| job | strategy | seed | campaign dir | recommended {m} | best single run {m} | experiments | failed "
+              "| status |",
+              "|---|---|---|---|---|---|---|---|---|"]
     label = {id(r): s.label for s in c.strategies for r in s.runs}
     for r in c.runs:
         status = f"no result: {r.note}" if r.best is None else r.status + (f": {r.stop_reason}" if r.stop_reason else "")
         lines.append(f"| {r.job} | {_cell(label[id(r)])} | {'' if r.seed is None else r.seed} | {r.campaign_dir} "
-                     f"| {_g(r.best)} | {r.n_experiments} | {r.n_failed} | {_cell(status)} |")
+                     f"| {_recommended(r)} | {_g(r.best)} | {r.n_experiments} | {r.n_failed} | {_cell(status)} |")
     if c.left_out:
         lines += ["", "## Not compared", ""] + [f"- `{job}`: {reason}" for job, reason in c.left_out]
     return "\n".join(lines) + "\n"
@@ -145,7 +167,8 @@ def summary_text(c: Comparison, paths: Sequence[Path]) -> str:
              f"{c.objective.metric} ({c.objective.direction}):"]
     width = max(len(s.label) for s in c.strategies)
     for s in c.strategies:
-        med = "no result" if s.median is None else f"median {_g(s.median)} [{_g(s.q25)}, {_g(s.q75)}]"
+        med = ("no result" if s.median is None else f"recommended median {_rec_median(s)} ({s.n_confirmed} "
+               f"confirmed), best single run median {_g(s.median)} [{_g(s.q25)}, {_g(s.q75)}]")
         lines.append(f"  {s.label:<{width}}  {len(s.with_result)}/{len(s.runs)} runs  {med}  to reach "
                      f"{s.to_reach} (ratio {s.ratio})" + ("  <- winner" if s.winner else ""))
     if c.left_out:
