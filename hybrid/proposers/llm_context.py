@@ -1,7 +1,11 @@
 """What the LLM proposer shows Claude: a bounded summary of the campaign, and the tool it answers with.
 
 The prompt never grows with the campaign. It holds the research program, the space, the
-baseline, the best results, the most recent ones, what is running, per-parameter effect
+baseline, the recommendation so far (:func:`hybrid.noise.recommend`: the best mean of a
+configuration run at least twice, as mean ± sd, n runs), the run-to-run noise per hardware
+(:func:`hybrid.noise.noise_by_hardware`, sd with its interval and degrees of freedom) and which
+results are within noise of the best (less than 2 sd, :func:`hybrid.noise.significant`), the best
+results, the most recent ones, what is running, per-parameter effect
 estimates, hardware statistics, failure regions, the LLM's own earlier hypotheses with their
 outcomes and its rejected proposals, each section cut to a number of rows; with a warm start
 (``campaign.warm_start``) also the earlier campaigns' results, in a section of their own and
@@ -46,6 +50,7 @@ from hybrid.history import (
     throughput,
 )
 from hybrid.history import fmt_value as _fmt_value
+from hybrid.noise import SIGNIFICANT_SIGMAS, Noise, noise_by_hardware, noise_on, recommend, significant
 from hybrid.secrets import scrub
 from hybrid.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from hybrid.types import Candidate, Experiment, Objective
@@ -217,6 +222,14 @@ def hardware_lines(objective: Objective, finished: Sequence[Experiment], offsets
     return lines
 
 
+def _noise_row(n: Noise) -> str:
+    if n.sd is None:
+        return f"{n.hardware}: not measured (no configuration succeeded twice there)"
+    interval = "" if n.sd == 0 else f", 95% interval [{n.low:.3g}, {n.high:.3g}]"
+    return (f"{n.hardware}: sd {n.sd:.3g}{interval} ({n.dof} degrees of freedom from {n.n_configs} configuration"
+            f"{'s' * (n.n_configs != 1)} run more than once)")
+
+
 def failure_kind(e: Experiment) -> str:
     """The failure kind's label in the prompt: oom, timeout, crash, no_metric, lost, cancelled."""
     return str(failure_of(e) or "crash")
@@ -280,10 +293,10 @@ class Prompt:
 
 
 # rows per section before shrinking to fit
-DEFAULT_LIMITS = {"top": 10, "prior": 10, "recent": 12, "running": 16, "failures": 5, "regions": 8,
+DEFAULT_LIMITS = {"noise": 8, "top": 10, "prior": 10, "recent": 12, "running": 16, "failures": 5, "regions": 8,
                   "hypotheses": 12, "rejections": 8, "queued": 8, "effects": 64, "hardware": 8,
                   "variants": 16, "variant_rejections": 8}
-_MIN_LIMITS = {"top": 3, "prior": 3, "recent": 3}
+_MIN_LIMITS = {"noise": 2, "top": 3, "prior": 3, "recent": 3}
 
 
 class PromptBuilder:
@@ -308,7 +321,11 @@ class PromptBuilder:
         top = best(finished, obj)
         self.best = (top, top.value(m)) if top is not None else None
         self.base_value = base.value(m) if base is not None else None
+        self.noise = noise_by_hardware(finished, obj)  # this campaign's own runs: priors ran under other noise
+        self.best_sd = noise_on(self.noise, top.hardware) if top is not None else None
+        self.rec = recommend(finished, obj)
         sec: dict[str, list[str]] = {}
+        sec["noise"] = [_noise_row(n) for _, n in sorted(self.noise.items())]
         sec["top"] = [self._row(e, v) for e, v in by_value[: DEFAULT_LIMITS["top"]]]
         recent = sorted(finished, key=lambda e: (e.ended or 0.0, e.seq))[-DEFAULT_LIMITS["recent"]:]
         sec["recent"] = [self._row(e, e.value(m)) for e in reversed(recent)]
@@ -352,7 +369,37 @@ class PromptBuilder:
             at_least = "≥" if self.inp.objective.direction == "minimize" else "≤"
             value = f"pruned (its curve predicted {at_least} {bound:.6f})"
         source = e.prior.source if e.prior is not None else e.source  # a prior: its label in its campaign
-        return f"{e.id} {value} on {e.hardware} [{source}]{_code(e)} {_params(e.params, self.ref)}"
+        return f"{e.id} {value}{self._mark(e, v)} on {e.hardware} [{source}]{_code(e)} {_params(e.params, self.ref)}"
+
+    def _mark(self, e: Experiment, v: float | None) -> str:
+        """`` (within noise of the best)`` for this campaign's results on the best's hardware that differ
+        from it by less than 2 sd; "" otherwise (the best itself, or no sd known)."""
+        if (v is None or self.best is None or e.prior is not None or e is self.best[0]
+                or e.hardware != self.best[0].hardware):
+            return ""
+        return " (within noise of the best)" if significant(v - self.best[1], self.best_sd) is False else ""
+
+    def _noise_head(self) -> list[str]:
+        """What the noise means for the rows below (the section's head)."""
+        m = self.inp.objective.metric
+        k = f"{SIGNIFICANT_SIGMAS:g} sd"
+        if self.best is None or self.best_sd is None:
+            return ["Not measured yet: no configuration has succeeded twice on one hardware (the campaign re-runs "
+                    "some itself). Until it is, a small difference between two results may be noise."]
+        band = f"{SIGNIFICANT_SIGMAS * self.best_sd:.3g}"
+        return [f"Two results that differ by less than {k} ({band} {m} on {self.best[0].hardware}) are within noise: "
+                "no evidence that one configuration is better. Rows marked 'within noise of the best' are not "
+                "distinguishable from the best; to separate them, re-run one or test a larger change."]
+
+    def _recommended(self) -> str:
+        m = self.inp.objective.metric
+        r = self.rec
+        if r is None:
+            return ""
+        sd = "" if r.sd is None else f" ± {r.sd:.3g}"
+        status = "confirmed" if r.confirmed else f"unconfirmed: {r.note}"
+        return (f"Recommended so far (the best mean of a configuration run at least twice): {m} {r.mean:.6f}{sd} "
+                f"({r.n} run{'s' * (r.n != 1)}: {', '.join(r.runs.ids)}) on {r.hardware}, {status}.")
 
     def _prior_head(self, priors: Sequence[Experiment], own: Sequence[Experiment]) -> list[str]:
         """One line per earlier campaign (results, failures, best), and which experiment is the
@@ -404,8 +451,12 @@ class PromptBuilder:
         base_v = "running" if self.base_value is None else f"{self.base_value:.6f}"
         out += ["## Campaign",
                 f"{self.n_total} experiments: {self.n_done} succeeded, {self.n_failed} failed "
-                f"({self.failure_counts}), {self.n_running} running. Best {m}: {best}. Baseline: {base_v}.",
-                "", "## Baseline configuration", _params(self.ref, None), ""]
+                f"({self.failure_counts}), {self.n_running} running. Best {m}: {best}. Baseline: {base_v}."]
+        out += [r for r in [self._recommended()] if r]
+        out += ["", "## Baseline configuration", _params(self.ref, None), ""]
+        if sec["noise"]:
+            section(f"Run-to-run noise of {m} (sd per hardware, from configurations run more than once)", "noise",
+                    head=self._noise_head())
         section("Results from earlier campaigns (warm start: the same target, run before this campaign; prior "
                 "data, not counted above)", "prior", head=self.prior_head)
         section("Best results (parameters that differ from the baseline)", "top", "none yet")

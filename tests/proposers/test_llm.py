@@ -365,3 +365,42 @@ def test_cli_proposer_llm_without_a_key_exits_2_with_one_line(tmp_path: Path) ->
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ConfigError: proposer=llm: ANTHROPIC_API_KEY is not set")
     assert not list(tmp_path.rglob("state.sqlite"))
+
+
+def noisy_history() -> list[Experiment]:
+    """The baseline and the incumbent each run twice (sd sqrt(2e-6) = 0.00141 on 2 dof), a result
+    within 2 sd of the best and one far behind it."""
+    return [baseline(SPACE, 1.0), experiment(2, INCUMBENT, value=0.9, source="tpe"),
+            experiment(3, SPACE.defaults(), value=1.002, source="replicate"),
+            experiment(4, {**INCUMBENT, "warmup_ratio": 0.06}, value=0.901, source="llm"),
+            experiment(5, INCUMBENT, value=0.902, source="replicate"),
+            experiment(6, {**INCUMBENT, "depth": 6}, value=0.95, source="sobol")]
+
+
+def test_the_prompt_states_the_noise_the_recommendation_and_what_is_within_noise_of_the_best() -> None:
+    p, fake = make([tool_reply([item({"depth": 12})])])
+    p.propose(noisy_history(), 4)
+    prompt = user_prompt(fake)
+    assert ("Recommended so far (the best mean of a configuration run at least twice): val_bpb 0.901000 ± 0.00141 "
+            "(2 runs: e0002, e0005) on cpu, confirmed.") in prompt
+    noise = prompt.split("## Run-to-run noise of val_bpb (sd per hardware, from configurations run more than once)\n")[1]
+    noise = noise.split("\n\n")[0].splitlines()
+    assert noise[0].startswith("Two results that differ by less than 2 sd (0.00283 val_bpb on cpu) are within noise")
+    assert noise[1].startswith("- cpu: sd 0.00141, 95% interval [0.000") and noise[1].endswith(
+        "(2 degrees of freedom from 2 configurations run more than once)")
+    top = prompt.split("## Best results")[1].split("\n\n")[0]
+    assert "- e0002 0.900000 on cpu [tpe]" in top  # the best itself
+    assert "- e0004 0.901000 (within noise of the best) on cpu [llm]" in top
+    assert "- e0005 0.902000 (within noise of the best) on cpu [replicate]" in top
+    assert "- e0006 0.950000 on cpu [sobol]" in top  # 0.05 behind: beyond the noise
+
+
+def test_without_replicates_the_prompt_says_the_noise_is_not_measured_and_marks_nothing() -> None:
+    p, fake = make([tool_reply([item({"depth": 12})])])
+    p.propose(history(), 4)
+    prompt = user_prompt(fake)
+    assert "Not measured yet: no configuration has succeeded twice on one hardware" in prompt
+    assert "- cpu: not measured (no configuration succeeded twice there)" in prompt
+    assert "within noise of the best" not in prompt
+    assert ("Recommended so far (the best mean of a configuration run at least twice): val_bpb 0.900000 (1 run: "
+            "e0002) on cpu, unconfirmed: no configuration ran 2 times on cpu") in prompt
