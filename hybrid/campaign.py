@@ -25,7 +25,7 @@ from backends.base import Backend, Finished, RunSpec, Worker
 from backends.workdir import snapshot
 from hybrid import history, targets
 from hybrid.config import Mode, OnInterrupt
-from hybrid.confirming import Repeats
+from hybrid.confirming import GPEstimates, Repeats
 from hybrid.errors import BackendError
 from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
@@ -64,7 +64,7 @@ from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Re
 from hybrid.variant_book import VariantBook
 from hybrid.variants import VariantRejected
 from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
-from surrogate.acquisition import InOrderRanker, Ranker
+from surrogate.acquisition import GPRanker, InOrderRanker, Ranker
 from surrogate.pruning import PruningRule
 
 
@@ -141,7 +141,12 @@ class Campaign:
         self.follow_interval_s = follow_interval_s  # how often running jobs' progress lines are read
         self.pruning = pruning  # None: no run is stopped early (pruning=none)
         # the runs it repeats on its own (hybrid/confirming.py); 0 and 0: none (the CLI's config: 1 and 3)
-        self.repeats = Repeats(self.objective, target_hardware, replicates, confirm_top_k)
+        estimator = None
+        if isinstance(self.ranker, GPRanker):  # surrogate=gp: the GP's estimates rank what to confirm and recommend
+            estimator = GPEstimates(space, self.objective, target_hardware,
+                                    lambda: self.book.parents() if self.book is not None else None,
+                                    getattr(self.ranker, "seed", 0))
+        self.repeats = Repeats(self.objective, target_hardware, replicates, confirm_top_k, estimator)
         self._soft_stop = False  # the stop reason ends exploration only: confirmations may still run
         self.ranker.set_wave_shares(proposer.wave_shares)  # e.g. the LLM's share of each wave
         self.pool = CandidatePool(proposer, space, prefetch_pool, self.ranker.pool_size(1), self.progress.message)
@@ -514,7 +519,8 @@ class Campaign:
 
     def _recommended(self, exps: Sequence[Experiment]) -> str | None:
         """The live view's recommendation: shown once confirmed (before, it is the best single run)."""
-        rec = recommend(exps, self.objective, self.target_hardware)
+        last = self.repeats.estimator.last if isinstance(self.repeats.estimator, GPEstimates) else None
+        rec = recommend(exps, self.objective, self.target_hardware, estimates=last)
         if rec is None or not rec.confirmed:
             return None
         return f"{rec.estimate()} by {', '.join(rec.runs.ids[:3])}{'...' if rec.n > 3 else ''}"
@@ -569,8 +575,10 @@ class Campaign:
         self._proposer_events()
         exps = self.store.experiments()
         gp_noise = self._gp_noise(exps)
+        estimates = self.repeats.estimates(exps)  # the GP's posterior means: what the recommendation ranks by
+        self.store.set_meta("gp_estimates", dict(estimates or {}))
         summary = summarize(self.name, exps, self.objective, reason, elapsed, self.target_hardware,
-                            self._proposer_usd, gp_noise)
+                            self._proposer_usd, gp_noise, estimates)
         artifacts = [self.dir / "results.tsv", *write_summary(self.dir, summary)]
         if write_hypotheses_md(self.dir / "hypotheses.md", exps, self.objective):
             artifacts.append(self.dir / "hypotheses.md")

@@ -338,7 +338,7 @@ class CampaignSection:
     # target-hardware workers before anything new goes there (0: off; needs target_hardware)
     validate_top_k: int = 0
     # run-to-run noise: the baseline runs this many times more early on, and a new incumbent that
-    # wins by less than 3 noise sd runs again (up to this many times); 0: no replicates (hybrid/confirming.py)
+    # wins by less than 2 noise sd (within noise) runs again (up to this many times); 0: no replicates (hybrid/confirming.py)
     replicates: int = 1
     # the recommendation: before the budget ends (or a cost-aware stop), the k configurations with the
     # best mean on the judged hardware are re-run there until each has 2 successful runs (0: off)

@@ -6,7 +6,8 @@ of the top configurations before the budget ends (issue 16; the estimates are hy
   less than ``INCUMBENT_SIGMAS`` x the measured noise runs again (at most ``replicates`` times),
   so a lucky draw is caught while the campaign can still act on it. Source ``replicate``.
 - **Confirmation** (``campaign.confirm_top_k``, default 3): the ``k`` configurations with the best
-  mean on the judged hardware are run there until each has ``noise.MIN_RUNS`` successes (source
+  estimate on the judged hardware (the GP's posterior mean with ``surrogate=gp``, :class:`GPEstimates`;
+  else their runs' mean) are run there until each has ``noise.MIN_RUNS`` successes (source
   ``confirm``). It starts when what is left of the budget (experiments, USD or hours, whichever
   caps it) is what the confirmations need, or when a soft stop (the cost-aware rule, an exhausted
   space) ends the exploration; from then on only confirmations are dispatched, on the judged
@@ -19,17 +20,20 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import Worker
 from hybrid import history, noise
+from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress
 from hybrid.types import Candidate, Experiment, ExperimentState, Objective
 
-__all__ = ["INCUMBENT_SIGMAS", "MAX_CONFIRM_ATTEMPTS", "Repeats"]
+__all__ = ["INCUMBENT_SIGMAS", "MAX_CONFIRM_ATTEMPTS", "GPEstimates", "Repeats"]
 
-INCUMBENT_SIGMAS = 3.0  # an incumbent that wins by less than this many sd is run again
+Estimator = Callable[[Sequence[Experiment]], "noise.Estimates | None"]
+
+INCUMBENT_SIGMAS = noise.SIGNIFICANT_SIGMAS  # an incumbent that wins by less (within noise) is run again
 MAX_CONFIRM_ATTEMPTS = noise.MIN_RUNS + 1  # confirming runs of one config before it is given up
 
 
@@ -41,6 +45,10 @@ class Repeats:
     target_hardware: str | None = None
     replicates: int = 1
     confirm_top_k: int = 3
+    estimator: Estimator | None = None  # the GP's estimates (GPEstimates) with surrogate=gp: which to confirm
+
+    def estimates(self, exps: Sequence[Experiment]) -> noise.Estimates | None:
+        return None if self.estimator is None else self.estimator(exps)
 
     # ---- replicates -------------------------------------------------------------------------------
     def replicate_picks(self, exps: Sequence[Experiment], free: Sequence[Worker]) -> list[tuple[Candidate, Worker]]:
@@ -95,17 +103,20 @@ class Repeats:
                    and noise.config_key(e) == key)
 
     # ---- confirmation -----------------------------------------------------------------------------
-    def _todo(self, exps: Sequence[Experiment]) -> list[tuple[noise.ConfigRuns, int]]:
-        """(config, runs it still lacks) of the top-k, those given up left out."""
+    def _todo(self, exps: Sequence[Experiment], model: bool = True) -> list[tuple[noise.ConfigRuns, int]]:
+        """(config, runs it still lacks) of the top-k (ranked by the GP's estimates unless
+        ``model`` is False: the cheap count), those given up left out."""
         out = []
-        for c, lacking in noise.to_confirm(exps, self.objective, self.target_hardware, self.confirm_top_k):
+        est = self.estimates(exps) if model else None
+        for c, lacking in noise.to_confirm(exps, self.objective, self.target_hardware, self.confirm_top_k,
+                                           estimates=est):
             tried = self._repeats(exps, c.first, ("confirm",))
             out.append((c, min(lacking, MAX_CONFIRM_ATTEMPTS - tried)))
         return [(c, n) for c, n in out if n > 0]
 
-    def needed(self, exps: Sequence[Experiment]) -> int:
-        """Confirming runs still to dispatch."""
-        return sum(n for _, n in self._todo(exps))
+    def needed(self, exps: Sequence[Experiment], model: bool = False) -> int:
+        """Confirming runs still to dispatch (``model``: of the top-k by the GP's estimates)."""
+        return sum(n for _, n in self._todo(exps, model))
 
     def hardware(self, exps: Sequence[Experiment]) -> str | None:
         """Where the confirmations run: the judged hardware."""
@@ -151,7 +162,34 @@ class Repeats:
     def can_confirm(self, exps: Sequence[Experiment], workers: Sequence[Worker]) -> bool:
         """Confirmations are due and the fleet has a worker where they run."""
         hw = self.hardware(exps)
-        return self.needed(exps) > 0 and any(w.hardware == hw for w in workers)
+        return any(w.hardware == hw for w in workers) and self.needed(exps, model=True) > 0
+
+
+class GPEstimates:
+    """The GP's posterior mean at every configuration run (surrogate/estimates.py), refitted only
+    when a new success arrived: the confirmation phase asks at each of its few dispatches."""
+
+    def __init__(self, space: SearchSpace, objective: Objective, target_hardware: str | None,
+                 parents: Callable[[], Mapping[str, str | None] | None], seed: int = 0) -> None:
+        self.space, self.objective, self.target_hardware = space, objective, target_hardware
+        self.parents, self.seed = parents, seed
+        self._key: tuple[str, ...] | None = None
+        self._value: noise.Estimates | None = None
+
+    @property
+    def last(self) -> noise.Estimates | None:
+        """The estimates computed last (no fit): for the live view."""
+        return self._value
+
+    def __call__(self, exps: Sequence[Experiment]) -> noise.Estimates | None:
+        key = tuple(e.id for e, _ in history.successes(history.own(exps), self.objective))
+        if key != self._key:
+            from surrogate.estimates import posterior_means  # torch: only once it is needed
+
+            self._value = posterior_means(self.space, self.objective, exps, self.target_hardware, self.parents(),
+                                          self.seed)
+            self._key = key
+        return self._value
 
 
 def _again(e: Experiment, source: str, why: str) -> Candidate:

@@ -6,11 +6,13 @@
   baseline again early on, an incumbent that won by little, the confirmation of the top configs).
 - ``recommend``: the campaign's answer. Not the luckiest single run (the lowest of hundreds of
   noisy runs is biased low: the winner's curse) but the configuration (params and code variant)
-  with the best mean on the judged hardware (``history.judged_hardware``) among those that ran
-  there at least ``MIN_RUNS`` times: *confirmed*. Without such a configuration the best mean of
+  with the best estimated mean on the judged hardware (``history.judged_hardware``) among those
+  that ran there at least ``MIN_RUNS`` times: *confirmed*. The estimate is the GP's posterior mean
+  when the campaign has one (``surrogate/estimates.py``: it pools neighbours and knows the noise),
+  else the runs' own mean; what is shown is always the runs' mean ± sd (n runs). Without such a configuration the best mean of
   any (a single run, then) is recommended and marked unconfirmed, with the reason.
-- ``to_confirm``: the top configurations on the judged hardware that still lack runs to be
-  confirmed: what the confirmation phase (hybrid/confirming.py) re-runs.
+- ``to_confirm``: the top configurations on the judged hardware that could still be the best and
+  lack runs to be confirmed: what the confirmation phase (hybrid/confirming.py) re-runs.
 - ``significant``: whether a difference is beyond the noise (``SIGNIFICANT_SIGMAS`` x sd), the
   rule findings.md, the progress plot and the LLM prompt apply.
 
@@ -29,12 +31,14 @@ from hybrid import history
 from hybrid.types import Experiment, ExperimentState, Objective
 
 __all__ = [
-    "MIN_RUNS", "SIGNIFICANT_SIGMAS", "ConfigRuns", "Noise", "Recommendation", "config_key", "config_runs",
+    "MIN_RUNS", "SIGNIFICANT_SIGMAS", "ConfigRuns", "Estimates", "Noise", "Recommendation", "config_key", "config_runs",
+    "estimate_of",
     "noise_by_hardware", "noise_on", "recommend", "significant", "to_confirm",
 ]
 
 MIN_RUNS = 2  # runs on the judged hardware that make a recommendation "confirmed"
 SIGNIFICANT_SIGMAS = 2.0  # a difference below this many sd is within the noise
+PLAUSIBLE_SIGMAS = 2 * math.sqrt(2)  # a config this many sd behind the best (two sd of a difference) is not confirmed
 REPLICATE_SOURCES = ("replicate", "confirm")  # sources of the runs the campaign repeats itself
 
 
@@ -178,7 +182,8 @@ class Recommendation:
     runs: ConfigRuns
     confirmed: bool
     note: str = ""  # why it is unconfirmed, or what else a reader should know
-    ranked: tuple[ConfigRuns, ...] = field(default=(), repr=False)  # every config on its hardware, best mean first
+    ranked: tuple[ConfigRuns, ...] = field(default=(), repr=False)  # every config on its hardware, best first
+    model_mean: float | None = None  # the GP's posterior mean at it, when the ranking used the GP
 
     @property
     def hardware(self) -> str:
@@ -206,22 +211,39 @@ class Recommendation:
     def as_dict(self, objective: Objective) -> dict[str, Any]:
         return {"experiment_ids": list(self.runs.ids), "params": self.runs.params, "variant": self.runs.variant,
                 "hardware": self.hardware, "metric": objective.metric, "mean": self.mean, "sd": self.sd, "n": self.n,
-                "confirmed": self.confirmed, "note": self.note}
+                "confirmed": self.confirmed, "gp_mean": self.model_mean, "note": self.note}
 
 
-def _ranked(configs: Sequence[ConfigRuns], objective: Objective) -> list[ConfigRuns]:
-    """Best mean first; a tie goes to the configuration with more runs, then the earliest."""
+Estimates = Mapping[str, float]  # experiment id -> the GP's posterior mean at its config (surrogate/estimates.py)
+
+
+def estimate_of(c: ConfigRuns, estimates: Estimates | None) -> float | None:
+    """The model's estimate of a configuration (its runs share it), None when not given."""
+    if not estimates:
+        return None
+    values = [estimates[i] for i in c.ids if i in estimates]
+    return statistics.fmean(values) if values else None
+
+
+def _ranked(configs: Sequence[ConfigRuns], objective: Objective, estimates: Estimates | None = None) -> list[ConfigRuns]:
+    """Best first: by the model's estimate when every config has one (the GP's posterior mean
+    pools neighbours and knows the noise), else by the runs' mean; a tie goes to the configuration
+    with more runs, then the earliest."""
     order = {c.first.seq: i for i, c in enumerate(configs)}
-    return sorted(configs, key=lambda c: (objective.sign() * c.mean, -c.n, order[c.first.seq]))
+    est = {c.first.seq: estimate_of(c, estimates) for c in configs}
+    use = bool(configs) and all(v is not None for v in est.values())
+    return sorted(configs, key=lambda c: (objective.sign() * (est[c.first.seq] if use else c.mean),  # type: ignore[operator]
+                                          -c.n, order[c.first.seq]))
 
 
 def recommend(exps: Sequence[Experiment], objective: Objective, target_hardware: str | None = None,
-              min_runs: int = MIN_RUNS) -> Recommendation | None:
-    """The recommended configuration (module docstring); None without any success."""
+              min_runs: int = MIN_RUNS, estimates: Estimates | None = None) -> Recommendation | None:
+    """The recommended configuration (module docstring); None without any success. ``estimates``:
+    the GP's posterior means (surrogate/estimates.py): configs are ranked by them when given."""
     hw = history.judged_hardware(history.own(exps), objective, target_hardware)
     if hw is None:
         return None
-    ranked = _ranked(config_runs(exps, objective, hw), objective)
+    ranked = _ranked(config_runs(exps, objective, hw), objective, estimates)
     confirmed = [c for c in ranked if c.n >= min_runs]
     if confirmed:
         top = confirmed[0]
@@ -229,25 +251,35 @@ def recommend(exps: Sequence[Experiment], objective: Objective, target_hardware:
         if ranked[0] is not top:
             note = (f"{len(ranked) - len(confirmed)} configs ran once on {hw}; the best of them "
                     f"({ranked[0].first.id}: {history.fmt_value(ranked[0].mean)}) is not confirmed")
-        return Recommendation(top, True, note, tuple(ranked))
+        return Recommendation(top, True, note, tuple(ranked), estimate_of(top, estimates))
     if target_hardware is not None and hw != target_hardware:
         note = f"no success on the target hardware {target_hardware} yet: judged on {hw}"
     else:
         note = f"no configuration ran {min_runs} times on {hw}: the best estimate is a single run"
-    return Recommendation(ranked[0], False, note, tuple(ranked))
+    return Recommendation(ranked[0], False, note, tuple(ranked), estimate_of(ranked[0], estimates))
+
+
+def _value(c: ConfigRuns, estimates: Estimates | None) -> float:
+    est = estimate_of(c, estimates)
+    return c.mean if est is None else est
 
 
 def to_confirm(exps: Sequence[Experiment], objective: Objective, target_hardware: str | None, top_k: int,
-               min_runs: int = MIN_RUNS) -> list[tuple[ConfigRuns, int]]:
-    """The ``top_k`` best configurations (by mean) on the judged hardware, each with the number of
-    runs it still lacks to be confirmed, counting the ones running or queued now (only those
-    lacking any). Runs that crashed, were pruned or cancelled do not count: the config is run again."""
+               min_runs: int = MIN_RUNS, estimates: Estimates | None = None) -> list[tuple[ConfigRuns, int]]:
+    """The ``top_k`` best configurations (by estimate, else mean) on the judged hardware that could
+    still be the best (within ``PLAUSIBLE_SIGMAS`` x the noise sd of the first, when it is known),
+    each with the number of runs it still lacks to be confirmed, counting the ones running or
+    queued now (only those lacking any). Runs that crashed, were pruned or cancelled do not count:
+    the config is run again."""
     if top_k <= 0:
         return []
     hw = history.judged_hardware(history.own(exps), objective, target_hardware)
     if hw is None:
         return []
-    top = _ranked(config_runs(exps, objective, hw), objective)[:top_k]
+    ranked = _ranked(config_runs(exps, objective, hw), objective, estimates)
+    sd = noise_on(noise_by_hardware(exps, objective), hw)
+    top = [c for c in ranked[:top_k] if sd is None or c is ranked[0]
+           or abs(_value(c, estimates) - _value(ranked[0], estimates)) <= PLAUSIBLE_SIGMAS * sd]
     pending: dict[tuple[str | None, str], int] = {}
     for e in history.own(exps):
         if e.hardware == hw and e.state in (ExperimentState.PENDING, ExperimentState.RUNNING):

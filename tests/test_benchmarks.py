@@ -106,7 +106,7 @@ def test_hybrid_arm_runs_the_product_loop_and_reports(tmp_path) -> None:
                           hourly_usd=2.5, metric="loss")
     exps = Store(tmp_path / "h" / "state.sqlite").experiments()
     assert [e.id for e in exps] == [e.id for e in product.experiments] and len(exps) == 12
-    assert exps[0].source == "baseline" and {e.source for e in exps[1:]} <= {"tpe", "local", "sobol", "grid"}
+    assert exps[0].source == "baseline" and {e.source for e in exps[1:]} <= {"tpe", "local", "sobol", "grid", "replicate", "confirm"}
     assert product.campaign.stop_reason == "budget.max_experiments reached (12)"
     run = _product_result(problem, "hybrid", 0, product)
     assert len(run.regret) == 12 and _non_increasing_and_non_negative(run.regret)

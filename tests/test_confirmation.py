@@ -93,7 +93,7 @@ def summary_json(c: Campaign) -> dict:
     return json.loads((c.dir / "summary.json").read_text())
 
 
-CONFIGS = [{"x": 3.0}, {"x": 1.0}, {"x": 2.0}, {"x": 4.0}, {"x": 1.5}, {"x": 2.5}]
+CONFIGS = [{"x": 3.0}, {"x": 1.0}, {"x": 2.0}, {"x": 4.0}, {"x": 1.01}, {"x": 2.5}]  # x=1 and 1.01: within noise
 
 
 def test_the_baseline_runs_twice_and_the_budgets_last_runs_confirm_the_top_configs(tmp_path: Path) -> None:
@@ -101,23 +101,23 @@ def test_the_baseline_runs_twice_and_the_budgets_last_runs_confirm_the_top_confi
     s = c.run()
     got = [(src, x) for src, x, _ in sources(c)]
     assert got == [("baseline", "x=5"), ("replicate", "x=5"),  # the noise, early on
-                   ("list", "x=3"), ("list", "x=1"), ("list", "x=2"), ("list", "x=4"), ("list", "x=1.5"),
-                   ("confirm", "x=1"), ("confirm", "x=1.5")]  # the budget's last 2: the top 2 again
+                   ("list", "x=3"), ("list", "x=1"), ("list", "x=2"), ("list", "x=4"), ("list", "x=1.01"),
+                   ("confirm", "x=1.01"), ("confirm", "x=1")]  # the budget's last 2: the top 2 again, best first
     rec = s.recommendation
-    assert rec is not None and rec.confirmed and rec.n == 2 and rec.runs.params["x"] == 1.0
-    assert rec.runs.ids == ("e0004", "e0008")
+    assert rec is not None and rec.confirmed and rec.n == 2 and rec.runs.params["x"] == 1.01
+    assert rec.runs.ids == ("e0007", "e0008") and rec.mean == pytest.approx((1.0035 + 0.9982) / 2, abs=1e-4)
     j = summary_json(c)
-    assert j["recommended"]["experiment_ids"] == ["e0004", "e0008"] and j["recommended"]["confirmed"] is True
+    assert j["recommended"]["experiment_ids"] == list(rec.runs.ids) and j["recommended"]["confirmed"] is True
     assert j["recommended"]["n"] == 2 and j["recommended"]["mean"] == pytest.approx(rec.mean)
     assert j["recommended"]["params"] == dict(rec.runs.params) and j["recommended"]["hardware"] == "cpu"
     assert j["best_observed"]["value"] == min(v for _, _, v in sources(c) if v is not None)
     assert j["baseline"]["experiment_ids"] == ["e0001", "e0002"] and j["baseline"]["n"] == 2
-    cpu = j["noise"]["cpu"]  # 3 replicated configs: baseline, x=1, x=1.5
+    cpu = j["noise"]["cpu"]  # 3 replicated configs: baseline, x=1, x=1.01
     assert cpu["dof"] == 3 and cpu["n_configs"] == 3 and 0 < cpu["interval_95"][0] < cpu["sd"] < cpu["interval_95"][1]
     assert cpu["sd"] < 0.1  # the noise is uniform on +-0.05: sd ~0.029
     assert j["stop_reason"] == "budget.max_experiments reached (9)" and j["spend_usd"] > 0
     text = (c.dir / "summary.txt").read_text().splitlines()
-    assert text[2].startswith(f"  recommended: val_bpb {rec.estimate()} by e0004, e0008 on cpu, ")
+    assert text[2].startswith(f"  recommended: val_bpb {rec.estimate()} by {', '.join(rec.runs.ids)} on cpu, ")
     assert any(line.startswith("  best single run: val_bpb ") for line in text)
     assert text[-1].startswith("  noise sd: cpu ") and "(3 dof from 3 configs)" in text[-1]
 
@@ -184,16 +184,23 @@ def test_confirmations_go_to_the_target_hardware_and_only_its_runs_count(tmp_pat
 
 
 def test_a_soft_stop_confirms_the_top_configs_before_the_campaign_ends(tmp_path: Path) -> None:
-    c = campaign(tmp_path, CONFIGS[:2], None, confirm_top_k=2)  # no cap: the proposer runs dry
+    c = campaign(tmp_path, [{"x": 3.0}, {"x": 1.0}, {"x": 1.01}], None, confirm_top_k=3)  # no cap: the proposer runs dry
     s = c.run()
-    got = [(src, x) for src, x, _ in sources(c)]
-    assert got == [("baseline", "x=5"), ("replicate", "x=5"), ("list", "x=3"), ("list", "x=1"),
-                   ("confirm", "x=1"), ("confirm", "x=3")]
+    got = [(src, x, round(v, 4)) for src, x, v in sources(c)]
+    assert got == [("baseline", "x=5", 5.0191), ("replicate", "x=5", 4.9585),  # the noise: sd 0.043
+                   ("list", "x=3", 2.9957), ("list", "x=1", 1.0195),
+                   ("list", "x=1.01", 0.9784),  # a new best by 0.041 < 2 sd: within noise...
+                   ("replicate", "x=1.01", 1.0493),  # ...so it runs again: mean 1.0139
+                   ("confirm", "x=1", 0.9935)]  # exhausted: the top configs confirmed (x=3 is far behind: not)
     assert s.stop_reason.startswith("search space exhausted")
-    assert s.recommendation is not None and s.recommendation.confirmed and s.recommendation.runs.params["x"] == 1.0
+    rec = s.recommendation  # the luckiest run (0.9784) is not the answer: x=1's mean 1.0065 is
+    assert rec is not None and rec.confirmed and rec.runs.ids == ("e0004", "e0007") and s.best_id == "e0005"
+    text = (c.dir / "summary.txt").read_text()
+    assert "  recommended: val_bpb 1.00652 ± 0.0184 (2 runs) by e0004, e0007 on cpu, " in text
+    assert "  best single run: val_bpb 0.97841 by e0005 on cpu (differs from the recommended in x=1.01)\n" in text
 
 
-SLOW = [{"x": 3.0, "sleep": 1.0}, {"x": 1.0, "sleep": 1.0}, {"x": 2.0, "sleep": 1.0}]
+SLOW = [{"x": 3.0, "sleep": 1.0}, {"x": 1.0, "sleep": 1.0}, {"x": 1.01, "sleep": 1.0}]
 
 
 def kill_script(root: str) -> None:  # run by the orchestrator process the test kills
@@ -222,8 +229,12 @@ def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repea
     again = campaign(tmp_path, SLOW, 7, workers=2, confirm_top_k=2)
     s = again.run()
     exps = again.experiments()
-    assert len(exps) == 7 and all(e.state is ExperimentState.DONE for e in exps)
-    assert not any(e.requeued for e in exps)  # re-attached, not lost and run again
-    confirms = [e for e in exps if e.source == "confirm"]
-    assert sorted(e.params["x"] for e in confirms) == [1.0, 2.0]  # each top config confirmed once
+    counted = [e for e in exps if not e.requeued]
+    assert len(counted) == 7 and all(e.state is ExperimentState.DONE for e in counted)
+    running = {e.id for e in confirming}
+    assert all(not e.requeued for e in exps if e.id in running)  # the running confirmations were re-attached
+    # one created but not yet submitted when the orchestrator died is run again (and counts once)
+    assert all(e.value("val_bpb") is None and e.id not in running for e in exps if e.requeued)
+    confirms = [e for e in counted if e.source == "confirm"]
+    assert sorted(e.params["x"] for e in confirms) == [1.0, 1.01]  # each top config confirmed once
     assert s.recommendation is not None and s.recommendation.confirmed

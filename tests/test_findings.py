@@ -374,7 +374,7 @@ def test_end_to_end_on_the_example_target_then_report(tmp_path):
     d = "runs/example-sobol-s0"
     run_id = load_campaign(tmp_path / d).parent_run_id
     assert q.stdout.splitlines() == [f"{d}/findings.md", f"{d}/plots/progress.png", f"{d}/plots/effects.png",
-                                     f"uploaded to MLflow run {run_id}"]
+                                     f"{d}/summary.txt", f"{d}/summary.json", f"uploaded to MLflow run {run_id}"]
     assert q.stderr == ""
     text = findings(tmp_path / d)
     assert "# Findings: campaign example-sobol-s0" in text and "8 experiments:" in text

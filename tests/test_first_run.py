@@ -63,7 +63,8 @@ def test_first_run_on_a_machine_without_data(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert "campaign gpt-hybrid-s0: stopped: budget.max_experiments reached (4)" in p.stdout
     assert "experiments: 4 (4 done, 0 failed, 0 cancelled)" in p.stdout
-    assert re.search(r"best val_bpb \d\.\d+ .* baseline \d\.\d+", p.stdout), p.stdout
+    assert re.search(r"recommended: val_bpb \d\.\d+ .* baseline \d\.\d+", p.stdout), p.stdout
+    assert re.search(r"best single run: val_bpb \d\.\d+ by e000\d on cpu", p.stdout), p.stdout
     campaign = tmp_path / "runs" / "gpt-hybrid-s0"
     store = Store.open_read_only(campaign / "state.sqlite")
     try:

@@ -190,4 +190,4 @@ def test_cli_proposer_hybrid_without_a_key_says_so_once_and_goes_on(tmp_path: Pa
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("no ANTHROPIC_API_KEY: running the classical proposers only") == 1
     assert {r["source"] for r in rows(tmp_path / "runs" / "example-hybrid-s0")} - {"baseline"} <= {
-        "tpe", "local", "sobol", "grid"}
+        "tpe", "local", "sobol", "grid", "replicate", "confirm"}

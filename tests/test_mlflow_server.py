@@ -109,7 +109,14 @@ def test_parent_run_has_the_summary_the_stop_reason_and_the_config(server: MLflo
     m, t, p = metrics(parent), tags(parent), params(parent)
     assert m["n_experiments"] == N_EXPERIMENTS and m["n_done"] == N_EXPERIMENTS and m["n_failed"] == 0
     assert math.isclose(m["best_val_bpb"], min(values), abs_tol=5e-7)
-    assert math.isclose(m["baseline_val_bpb"], float(mirrored.tsv["e0001"]["val_bpb"]), abs_tol=5e-7)
+    # the baseline is the mean of its runs (it runs twice: campaign.replicates=1), the answer the recommendation
+    base = [float(r["val_bpb"]) for r in mirrored.tsv.values() if r["params"] == mirrored.tsv["e0001"]["params"]]
+    assert len(base) >= 2 and math.isclose(m["baseline_val_bpb"], sum(base) / len(base), abs_tol=5e-7)
+    rec = t["recommended_experiments"].split(",")
+    assert m["recommended_n"] == len(rec) >= 2 and m["recommended_confirmed"] == 1
+    assert math.isclose(m["recommended_val_bpb"], sum(float(mirrored.tsv[e]["val_bpb"]) for e in rec) / len(rec),
+                        abs_tol=5e-7)
+    assert m["noise_sd_cpu"] > 0
     assert "improvement_pct" in m and "spend_usd" in m and "elapsed_s" in m
     assert t["stop_reason"] == STOP_REASON
     assert t["status"] == "finished"

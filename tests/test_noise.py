@@ -125,10 +125,19 @@ def test_warm_start_priors_neither_measure_noise_nor_get_recommended() -> None:
 def test_to_confirm_lists_the_top_configs_lacking_runs_counting_the_running_ones() -> None:
     exps = [run(1, 0.01, 1.0), run(2, 0.02, 0.8), run(3, 0.03, 0.85), run(4, 0.04, 0.9),
             run(5, 0.03, 0.0, state=ExperimentState.RUNNING),  # a confirmation of 0.03 on its way
-            run(6, 0.05, 0.95), run(7, 0.05, 0.96)]
+            run(6, 0.05, 0.95), run(7, 0.05, 1.05)]  # noise sd 0.07: all of the top 3 could be the best
     todo = noise.to_confirm(exps, MIN, None, top_k=3)
     assert [(c.first.id, lacking) for c, lacking in todo] == [("e0002", 1), ("e0004", 1)]
     assert noise.to_confirm(exps, MIN, None, top_k=0) == []
     # a confirming run that crashed does not count: the config still lacks its run
     exps.append(run(8, 0.02, None, source="confirm"))
     assert [c.first.id for c, _ in noise.to_confirm(exps, MIN, None, top_k=1)] == ["e0002"]
+
+
+def test_a_config_clearly_behind_the_best_is_not_worth_confirming() -> None:
+    # noise sd 0.01 (the baseline's pair); x=0.03 is 0.2 behind the best: 20 sd, no chance
+    exps = [run(1, 0.01, 1.00), run(2, 0.01, 1.01, source="replicate"), run(3, 0.02, 0.80), run(4, 0.03, 1.00),
+            run(5, 0.04, 0.81)]
+    todo = noise.to_confirm(exps, MIN, None, top_k=3)
+    assert [c.first.id for c, _ in todo] == ["e0003", "e0005"]  # the baseline is confirmed already
+    assert [c.first.id for c, _ in noise.to_confirm(exps[2:], MIN, None, top_k=3)] == ["e0003", "e0005", "e0004"]  # no sd: all

@@ -25,6 +25,7 @@ def test_same_seed_same_overrides_same_experiments(tmp_path: Path) -> None:
     args = ["target=example", "space=example", "proposer=optuna", "surrogate=none", "campaign.mode=sync",
             "backend.workers=2", "budget.max_experiments=10", "target.env.EXAMPLE_SECONDS=0", "tracking=none",
             "campaign.findings=false", "campaign.progress=none", "campaign.name=golden",
+            "campaign.replicates=0", "campaign.confirm_top_k=0",  # (issue 16's repeats: the exploration itself is unchanged)
             f"campaign.dir={tmp_path / 'golden'}"]
     p = subprocess.run([sys.executable, "-m", "hybrid", *args], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)

@@ -30,7 +30,7 @@ STORE_FILE = "state.sqlite"
 _DIRECTIONS = ("minimize", "maximize")
 # the meta keys a reader uses (the store has others: schema_version, ...)
 META_KEYS = ("metric", "identity", "status", "stop_reason", "active_s", "created", "warm_start", "mlflow_parent_run_id",
-             "gp_noise")
+             "gp_noise", "gp_estimates")
 
 
 def finite_number(x: Any) -> float | None:

@@ -138,10 +138,11 @@ class Summary:
         if rec.note:
             lines.append(f"  {'unconfirmed: ' if not rec.confirmed else 'note: '}{rec.note}")
         same = self.best_id in rec.runs.ids
-        code = "" if self.best_variant is None or same else f" with code variant {self.best_variant}"
+        code = "" if self.best_variant is None or same else (f" with code variant {self.best_variant} "
+                                                             f"({variant_diff_path(self.best_variant)})")
         lines.append(f"  best single run: {m} {fmt(self.best_value)} by {self.best_id}{code} on {self.best_hardware}"
-                     + (" (one of the recommended's runs)" if same else ": "
-                        + history.fmt_params(self.best_params, rec.runs.params, "recommended")))
+                     + (" (one of the recommended's runs)" if same else " (differs from the recommended in "
+                        + history.fmt_params(self.best_params, rec.runs.params, "recommended") + ")"))
         measured = [f"{hw} {n.text()}" for hw, n in self.noise.items() if n.sd is not None]
         gp = [f"{hw} {fmt(n.gp_sd, 3)} (the GP's estimate)" for hw, n in self.noise.items()
               if n.sd is None and n.gp_sd is not None]
@@ -152,8 +153,9 @@ class Summary:
 
 def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_reason: str, elapsed_s: float,
               target_hardware: str | None = None, proposer_usd: float = 0.0,
-              gp_noise: Mapping[str, float] | None = None) -> Summary:
-    """``gp_noise``: the GP's inferred noise sd per hardware label, when the campaign had one."""
+              gp_noise: Mapping[str, float] | None = None, estimates: Mapping[str, float] | None = None) -> Summary:
+    """``gp_noise``: the GP's inferred noise sd per hardware label, when the campaign had one;
+    ``estimates``: its posterior means per experiment (what the recommendation ranks by)."""
     best = history.best(exps, objective, target_hardware)
     base = history.baseline(exps)
     base_runs = None
@@ -171,7 +173,7 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
         baseline_value=base_runs.mean if base_runs else None, proposer_usd=proposer_usd,
         best_variant=best.variant if best else None,
         n_pruned=sum(1 for e in exps if e.state is ExperimentState.PRUNED),
-        recommendation=noise.recommend(exps, objective, target_hardware), baseline_runs=base_runs,
+        recommendation=noise.recommend(exps, objective, target_hardware, estimates=estimates), baseline_runs=base_runs,
         noise=noise.noise_by_hardware(exps, objective, gp_noise),
     )
 

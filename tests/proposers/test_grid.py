@@ -217,7 +217,7 @@ def test_a_grid_campaign_runs_all_eight_choices_within_its_budget(tmp_path: Path
     space = "{type:categorical,choices:[a,b,c,d,e,f,g,h],default:a}"
     cfg = compose(["target=command", 'target.command="{python} objective.py"', f"target.workdir={tmp_path}",
                    "space=none", f"+space.params.c={space}", "proposer=grid", "surrogate=none", "tracking=none",
-                   "budget.max_experiments=8", f"backend.workers={workers}", "campaign.poll_interval_s=0.05",
+                   "budget.max_experiments=8", "campaign.replicates=0", "campaign.confirm_top_k=0", f"backend.workers={workers}", "campaign.poll_interval_s=0.05",
                    "campaign.progress=none", f"campaign.dir={tmp_path / 'campaign'}"])
     summary = assemble(cfg).run()
     store = Store(tmp_path / "campaign" / "state.sqlite")
