@@ -70,6 +70,8 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["campaign.progress=fancy"], r"ConfigError: campaign.progress: 'fancy' is not one of auto, rich, plain, none$"),
         (["stopping.name=never"], r"ConfigError: stopping.name: 'never' is not one of budget, cost_aware$"),
         (["campaign.validate_top_k=-1"], r"ConfigError: campaign.validate_top_k: expected an integer >= 0, got -1$"),
+        (["campaign.replicates=-1"], r"ConfigError: campaign.replicates: expected an integer >= 0, got -1 \(0 turns it off\)$"),
+        (["campaign.confirm_top_k=two"], r"ConfigError: campaign.confirm_top_k: expected an integer, got 'two'$"),
         (["space=mine"], r"ConfigError: space=mine: no such option; available: .*example.* "
                          r"\(or add conf/space/mine.yaml to the current directory\)$"),
         (["stopping=cost_aware"], r"ConfigError: stopping=cost_aware: needs surrogate=gp"),
