@@ -238,3 +238,36 @@ def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repea
     confirms = [e for e in counted if e.source == "confirm"]
     assert sorted(e.params["x"] for e in confirms) == [1.0, 1.01]  # each top config confirmed once
     assert s.recommendation is not None and s.recommendation.confirmed
+
+
+def soft_kill_script(root: str) -> None:  # run by the orchestrator process the test kills
+    campaign(Path(root), SLOW, None, workers=2, confirm_top_k=2).run()
+
+
+def test_a_resume_after_a_soft_stop_goes_on_confirming_and_explores_nothing_new(tmp_path: Path) -> None:
+    """The soft stop (here: the proposer ran dry) is stored: a resume in the middle of its
+    confirmations finishes them, even when the proposer would now have new configurations."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            f"from tests.test_confirmation import soft_kill_script; soft_kill_script({str(tmp_path)!r})\n")
+    orch = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    db = tmp_path / "runs/c/state.sqlite"
+    deadline, confirming = time.monotonic() + 60, []
+    while time.monotonic() < deadline and not confirming and orch.poll() is None:
+        time.sleep(0.01)
+        try:
+            exps = Store.open_read_only(db).experiments() if db.exists() else []
+        except StoreError:
+            exps = []
+        confirming = [e for e in exps if e.source == "confirm" and e.state is ExperimentState.RUNNING]
+    os.kill(orch.pid, signal.SIGKILL)
+    orch.wait()
+    assert confirming, orch.stderr.read().decode() if orch.stderr else ""
+    assert Store.open_read_only(db).get_meta("soft_stop", "").startswith("search space exhausted")
+    more = [*SLOW, {"x": 7.0}, {"x": 8.0}]
+    s = campaign(tmp_path, more, None, workers=2, confirm_top_k=2).run()
+    exps = [e for e in campaign(tmp_path, more, None).experiments() if not e.requeued]
+    assert not any(e.params["x"] in (7.0, 8.0) for e in exps)  # nothing new after the stop
+    assert s.stop_reason.startswith("search space exhausted") and s.recommendation is not None
+    assert s.recommendation.confirmed
+    assert Store.open_read_only(db).get_meta("soft_stop") is None  # finished: a later resume explores again
