@@ -378,7 +378,7 @@ def test_end_to_end_on_the_example_target_then_report(tmp_path):
     assert q.stderr == ""
     text = findings(tmp_path / d)
     assert "# Findings: campaign example-sobol-s0" in text and "8 experiments:" in text
-    assert re.search(r"Best single run val_bpb [\d.]+\*\* by e\d{4} \[(sobol|baseline)\] on cpu", text), text
+    assert re.search(r"Best single run val_bpb [\d.]+\*\* by e\d{4} \[(sobol|baseline|replicate|confirm)\] on cpu", text), text
     assert re.search(r"\*\*Recommended: val_bpb [\d.]+( ± [\d.e-]+)? \(\d runs?(, unconfirmed)?\)\*\*", text), text
     assert "could not compute" not in text and "GP posterior mean" in section(text, "Response slices (GP)")
 

@@ -43,6 +43,7 @@ from hybrid.reports.analysis import (
     guarded,
     hardware_rows,
     load_campaign,
+    progress_noise,
 )
 from hybrid.reports.code_changes import write_variant_diffs
 from hybrid.reports.effects import Anova, Effect
@@ -70,7 +71,7 @@ def write_plots(data: CampaignData, a: Analysis, plots_dir: Path) -> tuple[dict[
     notes: dict[str, str] = {}
     jobs: list[tuple[str, Callable[[Path], bool]]] = [
         ("progress.png", lambda path: plots.plot_progress(path, progress_points(data), data.objective,
-                                                          _baseline_value(data, a))),
+                                                          _baseline_value(data, a), noise=progress_noise(data))),
         ("effects.png", lambda path: plots.plot_effects(path, effect_bars(data, a), a.slices, data.objective)),
         ("hardware.png", lambda path: plots.plot_hardware(path, hardware_series(data), data.objective,
                                                           hardware_rows(data, a.anova, a.hardware_ref)[1])),
