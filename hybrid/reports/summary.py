@@ -133,7 +133,8 @@ class Summary:
         imp = "" if self.improvement_pct is None else f", {self.improvement_pct:+.2f}%{base}"
         code = "" if rec.runs.variant is None else (f" with code variant {rec.runs.variant} "
                                                     f"({variant_diff_path(rec.runs.variant)})")
-        lines.append(f"  recommended: {m} {rec.estimate()} by {', '.join(rec.runs.ids)}{code} on {rec.hardware}{imp}")
+        gp = "" if rec.model_mean is None else f"; the GP's estimate {fmt(rec.model_mean)}"
+        lines.append(f"  recommended: {m} {rec.estimate()} by {', '.join(rec.runs.ids)}{code} on {rec.hardware}{imp}{gp}")
         lines.append("  recommended config: " + history.fmt_params(rec.runs.params))
         if rec.note:
             lines.append(f"  {'unconfirmed: ' if not rec.confirmed else 'note: '}{rec.note}")
