@@ -166,16 +166,25 @@ class StoreWatch:
             f"{dest}: move that file to {self.store.path} and re-run the same command to resume")
 
 
+# An orchestrator killed (kill -9) while it started a job leaves the lock held for the moment the
+# job's process takes to exec (it shares the lock's open file until then): a resume right after waits that long.
+LOCK_WAIT_S = 2.0
+
+
 def lock_campaign(campaign_dir: Path, name: str) -> IO[str]:
     """Hold ``<dir>/.lock`` for the whole session: two orchestrators never run one campaign."""
     f = open(campaign_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole session
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise ConfigError(f"campaign.name: campaign {name!r} is already running in another process "
-                          f"({campaign_dir}); wait for it, or pick another campaign.name") from None
-    return f
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                raise ConfigError(f"campaign.name: campaign {name!r} is already running in another process "
+                                  f"({campaign_dir}); wait for it, or pick another campaign.name") from None
+            time.sleep(0.05)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -220,7 +221,7 @@ def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repea
         time.sleep(0.01)
         try:
             exps = Store.open_read_only(db).experiments() if db.exists() else []
-        except StoreError:
+        except (StoreError, sqlite3.Error):  # the store is being created
             exps = []
         confirming = [e for e in exps if e.source == "confirm" and e.state is ExperimentState.RUNNING]
     os.kill(orch.pid, signal.SIGKILL)
@@ -257,7 +258,7 @@ def test_a_resume_after_a_soft_stop_goes_on_confirming_and_explores_nothing_new(
         time.sleep(0.01)
         try:
             exps = Store.open_read_only(db).experiments() if db.exists() else []
-        except StoreError:
+        except (StoreError, sqlite3.Error):  # the store is being created
             exps = []
         confirming = [e for e in exps if e.source == "confirm" and e.state is ExperimentState.RUNNING]
     os.kill(orch.pid, signal.SIGKILL)
