@@ -6,10 +6,10 @@ of the top configurations before the budget ends (issue 16; the estimates are hy
   less than ``INCUMBENT_SIGMAS`` x the measured noise runs again (at most ``replicates`` times),
   so a lucky draw is caught while the campaign can still act on it. Source ``replicate``.
 - **Confirmation** (``campaign.confirm_top_k``, default 3): the ``k`` configurations with the best
-  estimate on the judged hardware (the GP's posterior mean with ``surrogate=gp``, :class:`GPEstimates`;
-  else their runs' mean) are run there until each has ``noise.MIN_RUNS`` successes (source
-  ``confirm``). It starts when what is left of the budget (experiments, USD or hours, whichever
-  caps it) is what the confirmations need, or when a soft stop (the cost-aware rule, an exhausted
+  mean on the judged hardware that could still be the best are run there until each has
+  ``noise.MIN_RUNS`` successes (source ``confirm``). It starts when what is left of the budget (experiments, USD or hours, whichever
+  caps it) is what the confirmations need (those due, plus one per exploring run still going: it may
+  end in the top k), or when a soft stop (the cost-aware rule, an exhausted
   space) ends the exploration; from then on only confirmations are dispatched, on the judged
   hardware's workers. A configuration whose confirming runs keep failing is given up after
   ``MAX_CONFIRM_ATTEMPTS``. Everything is derived from the stored experiments, so a resume in the
@@ -35,6 +35,7 @@ Estimator = Callable[[Sequence[Experiment]], "noise.Estimates | None"]
 
 INCUMBENT_SIGMAS = noise.SIGNIFICANT_SIGMAS  # an incumbent that wins by less (within noise) is run again
 MAX_CONFIRM_ATTEMPTS = noise.MIN_RUNS + 1  # confirming runs of one config before it is given up
+REPEAT_SOURCES = ("baseline", "replicate", "confirm")  # runs of configurations already seen
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Repeats:
     target_hardware: str | None = None
     replicates: int = 1
     confirm_top_k: int = 3
-    estimator: Estimator | None = None  # the GP's estimates (GPEstimates) with surrogate=gp: which to confirm
+    estimator: Estimator | None = None  # the GP's estimates (GPEstimates) with surrogate=gp: shown with the answer
 
     def estimates(self, exps: Sequence[Experiment]) -> noise.Estimates | None:
         return None if self.estimator is None else self.estimator(exps)
@@ -103,20 +104,17 @@ class Repeats:
                    and noise.config_key(e) == key)
 
     # ---- confirmation -----------------------------------------------------------------------------
-    def _todo(self, exps: Sequence[Experiment], model: bool = True) -> list[tuple[noise.ConfigRuns, int]]:
-        """(config, runs it still lacks) of the top-k (ranked by the GP's estimates unless
-        ``model`` is False: the cheap count), those given up left out."""
+    def _todo(self, exps: Sequence[Experiment]) -> list[tuple[noise.ConfigRuns, int]]:
+        """(config, runs it still lacks) of the top-k, those given up left out."""
         out = []
-        est = self.estimates(exps) if model else None
-        for c, lacking in noise.to_confirm(exps, self.objective, self.target_hardware, self.confirm_top_k,
-                                           estimates=est):
+        for c, lacking in noise.to_confirm(exps, self.objective, self.target_hardware, self.confirm_top_k):
             tried = self._repeats(exps, c.first, ("confirm",))
             out.append((c, min(lacking, MAX_CONFIRM_ATTEMPTS - tried)))
         return [(c, n) for c, n in out if n > 0]
 
-    def needed(self, exps: Sequence[Experiment], model: bool = False) -> int:
-        """Confirming runs still to dispatch (``model``: of the top-k by the GP's estimates)."""
-        return sum(n for _, n in self._todo(exps, model))
+    def needed(self, exps: Sequence[Experiment]) -> int:
+        """Confirming runs still to dispatch."""
+        return sum(n for _, n in self._todo(exps))
 
     def hardware(self, exps: Sequence[Experiment]) -> str | None:
         """Where the confirmations run: the judged hardware."""
@@ -137,8 +135,14 @@ class Repeats:
 
     def reserve_due(self, exps: Sequence[Experiment], budget: Budget, p: CampaignProgress,
                     workers: Sequence[Worker]) -> bool:
-        """True when what is left of the budget is what the confirmations need (module docstring)."""
-        need = self.needed(exps)
+        """True when what is left of the budget is what the confirmations need (module docstring):
+        those due now, plus one for every exploring run still going (it may end in the top k and
+        need its own; a result that cannot be confirmed any more would be the luckiest draw again)."""
+        if self.confirm_top_k <= 0:
+            return False
+        going = sum(1 for e in history.own(exps) if e.state in (ExperimentState.PENDING, ExperimentState.RUNNING)
+                    and e.source not in REPEAT_SOURCES)
+        need = self.needed(exps) + going
         if not need:
             return False
         left = budget.remaining_experiments(p.n_created)
@@ -162,12 +166,12 @@ class Repeats:
     def can_confirm(self, exps: Sequence[Experiment], workers: Sequence[Worker]) -> bool:
         """Confirmations are due and the fleet has a worker where they run."""
         hw = self.hardware(exps)
-        return any(w.hardware == hw for w in workers) and self.needed(exps, model=True) > 0
+        return any(w.hardware == hw for w in workers) and self.needed(exps) > 0
 
 
 class GPEstimates:
     """The GP's posterior mean at every configuration run (surrogate/estimates.py), refitted only
-    when a new success arrived: the confirmation phase asks at each of its few dispatches."""
+    when a new success arrived."""
 
     def __init__(self, space: SearchSpace, objective: Objective, target_hardware: str | None,
                  parents: Callable[[], Mapping[str, str | None] | None], seed: int = 0) -> None:

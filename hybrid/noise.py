@@ -6,10 +6,10 @@
   baseline again early on, an incumbent that won by little, the confirmation of the top configs).
 - ``recommend``: the campaign's answer. Not the luckiest single run (the lowest of hundreds of
   noisy runs is biased low: the winner's curse) but the configuration (params and code variant)
-  with the best estimated mean on the judged hardware (``history.judged_hardware``) among those
-  that ran there at least ``MIN_RUNS`` times: *confirmed*. The estimate is the GP's posterior mean
-  when the campaign has one (``surrogate/estimates.py``: it pools neighbours and knows the noise),
-  else the runs' own mean; what is shown is always the runs' mean ± sd (n runs). Without such a configuration the best mean of
+  with the best mean on the judged hardware (``history.judged_hardware``) among those that ran
+  there at least ``MIN_RUNS`` times: *confirmed*. The GP's posterior mean at it
+  (``surrogate/estimates.py``), when the campaign has a GP, is shown beside it; it does not rank:
+  on tabular problems the GP ranked worse than the runs' own means (benchmarks/recommendation.py). Without such a configuration the best mean of
   any (a single run, then) is recommended and marked unconfirmed, with the reason.
 - ``to_confirm``: the top configurations on the judged hardware that could still be the best and
   lack runs to be confirmed: what the confirmation phase (hybrid/confirming.py) re-runs.
@@ -225,25 +225,20 @@ def estimate_of(c: ConfigRuns, estimates: Estimates | None) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _ranked(configs: Sequence[ConfigRuns], objective: Objective, estimates: Estimates | None = None) -> list[ConfigRuns]:
-    """Best first: by the model's estimate when every config has one (the GP's posterior mean
-    pools neighbours and knows the noise), else by the runs' mean; a tie goes to the configuration
-    with more runs, then the earliest."""
+def _ranked(configs: Sequence[ConfigRuns], objective: Objective) -> list[ConfigRuns]:
+    """Best mean of its runs first; a tie goes to the configuration with more runs, then the earliest."""
     order = {c.first.seq: i for i, c in enumerate(configs)}
-    est = {c.first.seq: estimate_of(c, estimates) for c in configs}
-    use = bool(configs) and all(v is not None for v in est.values())
-    return sorted(configs, key=lambda c: (objective.sign() * (est[c.first.seq] if use else c.mean),  # type: ignore[operator]
-                                          -c.n, order[c.first.seq]))
+    return sorted(configs, key=lambda c: (objective.sign() * c.mean, -c.n, order[c.first.seq]))
 
 
 def recommend(exps: Sequence[Experiment], objective: Objective, target_hardware: str | None = None,
               min_runs: int = MIN_RUNS, estimates: Estimates | None = None) -> Recommendation | None:
     """The recommended configuration (module docstring); None without any success. ``estimates``:
-    the GP's posterior means (surrogate/estimates.py): configs are ranked by them when given."""
+    the GP's posterior means (surrogate/estimates.py), shown beside the recommendation's own mean."""
     hw = history.judged_hardware(history.own(exps), objective, target_hardware)
     if hw is None:
         return None
-    ranked = _ranked(config_runs(exps, objective, hw), objective, estimates)
+    ranked = _ranked(config_runs(exps, objective, hw), objective)
     confirmed = [c for c in ranked if c.n >= min_runs]
     if confirmed:
         top = confirmed[0]
@@ -259,14 +254,9 @@ def recommend(exps: Sequence[Experiment], objective: Objective, target_hardware:
     return Recommendation(ranked[0], False, note, tuple(ranked), estimate_of(ranked[0], estimates))
 
 
-def _value(c: ConfigRuns, estimates: Estimates | None) -> float:
-    est = estimate_of(c, estimates)
-    return c.mean if est is None else est
-
-
 def to_confirm(exps: Sequence[Experiment], objective: Objective, target_hardware: str | None, top_k: int,
-               min_runs: int = MIN_RUNS, estimates: Estimates | None = None) -> list[tuple[ConfigRuns, int]]:
-    """The ``top_k`` best configurations (by estimate, else mean) on the judged hardware that could
+               min_runs: int = MIN_RUNS) -> list[tuple[ConfigRuns, int]]:
+    """The ``top_k`` best configurations (by the mean of their runs) on the judged hardware that could
     still be the best (within ``PLAUSIBLE_SIGMAS`` x the noise sd of the first, when it is known),
     each with the number of runs it still lacks to be confirmed, counting the ones running or
     queued now (only those lacking any). Runs that crashed, were pruned or cancelled do not count:
@@ -276,10 +266,9 @@ def to_confirm(exps: Sequence[Experiment], objective: Objective, target_hardware
     hw = history.judged_hardware(history.own(exps), objective, target_hardware)
     if hw is None:
         return []
-    ranked = _ranked(config_runs(exps, objective, hw), objective, estimates)
+    ranked = _ranked(config_runs(exps, objective, hw), objective)
     sd = noise_on(noise_by_hardware(exps, objective), hw)
-    top = [c for c in ranked[:top_k] if sd is None or c is ranked[0]
-           or abs(_value(c, estimates) - _value(ranked[0], estimates)) <= PLAUSIBLE_SIGMAS * sd]
+    top = [c for c in ranked[:top_k] if sd is None or abs(c.mean - ranked[0].mean) <= PLAUSIBLE_SIGMAS * sd]
     pending: dict[tuple[str | None, str], int] = {}
     for e in history.own(exps):
         if e.hardware == hw and e.state in (ExperimentState.PENDING, ExperimentState.RUNNING):
