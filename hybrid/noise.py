@@ -7,7 +7,8 @@
 - ``recommend``: the campaign's answer. Not the luckiest single run (the lowest of hundreds of
   noisy runs is biased low: the winner's curse) but the configuration (params and code variant)
   with the best mean on the judged hardware (``history.judged_hardware``) among those that ran
-  there at least ``MIN_RUNS`` times: *confirmed*. The GP's posterior mean at it
+  there at least ``MIN_RUNS`` times: *confirmed* (unless a configuration that ran once beats it
+  by more than ``PLAUSIBLE_SIGMAS`` noise sd: a real gain, not luck, recommended unconfirmed). The GP's posterior mean at it
   (``surrogate/estimates.py``), when the campaign has a GP, is shown beside it; it does not rank:
   on tabular problems the GP ranked worse than the runs' own means (benchmarks/recommendation.py). Without such a configuration the best mean of
   any (a single run, then) is recommended and marked unconfirmed, with the reason.
@@ -241,11 +242,19 @@ def recommend(exps: Sequence[Experiment], objective: Objective, target_hardware:
     ranked = _ranked(config_runs(exps, objective, hw), objective)
     confirmed = [c for c in ranked if c.n >= min_runs]
     if confirmed:
-        top = confirmed[0]
+        top, fmt = confirmed[0], history.fmt_value
         note = ""
         if ranked[0] is not top:
+            best = ranked[0]
+            sd = noise_on(noise_by_hardware(exps, objective), hw)
+            margin = abs(top.mean - best.mean)
+            if sd is not None and margin > PLAUSIBLE_SIGMAS * sd:  # clearly better, not a lucky draw
+                note = (f"{best.first.id} beats the best confirmed config ({', '.join(top.ids)}: {fmt(top.mean)}) "
+                        f"by {fmt(margin, 3)}, more than {PLAUSIBLE_SIGMAS:.2g} noise sd ({fmt(sd, 3)}), but ran "
+                        f"{best.n} time{'s' * (best.n != 1)}: run it again to confirm it")
+                return Recommendation(best, False, note, tuple(ranked), estimate_of(best, estimates))
             note = (f"{len(ranked) - len(confirmed)} configs ran once on {hw}; the best of them "
-                    f"({ranked[0].first.id}: {history.fmt_value(ranked[0].mean)}) is not confirmed")
+                    f"({best.first.id}: {fmt(best.mean)}) is not confirmed, within noise of the recommendation")
         return Recommendation(top, True, note, tuple(ranked), estimate_of(top, estimates))
     if target_hardware is not None and hw != target_hardware:
         note = f"no success on the target hardware {target_hardware} yet: judged on {hw}"

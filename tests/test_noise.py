@@ -141,3 +141,18 @@ def test_a_config_clearly_behind_the_best_is_not_worth_confirming() -> None:
     todo = noise.to_confirm(exps, MIN, None, top_k=3)
     assert [c.first.id for c, _ in todo] == ["e0003", "e0005"]  # the baseline is confirmed already
     assert [c.first.id for c, _ in noise.to_confirm(exps[2:], MIN, None, top_k=3)] == ["e0003", "e0005", "e0004"]  # no sd: all
+
+
+def test_a_single_run_far_beyond_the_noise_is_recommended_unconfirmed_not_ignored() -> None:
+    # noise sd 0.01; e0005 ran once, 0.2 better than the best confirmed config: 20 sd, no lucky draw
+    exps = [run(1, 0.01, 1.00), run(2, 0.01, 1.01, source="replicate"), run(3, 0.02, 0.90),
+            run(4, 0.02, 0.91, source="confirm"), run(5, 0.03, 0.70)]
+    rec = noise.recommend(exps, MIN)
+    assert rec is not None and rec.runs.ids == ("e0005",) and not rec.confirmed
+    assert rec.note.startswith("e0005 beats the best confirmed config (e0003, e0004: 0.905) by 0.205")
+    assert rec.note.endswith("run it again to confirm it")
+    # within noise of it: the confirmed config stands
+    exps[-1] = run(5, 0.03, 0.895)
+    rec = noise.recommend(exps, MIN)
+    assert rec is not None and rec.runs.ids == ("e0003", "e0004") and rec.confirmed
+    assert "within noise of the recommendation" in rec.note

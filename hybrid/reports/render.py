@@ -158,7 +158,8 @@ def section_headline(data: CampaignData, a: Analysis) -> list[str]:
     if data.target_hardware and a.best.hardware != data.target_hardware:
         out.append(f"- No successful result on the target hardware {data.target_hardware} yet.")
     out += ["- The best single run is the luckiest of many noisy runs and flatters its configuration (the winner's "
-            "curse); the recommendation is the best mean of a configuration run more than once, see Noise."]
+            "curse); the recommendation is the best mean of a configuration run more than once (unless one that ran "
+            "once beats it by more than the noise), see Noise."]
     recommended = rec.runs.params
     diff = changed_params(recommended, base.params) if base else {}
     single = (changed_params(a.best.params, base.params) if base and config_key(a.best) != config_key(rec.runs.first)

@@ -88,7 +88,8 @@ def test_the_headline_recommends_the_best_confirmed_mean_and_shows_the_luckiest_
     assert lines[0] == ("- **Recommended: val_bpb 0.971 ± 0.00141 (2 runs)** by e0006, e0007 [tpe] on cpu, confirmed "
                         "(at least 2 runs there): 0.03 (3.00%) better than the baseline 1.001 ± 0.00141 (2 runs: "
                         "e0001, e0003) on cpu, beyond the noise (more than 2 sd = 0.00374).")
-    assert lines[1] == ("  Note: 1 configs ran once on cpu; the best of them (e0009: 0.968) is not confirmed.")
+    assert lines[1] == ("  Note: 1 configs ran once on cpu; the best of them (e0009: 0.968) is not confirmed, "
+                        "within noise of the recommendation.")
     assert lines[2].startswith("- **Best single run val_bpb 0.968** by e0009 [llm] on cpu: 0.032 (3.20%) better than "
                                "the baseline 1 (e0001 on cpu).")
     # both configurations against the baseline
