@@ -27,7 +27,7 @@ from hybrid.assemble import assemble, compose
 from hybrid.campaign import Campaign
 from hybrid.config import Config
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace
-from hybrid.stopping import CostAwareStop
+from hybrid.stopping import CostAwareStop, StopSignal
 from hybrid.types import Experiment, ExperimentState, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,16 +72,16 @@ def product_config(space: SearchSpace, overrides: Sequence[str], *, seed: int, e
 
 class DecisionLog(CostAwareStop):
     """A cost-aware rule that never fires and records every decision the campaign feeds it:
-    (the GP's best expected gain per USD or None, finished, created). ``stop_point`` replays
-    the real rule over them for any threshold (benchmarks/sample_efficiency.py --stopping)."""
+    (``hybrid.stopping.StopSignal`` or None, finished, created). ``stop_point`` replays the real
+    rule over them for any threshold (benchmarks/stopping.py, sample_efficiency.py --stopping)."""
 
     def __init__(self, created: Callable[[], int]) -> None:
-        super().__init__(min_experiments=1, min_gain_per_usd=0.0, patience=1)
+        super().__init__(min_experiments=1, min_gain_sd_per_experiment=0.0, patience=1)
         self.created = created
-        self.records: list[tuple[float | None, int, int]] = []
+        self.records: list[tuple[StopSignal | None, int, int]] = []
 
-    def observe(self, gain_per_usd: float | None, n_finished: int) -> str | None:
-        self.records.append((gain_per_usd, n_finished, self.created()))
+    def judge(self, decision: Any, n_finished: int) -> str | None:
+        self.records.append((StopSignal.from_decision(decision), n_finished, self.created()))
         return None
 
 
@@ -92,7 +92,7 @@ class ProductRun:
     campaign: Campaign
     backend: SimBackend
     experiments: list[Experiment]  # from the campaign's store, in creation order
-    decisions: list[tuple[float | None, int, int]]  # DecisionLog.records
+    decisions: list[tuple[StopSignal | None, int, int]]  # DecisionLog.records
     propose_s: list[float] = field(default_factory=list)  # seconds per proposer call
     wall_s: float = 0.0
 

@@ -26,17 +26,17 @@ reference's (hybrid's) final median regret, and the ratio to the reference's own
 s/decision: wall seconds from a poll of the backend to the wave submitted (the campaign's
 bookkeeping, pool, ranking and submits: what a freed worker waits).
 
---stopping: every hybrid decision records the GP's expected gain per USD, as the campaign feeds
-it to CostAwareStop (benchmarks/product.py: DecisionLog), then CostAwareStop is replayed over them
-per threshold. The rule changes a run only by dispatching nothing after it fires, so the stop
-point, the money saved and the regret given up (best of the experiments dispatched before the
+--stopping: every hybrid decision records what the campaign feeds CostAwareStop (the GP's gain in
+noise sd per experiment's price: benchmarks/product.py DecisionLog), then CostAwareStop is replayed
+over them per threshold. The rule changes a run only by dispatching nothing after it fires, so the
+stop point, the money saved and the regret given up (best of the experiments dispatched before the
 stop vs all at the cap) are exact for every threshold from one set of runs. --stop-gain thresholds
-are fractions of the problem's scale (median regret of random configs) per mean experiment cost,
-so one setting means the same on every problem.
+are values of stopping.min_gain_sd_per_experiment (benchmarks/stopping.py calibrates its default).
+The confirmation phase a stop is followed by is not counted here (benchmarks/stopping.py turns it off).
 
     python benchmarks/sample_efficiency.py --quick --problems hartmann6,fcnet-protein
     python benchmarks/sample_efficiency.py [--problems ...] [--methods ...] [--seeds 10] [--evals 100]
-        [--workers 8] [--jobs 2] [--stopping [--stop-gain 0.001,0.003,0.01] [--patience 3]]
+        [--workers 8] [--jobs 2] [--stopping [--stop-gain 0.02,0.04,0.08] [--patience 5]]
 Results: benchmarks/results/sample_efficiency-<stamp>.json (every run) and .csv (median curves).
 """
 
@@ -68,8 +68,9 @@ from backends.base import RunSpec  # noqa: E402
 from benchmarks.problems import PROBLEMS, Problem, make_problem  # noqa: E402
 from benchmarks.product import ProductRun, run_product  # noqa: E402
 from benchmarks.simbackend import SimBackend  # noqa: E402
+from hybrid.config import StoppingConfig  # noqa: E402
 from hybrid.space import CategoricalParam, FloatParam, SearchSpace  # noqa: E402
-from hybrid.stopping import CostAwareStop  # noqa: E402
+from hybrid.stopping import CostAwareStop, StopSignal  # noqa: E402
 from hybrid.targets import to_result  # noqa: E402
 from hybrid.types import Candidate, Experiment, Objective  # noqa: E402
 
@@ -83,8 +84,6 @@ PRODUCT = {
 DEFAULT_PROBLEMS = ("hartmann6", "ackley10", "fcnet-protein", "fcnet-naval", "fcnet-parkinsons", "fcnet-slice")
 OBJECTIVE = Objective("loss", "minimize")  # the simulated target prints "loss: <value>"
 HOURLY_USD = 2.5  # simulated price of one worker-hour
-DURATION_MEDIAN_S, DURATION_SIGMA = 3600.0, 0.5  # SimBackend's default durations
-MEAN_COST_USD = HOURLY_USD * DURATION_MEDIAN_S / 3600 * float(np.exp(DURATION_SIGMA**2 / 2))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -98,9 +97,9 @@ class Run:
     decision_s: list[float]  # wall time of every dispatch decision
     propose_s: list[float]  # seconds per proposer call (product methods; empty otherwise)
     wall_s: float
-    # for the stopping replay: (gain per USD or None, finished, created) at every decision, and
+    # for the stopping replay: (hybrid.stopping.StopSignal or None, finished, created) at every decision, and
     # (true regret, cost USD, end hour) of every experiment in creation order
-    decisions: list[tuple[float | None, int, int]] = field(default_factory=list)
+    decisions: list[tuple[Sequence[float] | None, int, int]] = field(default_factory=list)
     experiments: list[tuple[float, float, float]] = field(default_factory=list)
 
 
@@ -213,8 +212,8 @@ def stop_point(run: Run, rule: CostAwareStop) -> dict[str, Any]:
     """Replay ``rule`` over the run's decisions: where it stops, what that saves and gives up."""
     k = len(run.experiments)
     fired = False
-    for gain, n_finished, n_created in run.decisions:
-        if rule.observe(gain, n_finished):
+    for signal, n_finished, n_created in run.decisions:
+        if rule.observe(StopSignal(*signal) if signal is not None else None, n_finished):
             k, fired = max(n_created, 1), True
             break
 
@@ -296,36 +295,36 @@ def table(problem: str, runs: Sequence[Run], evals: int) -> tuple[str, list[dict
 
 
 def stop_table(problem: Problem, runs: Sequence[Run], stop_gains: Sequence[float], min_experiments: int,
-               patience: int) -> tuple[str, list[dict[str, Any]]]:
+               patience: int, window: int = StoppingConfig.window) -> tuple[str, list[dict[str, Any]]]:
     """Benchmark 4 for one problem: the hybrid's stop point per threshold (medians over seeds)."""
     hybrid = [r for r in runs if r.problem == problem.name and r.method == "hybrid"]
     if not hybrid:
         return "", []
     lines = [f"-- {problem.name}: cost-aware stop of hybrid (min_experiments {min_experiments}, patience {patience}, "
              f"${HOURLY_USD:g}/h per worker); medians over {len(hybrid)} seeds",
-             f"{'stop-gain':>10}{'$/USD thr':>11}{'fired':>7}{'evals':>12}{'USD':>14}{'saved':>9}{'hours':>13}"
+             f"{'stop-gain':>10}{'fired':>7}{'evals':>12}{'USD':>14}{'saved':>9}{'hours':>13}"
              f"{'regret stop':>13}{'at cap':>9}{'given up':>10}"]
     rows = []
-    for frac in stop_gains:
-        thr = frac * problem.scale / MEAN_COST_USD
-        pts = [stop_point(r, CostAwareStop(min_experiments, thr, patience)) for r in hybrid]
+    for thr in stop_gains:
+        pts = [stop_point(r, CostAwareStop(min_experiments, thr, patience, window)) for r in hybrid]
 
         def med(key: str, pts: list[dict[str, Any]] = pts) -> float:
             return float(statistics.median(p[key] for p in pts))
 
         saved = statistics.median(p["usd_cap"] - p["usd_stop"] for p in pts)
         given_up = statistics.median(p["regret_stop"] - p["regret_cap"] for p in pts)
-        lines.append(f"{frac:>10g}{_fmt(thr):>11}{sum(p['stopped'] for p in pts):>4}/{len(pts):<2}"
+        lines.append(f"{thr:>10g}{sum(p['stopped'] for p in pts):>4}/{len(pts):<2}"
                      f"{med('evals_stop'):>6.0f}/{med('evals_cap'):<5.0f}{med('usd_stop'):>7.0f}/{med('usd_cap'):<6.0f}"
                      f"{saved:>9.0f}{med('hours_stop'):>6.1f}/{med('hours_cap'):<6.1f}{_fmt(med('regret_stop')):>13}"
                      f"{_fmt(med('regret_cap')):>9}{_fmt(given_up):>10}")
-        rows += [{"problem": problem.name, "stop_gain": frac, "threshold_gain_per_usd": thr, "seed": r.seed, **p}
+        rows += [{"problem": problem.name, "stop_gain": thr, "seed": r.seed, **p}
                  for r, p in zip(hybrid, pts, strict=True)]
     return "\n".join(lines), rows
 
 
 def report(runs: Sequence[Run], problems: Sequence[str], evals: int, stop_gains: Sequence[float] = (),
-           min_experiments: int = 20, patience: int = 3) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+           min_experiments: int = StoppingConfig.min_experiments,
+           patience: int = StoppingConfig.patience) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The printed tables, the median-curve CSV rows and the stop-point rows."""
     texts, rows, stops = [], [], []
     for p in problems:
@@ -380,11 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hybrid-yaml", metavar="PATH",
                     help="an alternative to conf/proposer/hybrid.yaml for the hybrid methods (ablations)")
     ap.add_argument("--stopping", action="store_true", help="benchmark 4: where CostAwareStop would stop the hybrid")
-    ap.add_argument("--min-experiments", type=int, default=20)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--stop-gain", default="0.001,0.003,0.01",
-                    help="comma list of thresholds, each a fraction of the problem's scale (median regret of "
-                         "random configs) per mean experiment cost")
+    ap.add_argument("--min-experiments", type=int, default=StoppingConfig.min_experiments)
+    ap.add_argument("--patience", type=int, default=StoppingConfig.patience)
+    ap.add_argument("--stop-gain", default="0.02,0.04,0.08",
+                    help="comma list of stopping.min_gain_sd_per_experiment values")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     ap.add_argument("--report", metavar="JSON", help="only print the tables of a saved run (e.g. other --stop-gain)")
     a = ap.parse_args(argv)

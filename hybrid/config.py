@@ -264,11 +264,16 @@ class StoppingConfig:
     name: StoppingKind = StoppingKind.budget
     # cost_aware: judge only after this many finished experiments
     min_experiments: int = 20
-    # cost_aware: stop when the best candidate's expected improvement of the metric per USD
-    # (e.g. val_bpb per $) is below this...
-    min_gain_per_usd: float = 0.001
+    # cost_aware: stop when the gain per experiment's price, in units of the run-to-run noise sd
+    # the GP infers, is below this: the smaller of the gain expected of the best next experiment
+    # (EI x P(feasible) / cost x typical cost / noise sd) and the gain achieved (the rise of the
+    # GP's estimate of the best configuration over the last `window` experiments, per experiment);
+    # calibrated on the development benchmarks (docs/benchmarks.md, benchmarks/stopping.py)...
+    min_gain_sd_per_experiment: float = 0.04
     # cost_aware: ... for this many consecutive dispatch decisions
-    patience: int = 3
+    patience: int = 5
+    # cost_aware: finished experiments over which the achieved gain is measured
+    window: int = 30
 
 
 @dataclass

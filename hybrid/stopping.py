@@ -1,7 +1,8 @@
 """When a campaign stops dispatching, decided in one place (:class:`StopRules`):
 
 1. before each decision: a budget cap (experiments, hours, USD) or the failure-rate guard;
-2. after the ranker scored a wave: the cost-aware rule (the GP's expected gain per USD);
+2. after the ranker scored a wave: the cost-aware rule (the GP's expected gain per USD, and its
+   achieved gain, in noise sd per typical experiment's price: :class:`CostAwareStop`);
 3. when the proposers have nothing new and nothing is running or expected: the space is exhausted.
 
 Every rule returns a reason (printed, stored, logged) or None. Stopping means "dispatch nothing
@@ -10,9 +11,10 @@ new"; experiments already running are allowed to finish (their results are paid 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from hybrid.errors import ConfigError
 
@@ -74,48 +76,119 @@ def failure_reason(p: CampaignProgress, max_failure_rate: float, min_finished: i
     return None
 
 
+class StopSignal(NamedTuple):
+    """What the cost-aware rule reads from one ranking decision (:meth:`from_decision`).
+
+    ``expected_sd``: the expected gain, in units of the run-to-run noise sd, that the price of one
+    typical experiment buys: the best (candidate, worker) pair's expected improvement x
+    P(feasible) per USD (``RankDecision.best_gain_per_usd``), times the median predicted cost of
+    an experiment (``typical_cost_usd``; on a free fleet the gain is per experiment already), over
+    the GP's inferred noise sd on the target hardware (``noise_sd``, metric units).
+    ``incumbent``: the GP's estimate of the best configuration so far (maximized, metric units).
+    Both are dimensionless once divided by ``noise_sd``, so one threshold means the same on a
+    metric that moves by 0.001 and on one that moves by 10, on cheap workers and on dear ones.
+    """
+
+    expected_sd: float
+    incumbent: float
+    noise_sd: float
+    typical_cost_usd: float = 0.0  # 0: a free fleet
+
+    @classmethod
+    def from_decision(cls, decision: Any) -> StopSignal | None:
+        """None when the decision had no fitted model (or no noise estimate) to judge by."""
+        if decision is None or not decision.fitted or not decision.noise_sd > 0:
+            return None
+        cost = decision.typical_cost_usd if decision.typical_cost_usd > 0 else 1.0
+        return cls(decision.best_gain_per_usd * cost / decision.noise_sd, decision.incumbent_mean, decision.noise_sd,
+                   decision.typical_cost_usd)
+
+
 @dataclass
 class CostAwareStop:
-    """Stop when more experiments are no longer worth their price.
+    """Stop when more experiments are no longer worth their price, relative to the noise.
 
-    After ``min_experiments`` finished experiments, every dispatch decision reports the best
-    candidate's expected improvement of the objective per dollar (from the GP ranker). When it
-    stays below ``min_gain_per_usd`` for ``patience`` consecutive decisions the campaign stops
-    dispatching. Unlike an improvement-based rule this does not need the fleet to be idle: the
-    GP accounts for running experiments as pending points.
+    After ``min_experiments`` finished experiments, every dispatch decision of the GP ranker is
+    judged by two figures in the same unit, noise sd per experiment's price:
+
+    - *expected*: what the model expects the best next experiment to gain (``StopSignal.expected_sd``);
+    - *achieved*: how much the GP's estimate of the best configuration actually rose over the last
+      ``window`` finished experiments, per experiment (a model that keeps promising gains it never
+      delivers, as on heavy-tailed tabular problems, is not believed for ever).
+
+    When the smaller of the two stays below ``min_gain_sd_per_experiment`` for ``patience``
+    consecutive decisions the campaign stops dispatching (what is running finishes; the confirmation
+    phase runs after it). It needs no idle fleet: the GP counts running experiments as pending.
     """
 
     min_experiments: int = 20
-    min_gain_per_usd: float = 0.001
-    patience: int = 3
+    min_gain_sd_per_experiment: float = 0.04  # calibrated: docs/benchmarks.md (benchmarks/stopping.py)
+    patience: int = 5
+    window: int = 30
     _streak: int = 0
-    last_gain_per_usd: float | None = None
+    _trail: list[tuple[int, float]] = field(default_factory=list)  # (finished, incumbent) per decision
+    last_gain_sd: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> CostAwareStop:
-        min_exp = _get(cfg, "min_experiments", 20)
-        gain = _get(cfg, "min_gain_per_usd", 0.001)
-        patience = _get(cfg, "patience", 3)
+        min_exp = _get(cfg, "min_experiments", cls.min_experiments)
+        gain = _get(cfg, "min_gain_sd_per_experiment", cls.min_gain_sd_per_experiment)
+        patience = _get(cfg, "patience", cls.patience)
+        window = _get(cfg, "window", cls.window)
         # types are checked with the config (hybrid.config.StoppingConfig); the ranges here
         if min_exp < 1:
             raise ConfigError(f"stopping.min_experiments: expected a positive integer, got {min_exp!r}")
-        if gain < 0:
-            raise ConfigError(f"stopping.min_gain_per_usd: expected a number >= 0, got {gain!r}")
+        if not 0 <= gain < math.inf:  # (NaN fails too)
+            raise ConfigError(f"stopping.min_gain_sd_per_experiment: expected a finite number >= 0 (the gain, "
+                              f"in noise sd, one experiment's price must buy; e.g. 0.04), got {gain!r}")
         if patience < 1:
             raise ConfigError(f"stopping.patience: expected a positive integer, got {patience!r}")
-        return cls(min_exp, float(gain), patience)
+        if window < 1:
+            raise ConfigError(f"stopping.window: expected a positive integer (finished experiments), got {window!r}")
+        return cls(min_exp, float(gain), patience, window)
 
-    def observe(self, gain_per_usd: float | None, n_finished: int) -> str | None:
-        """One dispatch decision: returns the stop reason, or None to go on."""
-        self.last_gain_per_usd = gain_per_usd
-        if gain_per_usd is None or n_finished < self.min_experiments:
-            self._streak = 0  # no fitted model yet, or too early to judge
+    def judge(self, decision: Any, n_finished: int) -> str | None:
+        """One dispatch decision (a ``RankDecision`` or None): the stop reason, or None to go on."""
+        return self.observe(StopSignal.from_decision(decision), n_finished)
+
+    def achieved_sd(self, signal: StopSignal, n_finished: int) -> float | None:
+        """The rise of the incumbent estimate over the last ``window`` finished experiments, in noise
+        sd per experiment (never below 0); None until a decision that far back exists."""
+        then = [(n, inc) for n, inc in self._trail if n <= n_finished - self.window]
+        if not then:
             return None
-        self._streak = self._streak + 1 if gain_per_usd < self.min_gain_per_usd else 0
-        if self._streak >= self.patience:
-            return (f"stopping.cost_aware: expected gain {gain_per_usd:.3g} per USD stayed below "
-                    f"{self.min_gain_per_usd:g} for {self.patience} decisions")
-        return None
+        n0, inc0 = then[-1]
+        return max(0.0, signal.incumbent - inc0) / signal.noise_sd / (n_finished - n0)
+
+    def observe(self, signal: StopSignal | None, n_finished: int) -> str | None:
+        """One decision's signal: returns the stop reason, or None to go on."""
+        if signal is None:
+            self.last_gain_sd, self._streak = None, 0  # no fitted model: no judgement
+            return None
+        achieved = self.achieved_sd(signal, n_finished)
+        self._remember(n_finished, signal.incumbent)
+        gain = signal.expected_sd if achieved is None else min(signal.expected_sd, achieved)
+        self.last_gain_sd = gain
+        if n_finished < self.min_experiments:
+            self._streak = 0  # too early to judge
+            return None
+        self._streak = self._streak + 1 if gain < self.min_gain_sd_per_experiment else 0
+        if self._streak < self.patience:
+            return None
+        got = "" if achieved is None else f", achieved {achieved:.3g} over the last {self.window} experiments"
+        usd = signal.typical_cost_usd
+        cost = (f"a typical experiment ${usd:.2f}" if usd >= 1 else f"a typical experiment ${usd:.2g}" if usd > 0
+                else "free workers: per experiment")
+        return (f"stopping.cost_aware: the gain per experiment's price, in noise sd, stayed below "
+                f"min_gain_sd_per_experiment={self.min_gain_sd_per_experiment:g} for {self.patience} decisions "
+                f"(last: expected {signal.expected_sd:.3g}{got}; noise sd {signal.noise_sd:.3g}, {cost})")
+
+    def _remember(self, n_finished: int, incumbent: float) -> None:
+        self._trail.append((n_finished, incumbent))
+        # what a later window can still start from: the newest point at least `window` old, and all newer
+        old = [i for i, (n, _) in enumerate(self._trail) if n <= n_finished - self.window]
+        if len(old) > 1:
+            del self._trail[: old[-1]]
 
 
 def money_saved(budget: Budget, p: CampaignProgress, fleet_hourly_usd: float) -> float | None:
@@ -153,8 +226,7 @@ class StopRules:
         """The cost-aware rule, fed the ranker's ``last_decision`` (a ``RankDecision`` or None)."""
         if self.cost is None:
             return None
-        gain = decision.best_gain_per_usd if decision is not None and decision.fitted else None
-        reason = self.cost.observe(gain, p.n_finished)
+        reason = self.cost.judge(decision, p.n_finished)
         if reason is None:
             return None
         saved = money_saved(self.budget, p, fleet_hourly_usd)

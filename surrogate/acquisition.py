@@ -137,6 +137,8 @@ class RankDecision:
     of the wave was chosen (only the running experiments pending): ``best_acq`` is its expected
     improvement of the metric (metric units, >= 0), ``best_gain_per_usd`` = best_acq x
     P(feasible) / predicted cost (cost taken as 1 when every free worker is free of charge).
+    ``noise_sd`` and ``typical_cost_usd`` put that figure on a scale that holds across problems
+    (hybrid/stopping.py: the gain, in noise sd, that the price of a typical experiment buys).
     """
 
     n_observations: int  # successful results the model saw
@@ -144,6 +146,14 @@ class RankDecision:
     best_acq: float = 0.0
     best_cost_usd: float = 0.0
     best_gain_per_usd: float = 0.0
+    # the GP's inferred run-to-run noise sd on the target hardware (metric units; 0: not fitted)
+    noise_sd: float = 0.0
+    # median predicted cost of running a pool candidate on a free worker, over the pairs the
+    # ranking may choose (USD; 0 when every free worker is free of charge)
+    typical_cost_usd: float = 0.0
+    # the GP's estimate of the best configuration run so far (its largest posterior mean over the
+    # observed configs, on the target hardware), maximized: -value when minimizing (metric units)
+    incumbent_mean: float = 0.0
     fit_seconds: float = 0.0
     rank_seconds: float = 0.0
 
@@ -420,6 +430,7 @@ class GPRanker(Ranker):
         X_pend = fit.inputs([e.params for e in running], [e.variant for e in running])
         mean, covar = fit.joint(np.vstack([X_screen, X_pend, fit.inputs([c.params for c in pool], variants)]))
         ns = len(X_screen)
+        incumbent = float(mean[:ns].max())
         base = plausible_best(mean[:ns].numpy(), covar.diagonal()[:ns].numpy())
         keep = torch.as_tensor(np.concatenate([base, np.arange(ns, len(mean))]))
         mean, covar = mean[keep], covar[keep][:, keep]
@@ -435,8 +446,11 @@ class GPRanker(Ranker):
         per_usd = choice.analytic_log_ei[:, None] + np.log(np.maximum(feasible, 1e-300)) - np.log(divisor)
         bi, bw = np.unravel_index(int(np.argmax(per_usd)), per_usd.shape)
         best_ei = float(np.exp(choice.analytic_log_ei[bi]))
+        allowed = feasible >= self.min_feasibility
+        typical = float(np.median(cost_usd[allowed] if allowed.any() else cost_usd)) if paid else 0.0
         decision = RankDecision(fit.n_observations, True, best_acq=best_ei, best_cost_usd=float(cost_usd[bi, bw]),
-                                best_gain_per_usd=float(np.exp(per_usd[bi, bw])))
+                                best_gain_per_usd=float(np.exp(per_usd[bi, bw])), noise_sd=fit.noise_sd(),
+                                typical_cost_usd=typical, incumbent_mean=incumbent)
         wave = list(validations)
         for (c, w), lei in zip(choice.picks, choice.log_ei, strict=True):
             ei = math.exp(choice.analytic_log_ei[c])

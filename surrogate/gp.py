@@ -229,6 +229,16 @@ class FittedSurrogate:
             covar = post.distribution.covariance_matrix.reshape(len(X), len(X))
         return mean, covar
 
+    def noise_sd(self) -> float:
+        """The run-to-run noise the GP inferred on the target hardware: the standard deviation of one
+        observation around the latent objective, in metric units (the likelihood's noise, per task
+        for a MultiTaskGP, scaled back from the standardized outputs)."""
+        Xt = torch.as_tensor(self.data.X[:1], dtype=DTYPE)
+        with torch.no_grad(), exact_gp():
+            latent = self.model.posterior(Xt).variance.reshape(-1)
+            observed = self.model.posterior(Xt, observation_noise=True).variance.reshape(-1)
+        return float((observed - latent).clamp_min(0).sqrt()[0])
+
     def screen(self, max_rows: int = 256) -> np.ndarray:
         """Distinct configs among the ``max_rows`` best observed rows: (k, D). The posterior is
         smooth, so the best posterior means sit among the best observations."""
