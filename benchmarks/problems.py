@@ -101,6 +101,11 @@ class Problem(ABC):
         """Whether this configuration runs out of memory on this hardware (a simulated crash)."""
         return False
 
+    @property
+    def noise_sd(self) -> float:
+        """The run-to-run noise sd of an observation near the optimum (what "within noise" means here)."""
+        raise NotImplementedError(f"{self.name}: no noise sd")
+
     @cached_property
     def scale(self) -> float:
         """The median regret of uniformly random configurations: a problem-specific unit."""
@@ -146,6 +151,12 @@ class TabularProblem(Problem):
         return {k: (params[k] if isinstance(p, CategoricalParam) else self.grid[k][int(params[k])])
                 for k, p in self.space.params.items()}
 
+    @cached_property
+    def noise_sd(self) -> float:
+        """The median over the 100 best configurations (by mean) of the sd of their recorded seeds."""
+        best = sorted(self._runs.values(), key=lambda r: float(r.mean()))[:100]
+        return float(np.median([r.std(ddof=1) for r in best]))
+
     def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
         runs = self._runs[self._key(params)]
         return float(runs[rng.integers(len(runs))])
@@ -177,6 +188,10 @@ class SyntheticProblem(Problem):
         return self.true_value(params) + self.noise_std * float(rng.standard_normal())
 
     @property
+    def noise_sd(self) -> float:
+        return self.noise_std
+
+    @property
     def optimum(self) -> float:
         return float(self.function.optimal_value)
 
@@ -195,6 +210,53 @@ def ackley10(noise_std: float = 0.5) -> SyntheticProblem:
     return SyntheticProblem("ackley10", Ackley(dim=10), [(-5.0, 10.0)] * 10, noise_std)
 
 
+class ReturnsProblem(Problem):
+    """A simulation of a training target's val_bpb (minimized) and its returns, with the run-to-run
+    noise of a real training setup: ``floor + span * q / (1 + q)``, ``q = sum_i w_i (x_i - x*_i)^2``
+    over parameters in [0, 1] whose weights ``w`` fall off geometrically by ``decay``: a few
+    parameters matter a lot, the rest ever less, so the gains a search can still make shrink
+    towards the noise (``decay`` < 1) or stay steep (``decay`` = 1: every parameter matters alike).
+    The optimum ``x*`` is a fixed draw 0.2-0.4 away from the centre of the box (where the defaults sit)
+    in every parameter."""
+
+    def __init__(self, name: str, dims: int, span: float, decay: float, noise_std: float,
+                 floor: float = 0.974, seed: int = 16) -> None:
+        self.name = name
+        self.floor, self.span, self.noise_std = floor, span, noise_std
+        rng = np.random.default_rng(seed)
+        self.x_star = 0.5 + rng.choice([-1.0, 1.0], dims) * rng.uniform(0.2, 0.4, dims)
+        self.weights = 8.0 * decay ** np.arange(dims)
+        self.space = SearchSpace(FloatParam(f"p{i}", 0.0, 1.0, default=0.5) for i in range(dims))
+
+    def true_value(self, params: Mapping[str, Any]) -> float:
+        x = np.array([float(params[k]) for k in self.space.names])
+        q = float(self.weights @ (x - self.x_star) ** 2)
+        return self.floor + self.span * q / (1.0 + q)
+
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+        return self.true_value(params) + self.noise_std * float(rng.standard_normal())
+
+    @property
+    def noise_sd(self) -> float:
+        return self.noise_std
+
+    @property
+    def optimum(self) -> float:
+        return self.floor
+
+
+def returns_flat() -> ReturnsProblem:
+    """The reference run's diminishing returns: val_bpb from ~1.00 towards 0.974, noise sd 0.002
+    (a training seed's spread), late gains of the order of the noise."""
+    return ReturnsProblem("returns-flat", dims=8, span=0.055, decay=0.35, noise_std=0.002)
+
+
+def returns_steep() -> ReturnsProblem:
+    """Gains that stay steep over the budget: 16 parameters that all matter, a wide span, the
+    same noise; every few experiments still gain many noise sd."""
+    return ReturnsProblem("returns-steep", dims=16, span=0.5, decay=1.0, noise_std=0.002)
+
+
 def fcnet(short: str) -> TabularProblem:
     return TabularProblem(f"fcnet-{short}", "hpolib", FCNET[short], _FCNET_GRID, "val_loss", maximize=False)
 
@@ -203,7 +265,8 @@ def hpobench(dataset: str) -> TabularProblem:
     return TabularProblem(f"hpobench-{dataset}", "hpobench", dataset, _HPOBENCH_GRID, "val_acc", maximize=True)
 
 
-PROBLEMS = ("hartmann6", "ackley10", *(f"fcnet-{k}" for k in FCNET), *(f"hpobench-{k}" for k in HPOBENCH))
+PROBLEMS = ("hartmann6", "ackley10", *(f"fcnet-{k}" for k in FCNET), *(f"hpobench-{k}" for k in HPOBENCH),
+            "returns-flat", "returns-steep")
 
 
 def make_problem(name: str) -> Problem:
@@ -216,4 +279,8 @@ def make_problem(name: str) -> Problem:
         return fcnet(name[6:])
     if name.startswith("hpobench-") and name[9:] in HPOBENCH:
         return hpobench(name[9:])
+    if name == "returns-flat":
+        return returns_flat()
+    if name == "returns-steep":
+        return returns_steep()
     raise ConfigError(f"--problems: {name!r} is not one of {', '.join(PROBLEMS)}")

@@ -219,3 +219,32 @@ def test_pruning_benchmark_runs_every_method_at_equal_spend(tmp_path, monkeypatc
         if not r["method"].endswith("-default"):  # Optuna's defaults have no warm-up
             assert all(f >= 0.3 for f in r["prune_fractions"])
     assert by["rule"]["pruned"] > 0 and by["rule"]["experiments"] > by["none"]["experiments"]
+
+
+def test_stopping_benchmark_replays_the_rule_exactly_where_a_live_campaign_stops(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.stopping as bs
+
+    monkeypatch.setattr(bs, "RESULTS", tmp_path)
+    args = ["--problems", "returns-flat,returns-steep", "--seeds", "1", "--evals", "20", "--workers", "4",
+            "--thresholds", "0.04,1000", "--min-experiments", "6", "--window", "5", "--patience", "2"]
+    assert bs.main([*args, "--default", "1000", "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "\nreturns-flat " in out and "\nreturns-steep " in out and "min_gain_sd_per_experiment=1000" in out
+    saved = json.loads((tmp_path / "stopping-t.json").read_text())
+    assert [(r["problem"], len(r["experiments"])) for r in saved["runs"]] == [("returns-flat", 20), ("returns-steep", 20)]
+    cells = {(c["problem"], c["threshold"]): c for c in saved["table"]}
+    for p in ("returns-flat", "returns-steep"):  # no gain reaches 1000 sd: it stops once it may judge
+        c = cells[p, 1000.0]
+        assert c["fired"] == 1 and 6 <= c["stop"] < 20 and 0 < c["saved"] < 1 and c["given_up"] >= 0
+    # the replay is where the real rule, live in the same campaign, stops it
+    problem, run = bs._problem("returns-flat"), bs.Run(**saved["runs"][0])
+    live = run_product(problem, [*bs.OVERRIDES, "stopping=cost_aware", "stopping.min_gain_sd_per_experiment=1000",
+                                 "stopping.min_experiments=6", "stopping.window=5", "stopping.patience=2"],
+                       seed=0, evals=20, workers=4, root=tmp_path / "live", hourly_usd=bs.HOURLY_USD, metric=bs.METRIC)
+    assert live.campaign.stop_reason.startswith("stopping.cost_aware:")
+    assert len(live.experiments) == cells["returns-flat", 1000.0]["stop"]
+    replayed = bs.stop_point(problem, run, bs.CostAwareStop(6, 1000, 2, 5))
+    assert replayed["regret_stop"] == pytest.approx(min(problem.true_value(e.params) for e in live.experiments)
+                                                    - problem.optimum)
+    assert bs.main([*args, "--report", str(tmp_path / "stopping-t.json")]) == 0
+    assert "\nreturns-steep " in capsys.readouterr().out
