@@ -9,8 +9,9 @@ GP ranker, store, stopping rules), and results are read back from the campaign's
     run.experiments      # every experiment, from state.sqlite (virtual started/ended)
 
 What a benchmark campaign leaves out: tracking (``tracking=none``), the live view and the
-end-of-campaign findings (reports, not part of the optimization), and any LLM spend
-(``proposer.llm_share=0``); the poll interval is 0 because the clock is virtual.
+end-of-campaign findings (reports, not part of the optimization), any LLM spend
+(``proposer.llm_share=0``) and the cost-aware stop (``stopping=budget``: a fixed budget, unless a
+method asks for ``stopping=cost_aware``); the poll interval is 0 because the clock is virtual.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from hybrid.stopping import CostAwareStop, StopSignal
 from hybrid.types import Experiment, ExperimentState, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
-# what every benchmark campaign sets (module docstring); method overrides come after and may change them
-QUIET = ("tracking=none", "campaign.progress=none", "campaign.findings=false", "campaign.poll_interval_s=0")
+# what every benchmark campaign sets (module docstring); method overrides come after and may change them.
+# stopping=budget: benchmarks compare methods at equal budgets (the cost-aware rule, the default,
+# only watches through DecisionLog; benchmarks/stopping.py replays it)
+QUIET = ("tracking=none", "campaign.progress=none", "campaign.findings=false", "campaign.poll_interval_s=0",
+         "stopping=budget")
 
 
 def space_params(space: SearchSpace) -> dict[str, dict[str, Any]]:

@@ -260,9 +260,9 @@ def assemble(
     budget = Budget.from_config(cfg.budget)
     cost_stop = None
     if cfg.stopping.name is StoppingKind.cost_aware:
-        if _part_name(cfg.surrogate) != "gp":
-            raise ConfigError("stopping=cost_aware: needs surrogate=gp (the GP estimates the gain per dollar)")
-        cost_stop = CostAwareStop.from_config(cfg.stopping)
+        cost_stop = CostAwareStop.from_config(cfg.stopping)  # (its values are checked with any surrogate)
+        if _part_name(cfg.surrogate) != "gp":  # the rule reads the GP's decisions: without one, the caps only
+            cost_stop = None
     name = name or camp.name
     campaign_dir = Path(campaign_dir).resolve() if campaign_dir is not None else campaign_dir_for(cfg, name)
     check_campaign_dir(campaign_dir)

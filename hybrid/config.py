@@ -259,9 +259,10 @@ class FleetConfig:
 
 @dataclass
 class StoppingConfig:
-    # budget: stop at a budget.* cap (or past campaign.max_failure_rate). cost_aware: also stop when
-    # the expected gain per dollar is no longer worth it (needs surrogate=gp); the caps still apply
-    name: StoppingKind = StoppingKind.budget
+    # cost_aware: stop where the gains flatten, relative to the noise and the price (the options
+    # below; it reads the GP's decisions: with surrogate=none only the caps apply); budget: only at a
+    # budget.* cap (or past campaign.max_failure_rate). The caps apply to both
+    name: StoppingKind = StoppingKind.cost_aware
     # cost_aware: judge only after this many finished experiments
     min_experiments: int = 20
     # cost_aware: stop when the gain per experiment's price, in units of the run-to-run noise sd

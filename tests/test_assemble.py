@@ -68,9 +68,16 @@ def test_a_proposer_option_its_constructor_does_not_take_is_named() -> None:
         assemble(compose([*RUN, "surrogate=gp", "+surrogate.pool_szie=8"]))
 
 
-def test_the_cost_aware_rule_needs_the_gp() -> None:
-    with pytest.raises(ConfigError, match=r"^stopping=cost_aware: needs surrogate=gp"):
-        assemble(compose([*RUN, "stopping=cost_aware"]))
+def test_the_cost_aware_rule_is_the_default_and_reads_the_gp() -> None:
+    from hybrid.stopping import CostAwareStop
+
+    with_gp = assemble(compose([*RUN, "surrogate=gp"]))
+    assert with_gp.stopping.cost == CostAwareStop()  # the calibrated default (docs/benchmarks.md)
+    # without a GP there are no decisions to read: the budget caps only (its values are still checked)
+    assert assemble(compose(RUN)).stopping.cost is None
+    assert assemble(compose([*RUN, "surrogate=gp", "stopping=budget"])).stopping.cost is None
+    with pytest.raises(ConfigError, match=r"^stopping.patience: expected a positive integer"):
+        assemble(compose([*RUN, "stopping.patience=0"]))
 
 
 def _results(campaign_dir: Path) -> list[tuple[str, dict, float | None]]:

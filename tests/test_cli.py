@@ -74,7 +74,7 @@ def runners_alive(campaign_dir: Path) -> list[int]:
         (["campaign.confirm_top_k=two"], r"ConfigError: campaign.confirm_top_k: expected an integer, got 'two'$"),
         (["space=mine"], r"ConfigError: space=mine: no such option; available: .*example.* "
                          r"\(or add conf/space/mine.yaml to the current directory\)$"),
-        (["stopping=cost_aware"], r"ConfigError: stopping=cost_aware: needs surrogate=gp"),
+        (["stopping=cost_aware", "stopping.window=0"], r"ConfigError: stopping.window: expected a positive integer"),
         (["campaign.validate_top_k=2"], r"ConfigError: campaign.validate_top_k: set campaign.target_hardware too"),
         (["campaign.prefetch_pool=maybe"], r"ConfigError: campaign.prefetch_pool: 'maybe' is not one of true, inline, false$"),
         (["surrogate=gp", "surrogate.hardware=pooled"], r"ConfigError: surrogate.hardware: 'pooled' is not task or noise"),

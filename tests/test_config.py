@@ -45,7 +45,7 @@ def test_composed_config_is_typed() -> None:
     assert cfg.target.direction is Direction.maximize and cfg.target.timeout_s is None
     assert cfg.budget.max_hours == 1.0 and isinstance(cfg.budget.max_hours, float)
     assert cfg.budget.max_experiments == 20 and cfg.budget.max_cost_usd is None
-    assert cfg.stopping.name is StoppingKind.budget and cfg.campaign.target_hardware == "h100"
+    assert cfg.stopping.name is StoppingKind.cost_aware and cfg.campaign.target_hardware == "h100"
     assert type(cfg.backend).__name__ == "LocalBackendConfig" and cfg.backend.workers == 2
     assert cfg.fleet is None and compose(["fleet=reference"]).fleet.workers[0]["count"] == 13
 
