@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import csv
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -69,7 +70,7 @@ def seen(db: Path) -> list:
     """The store's experiments as another process sees them ([] before the campaign created it)."""
     try:
         return Store.open_read_only(db).experiments() if db.exists() else []
-    except StoreError:  # created a moment ago, tables not yet written
+    except (StoreError, sqlite3.Error):  # created a moment ago, tables not yet written
         return []
 
 
