@@ -27,7 +27,8 @@ dispatched), money saved (median share of the full budget's spend not spent), re
     python benchmarks/stopping.py --quick
     python benchmarks/stopping.py [--problems ...] [--seeds 10] [--evals 100] [--workers 4] [--jobs 1]
         [--thresholds 0.01,0.02,...] [--patience 3] [--min-experiments 20] [--window 20]
-    python benchmarks/stopping.py --report benchmarks/results/stopping-<tag>.json [--thresholds ...]
+    python benchmarks/stopping.py --first-seed 10 ...   (more seeds, then --report both files)
+    python benchmarks/stopping.py --report benchmarks/results/stopping-<tag>.json [...] [--thresholds ...]
 Results: benchmarks/results/stopping-<tag>.json (every run's decisions and experiments, the table).
 """
 
@@ -105,10 +106,11 @@ def _job(args: tuple) -> Run:
     return simulate(*args)
 
 
-def run_all(problems: Sequence[str], seeds: int, evals: int, workers: int, jobs: int = 1) -> list[Run]:
+def run_all(problems: Sequence[str], seeds: int, evals: int, workers: int, jobs: int = 1,
+            first_seed: int = 0) -> list[Run]:
     for p in problems:  # fail fast on a bad name or a missing package
         _problem(p)
-    tasks = [(p, s, evals, workers) for p in problems for s in range(seeds)]
+    tasks = [(p, s, evals, workers) for p in problems for s in range(first_seed, first_seed + seeds)]
     if jobs <= 1:
         out = []
         for i, t in enumerate(tasks):
@@ -226,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS), help=f"comma list of {', '.join(PROBLEMS)}")
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--evals", type=int, default=100, help="experiments per run (the full budget)")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
@@ -239,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--default", type=float, default=defaults.min_gain_sd_per_experiment,
                     help="the threshold whose full row is printed (default: StoppingConfig's)")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
-    ap.add_argument("--report", metavar="JSON", help="only replay the runs of a saved file (e.g. other thresholds)")
+    ap.add_argument("--report", metavar="JSON", nargs="+",
+                    help="only replay the runs of saved files, together (e.g. other thresholds, more seeds)")
     a = ap.parse_args(argv)
     if a.quick:
         a.seeds, a.evals = 2, 40
@@ -249,10 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--evals: at least 2; --seeds: at least 1")
     t0 = time.perf_counter()
     if a.report:
-        saved = json.loads(Path(a.report).read_text())
-        runs = [Run(**r) for r in saved["runs"] if r["problem"] in problems]
+        runs = [Run(**r) for path in a.report for r in json.loads(Path(path).read_text())["runs"]
+                if r["problem"] in problems]
     else:
-        runs = run_all(problems, a.seeds, a.evals, a.workers, a.jobs)
+        runs = run_all(problems, a.seeds, a.evals, a.workers, a.jobs, a.first_seed)
     text, rows = report(runs, problems, thresholds, a.patience, a.min_experiments, a.window, a.default)
     print(text)
     print(f"median {statistics.median(r.wall_s for r in runs):.1f} s per run")
