@@ -75,6 +75,10 @@ class TwoHardware(Problem):
     def optimum(self) -> float:
         return self.base.optimum
 
+    @property
+    def noise_sd(self) -> float:
+        return self.base.noise_sd
+
     def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator) -> float:
         value = self.evaluate(params, rng)
         return value - offset(self.space.encode(params)) if hardware == OTHER else value

@@ -102,9 +102,13 @@ class Problem(ABC):
         return False
 
     @property
+    @abstractmethod
     def noise_sd(self) -> float:
         """The run-to-run noise sd of an observation near the optimum (what "within noise" means here)."""
-        raise NotImplementedError(f"{self.name}: no noise sd")
+
+    def noise_sd_at(self, params: Mapping[str, Any]) -> float:
+        """The run-to-run noise sd of an observation at ``params`` (homoscedastic problems: noise_sd)."""
+        return self.noise_sd
 
     @cached_property
     def scale(self) -> float:
@@ -156,6 +160,10 @@ class TabularProblem(Problem):
         """The median over the 100 best configurations (by mean) of the sd of their recorded seeds."""
         best = sorted(self._runs.values(), key=lambda r: float(r.mean()))[:100]
         return float(np.median([r.std(ddof=1) for r in best]))
+
+    def noise_sd_at(self, params: Mapping[str, Any]) -> float:
+        """The sd of the recorded seeds of this configuration (the noise differs across the table)."""
+        return float(self._runs[self._key(params)].std(ddof=1))
 
     def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
         runs = self._runs[self._key(params)]

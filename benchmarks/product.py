@@ -84,8 +84,8 @@ class DecisionLog(CostAwareStop):
         self.created = created
         self.records: list[tuple[StopSignal | None, int, int]] = []
 
-    def judge(self, decision: Any, n_finished: int) -> str | None:
-        self.records.append((StopSignal.from_decision(decision), n_finished, self.created()))
+    def judge(self, decision: Any, n_finished: int, measured_high: float | None = None) -> str | None:
+        self.records.append((StopSignal.from_decision(decision, measured_high), n_finished, self.created()))
         return None
 
 

@@ -136,6 +136,10 @@ class CodeProblem(Problem):
     def optimum(self) -> float:
         return OPTIMUM
 
+    @property
+    def noise_sd(self) -> float:
+        return NOISE
+
 
 class CodeSimBackend(SimBackend):
     """SimBackend whose jobs read the code switches from their own snapshot's train.py."""

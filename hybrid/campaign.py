@@ -30,7 +30,7 @@ from hybrid.errors import BackendError
 from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
-from hybrid.noise import recommend
+from hybrid.noise import noise_by_hardware, recommend
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
@@ -442,7 +442,8 @@ class Campaign:
     def _cost_stop_fires(self) -> bool:
         """Feed the ranker's decision to the cost-aware rule; True when it says stop."""
         fleet_hourly = sum(w.hourly_usd for w in self.backend.workers())
-        reason = self.stopping.after_ranking(self.ranker.last_decision, self._progress(), fleet_hourly)
+        reason = self.stopping.after_ranking(self.ranker.last_decision, self._progress(), fleet_hourly,
+                                             self._measured_noise_high())
         if reason is None:
             return False
         self.store.event("cost_stop", reason)
@@ -551,6 +552,16 @@ class Campaign:
         (with ``campaign.dir`` inside the workdir each experiment would copy every earlier one) and
         the tracker's local store (MLflow's default one sits next to the campaign dir)."""
         return (self.dir, *self.tracker.local_paths(self.dir))
+
+    def _measured_noise_high(self) -> float | None:
+        """The 95 % upper bound of the run-to-run sd the replicates measured on the hardware the GP
+        predicts for (None: not measured there)."""
+        if self.stopping.cost is None:
+            return None
+        own = list(self.exps.values())
+        hw = history.judged_hardware(own, self.objective, self.target_hardware)
+        measured = noise_by_hardware(own, self.objective).get(hw) if hw is not None else None
+        return measured.high if measured is not None and measured.sd else None
 
     def _gp_noise(self, exps: Sequence[Experiment]) -> dict[str, float]:
         """The GP's inferred noise sd on the hardware it predicts for (its last decision's), stored

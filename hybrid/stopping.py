@@ -83,7 +83,11 @@ class StopSignal(NamedTuple):
     typical experiment buys: the best (candidate, worker) pair's expected improvement x
     P(feasible) per USD (``RankDecision.best_gain_per_usd``), times the median predicted cost of
     an experiment (``typical_cost_usd``; on a free fleet the gain is per experiment already), over
-    the GP's inferred noise sd on the target hardware (``noise_sd``, metric units).
+    the noise sd on the target hardware (``noise_sd``, metric units): the GP's inferred one, or the
+    95 % upper bound of the sd the campaign's own replicates measured there when that is smaller
+    (``measured=True``). A GP whose fit is poor absorbs the misfit into its noise (FCNet naval:
+    hundreds of times the seed spread); replicates then know better, and only their upper bound is
+    believed, so a lucky small sd from one or two replicates cannot silence the rule.
     ``incumbent``: the GP's estimate of the best configuration so far (maximized, metric units).
     Both are dimensionless once divided by ``noise_sd``, so one threshold means the same on a
     metric that moves by 0.001 and on one that moves by 10, on cheap workers and on dear ones.
@@ -93,15 +97,22 @@ class StopSignal(NamedTuple):
     incumbent: float
     noise_sd: float
     typical_cost_usd: float = 0.0  # 0: a free fleet
+    measured: bool = False  # noise_sd is the replicates' upper bound, below the GP's
+    gp_noise_sd: float = 0.0  # the GP's inferred noise sd (what noise_sd would be otherwise)
 
     @classmethod
-    def from_decision(cls, decision: Any) -> StopSignal | None:
-        """None when the decision had no fitted model (or no noise estimate) to judge by."""
+    def from_decision(cls, decision: Any, measured_high: float | None = None) -> StopSignal | None:
+        """None when the decision had no fitted model (or no noise estimate) to judge by.
+        ``measured_high``: the 95 % upper bound of the replicates' sd on the target hardware (None,
+        or 0 when every replicate agreed: not used)."""
         if decision is None or not decision.fitted or not decision.noise_sd > 0:
             return None
         cost = decision.typical_cost_usd if decision.typical_cost_usd > 0 else 1.0
-        return cls(decision.best_gain_per_usd * cost / decision.noise_sd, decision.incumbent_mean, decision.noise_sd,
-                   decision.typical_cost_usd)
+        gp = float(decision.noise_sd)
+        use = measured_high is not None and 0 < measured_high < gp
+        sd = float(measured_high) if use else gp
+        return cls(decision.best_gain_per_usd * cost / sd, decision.incumbent_mean, sd, decision.typical_cost_usd,
+                   use, gp)
 
 
 @dataclass
@@ -147,9 +158,10 @@ class CostAwareStop:
             raise ConfigError(f"stopping.window: expected a positive integer (finished experiments), got {window!r}")
         return cls(min_exp, float(gain), patience, window)
 
-    def judge(self, decision: Any, n_finished: int) -> str | None:
-        """One dispatch decision (a ``RankDecision`` or None): the stop reason, or None to go on."""
-        return self.observe(StopSignal.from_decision(decision), n_finished)
+    def judge(self, decision: Any, n_finished: int, measured_high: float | None = None) -> str | None:
+        """One dispatch decision (a ``RankDecision`` or None) and the replicates' upper bound on
+        the noise sd (:meth:`StopSignal.from_decision`): the stop reason, or None to go on."""
+        return self.observe(StopSignal.from_decision(decision, measured_high), n_finished)
 
     def achieved_sd(self, signal: StopSignal, n_finished: int) -> float | None:
         """The rise of the incumbent estimate over the last ``window`` finished experiments, in noise
@@ -177,11 +189,13 @@ class CostAwareStop:
             return None
         got = "" if achieved is None else f", achieved {achieved:.3g} over the last {self.window} experiments"
         usd = signal.typical_cost_usd
+        src = (f" (the replicates' 95% upper bound; the GP's {signal.gp_noise_sd:.3g})" if signal.measured
+               else " (the GP's)")
         cost = (f"a typical experiment ${usd:.2f}" if usd >= 1 else f"a typical experiment ${usd:.2g}" if usd > 0
                 else "free workers: per experiment")
         return (f"stopping.cost_aware: the gain per experiment's price, in noise sd, stayed below "
                 f"min_gain_sd_per_experiment={self.min_gain_sd_per_experiment:g} for {self.patience} decisions "
-                f"(last: expected {signal.expected_sd:.3g}{got}; noise sd {signal.noise_sd:.3g}, {cost})")
+                f"(last: expected {signal.expected_sd:.3g}{got}; noise sd {signal.noise_sd:.3g}{src}, {cost})")
 
     def _remember(self, n_finished: int, incumbent: float) -> None:
         self._trail.append((n_finished, incumbent))
@@ -222,11 +236,13 @@ class StopRules:
         """A budget cap reached, or too many failures."""
         return self.budget.reason(p) or failure_reason(p, self.max_failure_rate)
 
-    def after_ranking(self, decision: Any, p: CampaignProgress, fleet_hourly_usd: float) -> str | None:
-        """The cost-aware rule, fed the ranker's ``last_decision`` (a ``RankDecision`` or None)."""
+    def after_ranking(self, decision: Any, p: CampaignProgress, fleet_hourly_usd: float,
+                      measured_high: float | None = None) -> str | None:
+        """The cost-aware rule, fed the ranker's ``last_decision`` (a ``RankDecision`` or None) and
+        the 95 % upper bound of the noise sd the replicates measured on the target hardware."""
         if self.cost is None:
             return None
-        reason = self.cost.judge(decision, p.n_finished)
+        reason = self.cost.judge(decision, p.n_finished, measured_high)
         if reason is None:
             return None
         saved = money_saved(self.budget, p, fleet_hourly_usd)

@@ -152,6 +152,23 @@ def test_tabular_problem_noise_and_optimum() -> None:
     assert len(draws) > 1  # observations are recorded seeds, not the mean
     assert min(draws) <= p.true_value(params) <= max(draws)
     assert p.optimum <= p.true_value(params)
+    # the noise differs across the table: the seeds' sd of each configuration
+    sds = {p.noise_sd_at(p.space.decode(rng.random(len(p.space)))) for _ in range(20)}
+    assert len(sds) > 1 and all(sd >= 0 for sd in sds)
+    assert make_problem("hartmann6").noise_sd_at({}) == make_problem("hartmann6").noise_sd == 0.05
+
+
+def test_the_stopping_benchmark_judges_in_the_noise_at_the_campaigns_best_configs() -> None:
+    import benchmarks.stopping as bs
+
+    problem = bs._problem("returns-flat")  # noise sd 0.002 at the optimum
+    # (true, observed, cost, sd there): the 5 best distinct true values are 1.0 (run twice), 2, 3, 4, 5
+    exps = [(1.0, 1.0, 1.0, 0.1), (1.0, 1.1, 1.0, 0.1), (2.0, 2.0, 1.0, 0.2), (None, None, 1.0, 7.0),
+            (3.0, 3.0, 1.0, 0.3), (4.0, 4.0, 1.0, 0.4), (5.0, 5.0, 1.0, 0.5), (9.0, 9.0, 1.0, 9.0)]
+    run = bs.Run("returns-flat", 0, [], exps, 0.0)
+    assert bs.top_sd(problem, run) == pytest.approx(0.3)  # median of 0.1..0.5; failed and worse ones left out
+    old = bs.Run("returns-flat", 0, [], [e[:3] for e in exps], 0.0)  # a file from before noise_sd_at
+    assert bs.top_sd(problem, old) == problem.noise_sd
 
 
 def test_hardware_benchmark_runs_both_arms(tmp_path, monkeypatch, capsys) -> None:

@@ -58,6 +58,55 @@ def test_the_statistic_is_the_expected_gain_in_noise_sd_that_a_typical_experimen
     assert StopSignal.from_decision(None) is None
 
 
+def test_the_replicates_upper_bound_replaces_the_gps_noise_only_when_smaller():
+    # the GP says 0.002; replicates bounding the sd by 0.0005 make the same gain 4 times as many sd
+    gp, tight = StopSignal.from_decision(decision(0.0004)), StopSignal.from_decision(decision(0.0004), 0.0005)
+    assert (tight.noise_sd, tight.measured, tight.gp_noise_sd) == (0.0005, True, 0.002)
+    assert tight.expected_sd == pytest.approx(4 * gp.expected_sd)
+    # a bound above the GP's (few replicates), none, or 0 (every replicate agreed): the GP's noise
+    for high in (0.01, None, 0.0):
+        s = StopSignal.from_decision(decision(0.0004), high)
+        assert (s.noise_sd, s.measured, s.expected_sd) == (0.002, False, pytest.approx(0.5))
+    # the reason names which noise it judged by
+    rules = StopRules(Budget(max_experiments=50), cost=CostAwareStop(min_experiments=5, patience=1, window=1000))
+    p = progress(n_created=12, n_finished=10, spend_usd=25.0)
+    reason = rules.after_ranking(decision(0.000001), p, 10.0, 0.0005)
+    assert "noise sd 0.0005 (the replicates' 95% upper bound; the GP's 0.002)" in reason
+    reason = StopRules(Budget(), cost=CostAwareStop(min_experiments=5, patience=1)).after_ranking(
+        decision(0.000001), p, 10.0, None)
+    assert "noise sd 0.002 (the GP's)" in reason
+
+
+def test_a_campaign_feeds_the_rule_the_upper_bound_its_replicates_measured(tmp_path):
+    """A real local campaign on a noisy target: until the baseline's replicate is in the rule gets
+    no measurement; after it, the 95 % upper bound of the replicates' sd on the judged hardware."""
+    from hybrid import noise
+    from surrogate.acquisition import InOrderRanker
+    from tests.test_confirmation import MIN, campaign
+
+    class GPLike(InOrderRanker):
+        def rank(self, pool, history, pending, workers):
+            self.last_decision = decision(0.01, noise_sd=5.0)  # a GP whose misfit says the noise is 5
+            return super().rank(pool, history, pending, workers)
+
+    class Recording(CostAwareStop):
+        seen: list = []
+
+        def judge(self, decision, n_finished, measured_high=None):
+            self.seen.append(measured_high)
+            return super().judge(decision, n_finished, measured_high)
+
+    rule = Recording(min_experiments=100)  # never fires: only what it is fed is looked at
+    c = campaign(tmp_path, [{"x": 1.0 + i} for i in range(6)], 8, ranker=GPLike(), cost_stop=rule,
+                 confirm_top_k=0, workers=2, defaults={"amp": 0.01, "sleep": 0.3})
+    c.run()
+    exps = c.experiments()
+    assert [e.source for e in exps].count("replicate") == 1
+    measured = noise.noise_by_hardware(exps, MIN)["cpu"]
+    assert measured.dof == 1 and 0 < measured.sd < 0.01 and measured.high < 5.0  # 1 dof: ~32 x the sd
+    assert rule.seen[0] is None and rule.seen[-1] == pytest.approx(measured.high)
+
+
 def test_one_threshold_means_the_same_on_any_metric_scale_and_price():
     """The same campaign measured in another unit (x1000) on workers 10x dearer stops at the same decision."""
     gains = [0.004 * 0.6**i for i in range(14)]  # val_bpb per USD
@@ -119,7 +168,7 @@ def test_the_stop_reason_says_the_statistic_the_threshold_the_patience_and_the_m
     assert rules.after_ranking(decision(0.00002), p, 10.0) is None
     reason = rules.after_ranking(decision(0.00002), p, 10.0)  # 0.00005 / 0.002 = 0.025 sd per experiment
     assert reason == ("stopping.cost_aware: the gain per experiment's price, in noise sd, stayed below "
-                      "min_gain_sd_per_experiment=0.04 for 2 decisions (last: expected 0.025; noise sd 0.002, "
+                      "min_gain_sd_per_experiment=0.04 for 2 decisions (last: expected 0.025; noise sd 0.002 (the GP's), "
                       "a typical experiment $2.50); about $95.00 of the budget left unspent; "
                       "38 of budget.max_experiments=50 not run")
 
@@ -245,7 +294,7 @@ def test_a_real_gp_campaign_stops_by_the_rule_and_stores_why(tmp_path):
     reason = summary.stop_reason
     m = re.fullmatch(r"stopping\.cost_aware: the gain per experiment's price, in noise sd, stayed below "
                      r"min_gain_sd_per_experiment=100 for 2 decisions \(last: expected (\S+), achieved (\S+) over "
-                     r"the last 4 experiments; noise sd (\S+), a typical experiment \$(\S+)\); about \$\S+ of the "
+                     r"the last 4 experiments; noise sd (\S+) \((?:the GP's|the replicates' 95% upper bound; the GP's \S+)\), a typical experiment \$(\S+)\); about \$\S+ of the "
                      r"budget left unspent; (\d+) of budget.max_experiments=30 not run", reason)
     assert m, reason
     expected, achieved, noise_sd, cost = (float(x) for x in m.groups()[:4])
