@@ -211,14 +211,14 @@ def kill_script(root: str) -> None:  # run by the orchestrator process the test 
     campaign(Path(root), SLOW, 7, workers=2, confirm_top_k=2).run()
 
 
-def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repeating_a_run(tmp_path: Path) -> None:
-    # the confirming runs take a second: the orchestrator is killed while they run; the resume
-    # re-attaches them and finishes the phase
+def kill_9_while_confirming(root: Path, script: str) -> list[Experiment]:
+    """Run ``tests.test_confirmation.<script>(root)`` as an orchestrator process and SIGKILL it as
+    soon as a confirming run is running: those runs (the test fails if none showed within 60 s)."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            f"from tests.test_confirmation import kill_script; kill_script({str(tmp_path)!r})\n")
-    orch = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+            f"from tests.test_confirmation import {script}; {script}({str(root)!r})\n")
+    orch = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    db = tmp_path / "runs/c/state.sqlite"
+    db = root / "runs/c/state.sqlite"
     deadline, confirming = time.monotonic() + 60, []
     while time.monotonic() < deadline and not confirming and orch.poll() is None:
         time.sleep(0.01)
@@ -230,6 +230,13 @@ def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repea
     os.kill(orch.pid, signal.SIGKILL)
     orch.wait()
     assert confirming, orch.stderr.read().decode() if orch.stderr else ""
+    return confirming
+
+
+def test_kill_9_in_the_middle_of_the_confirmation_phase_resumes_it_without_repeating_a_run(tmp_path: Path) -> None:
+    # the confirming runs take a second: the orchestrator is killed while they run; the resume
+    # re-attaches them and finishes the phase
+    confirming = kill_9_while_confirming(tmp_path, "kill_script")
     again = campaign(tmp_path, SLOW, 7, workers=2, confirm_top_k=2)
     s = again.run()
     exps = again.experiments()
@@ -251,22 +258,8 @@ def soft_kill_script(root: str) -> None:  # run by the orchestrator process the 
 def test_a_resume_after_a_soft_stop_goes_on_confirming_and_explores_nothing_new(tmp_path: Path) -> None:
     """The soft stop (here: the proposer ran dry) is stored: a resume in the middle of its
     confirmations finishes them, even when the proposer would now have new configurations."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            f"from tests.test_confirmation import soft_kill_script; soft_kill_script({str(tmp_path)!r})\n")
-    orch = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    kill_9_while_confirming(tmp_path, "soft_kill_script")
     db = tmp_path / "runs/c/state.sqlite"
-    deadline, confirming = time.monotonic() + 60, []
-    while time.monotonic() < deadline and not confirming and orch.poll() is None:
-        time.sleep(0.01)
-        try:
-            exps = Store.open_read_only(db).experiments() if db.exists() else []
-        except (StoreError, sqlite3.Error):  # the store is being created
-            exps = []
-        confirming = [e for e in exps if e.source == "confirm" and e.state is ExperimentState.RUNNING]
-    os.kill(orch.pid, signal.SIGKILL)
-    orch.wait()
-    assert confirming, orch.stderr.read().decode() if orch.stderr else ""
     assert Store.open_read_only(db).get_meta("soft_stop", "").startswith("search space exhausted")
     more = [*SLOW, {"x": 7.0}, {"x": 8.0}]
     s = campaign(tmp_path, more, None, workers=2, confirm_top_k=2).run()
