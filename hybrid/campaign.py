@@ -15,20 +15,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend, Finished, RunSpec, Worker
-from backends.workdir import snapshot
+from backends.base import Backend, Finished
 from hybrid import history, targets
 from hybrid.config import Mode, OnInterrupt
 from hybrid.confirming import GPEstimates, Repeats
-from hybrid.errors import BackendError
 from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
+from hybrid.launch import Launcher, deferred_interrupts
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
 from hybrid.noise import noise_by_hardware, recommend
 from hybrid.pool import CandidatePool
@@ -54,37 +52,17 @@ from hybrid.resume import (
     record_changes,
     restore,
 )
-from hybrid.secrets import redact_nested, scrub
+from hybrid.secrets import redact_nested
 from hybrid.space import SearchSpace
 from hybrid.stopping import Budget, CampaignProgress, CostAwareStop, StopRules
 from hybrid.store import Store
 from hybrid.targets import TargetSpec
 from hybrid.tracking import CampaignInfo, NullTracker, Tracker
-from hybrid.types import Candidate, Experiment, ExperimentState, FailureKind, Result
+from hybrid.types import Candidate, Experiment, ExperimentState
 from hybrid.variant_book import VariantBook
-from hybrid.variants import VariantRejected
 from hybrid.warm_start import PriorCampaign, identity, load_priors, warm_start_entries
 from surrogate.acquisition import GPRanker, InOrderRanker, Ranker
 from surrogate.pruning import PruningRule
-
-
-@contextmanager
-def _deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM until the block ends, so that a job is never started without its id
-    reaching the store and the backend's bookkeeping (it could not be cancelled otherwise)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            raise KeyboardInterrupt
 
 
 class _StoreGone(Exception):
@@ -220,6 +198,8 @@ class Campaign:
             self.store.set_meta("mlflow_parent_run_id", parent)
         self.mirror = TrackerMirror(self.tracker, self.store)
         self.mirror.start()
+        self.launcher = Launcher(self.store, self.backend, self.target, self.mirror, self.progress,
+                                 self.dir / "experiments", self._never_copied(), self.book)
         try:
             self._restore(resumed)
             self.progress.start(self._view())
@@ -428,8 +408,8 @@ class Campaign:
             return False
         self.wave += 1
         for cand, worker in wave:
-            with _deferred_interrupts():
-                self._submit(cand, worker, self.wave)
+            with deferred_interrupts():
+                self.launcher.start(cand, worker, self.wave, self.exps, self._idle_since)
         self.pool.prepare(self._history(), self.ranker.pool_size(1))
         return True
 
@@ -449,36 +429,6 @@ class Campaign:
         self.store.event("cost_stop", reason)
         self._stop_softly(reason)
         return True
-
-    def _submit(self, cand: Candidate, worker: Worker, wave: int) -> None:
-        exp = self.store.create(cand, worker.name, worker.hardware, wave, self.dir / "experiments")
-        self.exps[exp.id] = exp
-        workdir = Path(exp.workdir)
-        try:
-            snapshot(self.target.workdir, workdir, self.target.exclude, skip=self._never_copied())
-            notes = self._apply_variant(cand, workdir)
-            targets.write_params(workdir, cand.params)
-            spec = RunSpec(
-                command=targets.build_command(self.target.command, cand.params, exp.id, worker.hardware),
-                workdir=workdir,
-                env=targets.build_env(self.target.env, exp.id, worker.hardware, cand.params),
-                timeout_s=self.target.timeout_s,
-            )
-            handle = self.backend.submit(exp, spec)
-        except (BackendError, OSError, VariantRejected) as err:
-            result = Result(exp.id, ExperimentState.CRASHED, {}, worker.hardware, 0.0, 0.0, "",
-                            scrub(f"submit failed: {err}", self.target.secret_values), FailureKind.CRASH)
-            self.store.record(result)
-            exp.state, exp.result = result.state, result
-            self.mirror.send(ResultMsg(exp, result))
-            self.progress.message(f"{exp.id}: submit to {worker.name} failed: {result.reason.removeprefix('submit failed: ')}")
-            return
-        idle = max(0.0, handle.started - self._free_since.get(worker.name, self._session_start))
-        self.store.mark_running(exp.id, handle.job_id, handle.started, {"variant_notes": notes} if notes else None,
-                                idle_before_s=idle)
-        exp.state, exp.job_id, exp.started = ExperimentState.RUNNING, handle.job_id, handle.started
-        exp.idle_before_s = idle
-        self.progress.submitted(exp)
 
     # ---- shutdown -------------------------------------------------------------------------
     def _interrupt(self) -> str:
@@ -536,16 +486,8 @@ class Campaign:
             write_results_tsv(self.dir / "results.tsv", list(self.exps.values()), self.objective)
             self._last_tsv = now
 
-    def _apply_variant(self, cand: Candidate, workdir: Path) -> list[str]:
-        """Put the candidate's code variant into its fresh snapshot (the user's files never change)."""
-        if cand.variant is None:
-            return []
-        if self.book is None:
-            raise VariantRejected(f"variant {cand.variant}: this campaign has no target.editable files")
-        notes = self.book.apply(workdir, cand.variant)
-        for note in notes:
-            self.progress.message(f"variant {cand.variant}: {note}")
-        return notes
+    def _idle_since(self, worker: str) -> float:
+        return self._free_since.get(worker, self._session_start)
 
     def _never_copied(self) -> tuple[Path, ...]:
         """What a snapshot of the target leaves out whatever its patterns say: this campaign's dir
