@@ -317,32 +317,3 @@ def clip(text: str, limit: int) -> str:
     """One line of at most ``limit`` characters: control characters and runs of whitespace become one space."""
     text = re.sub(r"\s+", " ", _CONTROL.sub(" ", text)).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---- run-to-run noise and "held" ------------------------------------------------------------------
-NOISE_FACTOR = 2 * math.sqrt(2)  # two sd of the difference of two runs
-
-
-def noise_sd(exps: Sequence[Experiment], objective: Objective) -> tuple[float | None, int]:
-    """(pooled sd, number of groups) over the successes that ran the same code, params and hardware
-    at least twice; (None, 0) without such replicates."""
-    groups: dict[tuple[str | None, str, str], list[float]] = {}
-    for e, v in successes(exps, objective):
-        groups.setdefault((e.variant, e.hardware, repr(sorted(e.params.items()))), []).append(v)
-    reps = [g for g in groups.values() if len(g) > 1]
-    dof = sum(len(g) - 1 for g in reps)
-    if not dof:
-        return None, 0
-    ss = sum(sum((x - sum(g) / len(g)) ** 2 for x in g) for g in reps)
-    return math.sqrt(ss / dof), len(reps)
-
-
-def held(best: float | None, base: float | None, noise: float | None, objective: Objective) -> str:
-    """Whether a change whose best is ``best`` held against its base's best: "yes", "no", "within
-    noise" (they differ by at most NOISE_FACTOR x the run-to-run sd, when it is known), "" (nothing
-    to compare). The one rule behind findings' "held" and the code the next changes build on."""
-    if best is None or base is None:
-        return ""
-    if noise is not None and abs(best - base) <= NOISE_FACTOR * noise:
-        return "within noise"
-    return "yes" if objective.better(best, base) else "no"

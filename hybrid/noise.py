@@ -175,6 +175,17 @@ def significant(difference: float, sd: float | None) -> bool | None:
     return abs(difference) > SIGNIFICANT_SIGMAS * sd
 
 
+def held(best: float | None, base: float | None, sd: float | None, objective: Objective) -> str:
+    """Whether a change whose best is ``best`` held against its base's best: "yes", "no", "within
+    noise" (not :func:`significant` with the run-to-run ``sd``, when it is known), "" (nothing to
+    compare). The rule behind findings' "held" and the code the next changes build on."""
+    if best is None or base is None:
+        return ""
+    if significant(best - base, sd) is False:
+        return "within noise"
+    return "yes" if objective.better(best, base) else "no"
+
+
 # ---- the recommendation -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Recommendation:

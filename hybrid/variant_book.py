@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from backends.workdir import snapshot
-from hybrid import history, targets
+from hybrid import history, noise, targets
 from hybrid.secrets import experiment_environ, scrub
 from hybrid.space import SearchSpace
 from hybrid.store import Store
@@ -109,7 +109,7 @@ class VariantBook:
 
     def base(self) -> str | None:
         """Autoresearch's keep/discard: the code of the best result, if that variant held against the
-        code it changed (``history.held``: beyond the run-to-run noise once replicates measured it);
+        code it changed (``noise.held``: beyond the run-to-run noise once replicates measured it there);
         else, walking up, the nearest ancestor that held; None: the unchanged code."""
         exps = list(self._experiments())
         objective = self.target.objective
@@ -117,7 +117,8 @@ class VariantBook:
         if best is None:
             return None
         hardware = best.hardware
-        noise, _ = history.noise_sd(exps, objective)
+        measured = noise.noise_by_hardware(exps, objective).get(hardware)  # on the hardware compared
+        sd = measured.sd if measured is not None else None
         by_code: dict[str | None, float] = {}
         for e, v in history.successes(exps, objective):
             if e.hardware == hardware and (e.variant not in by_code or objective.better(v, by_code[e.variant])):
@@ -126,7 +127,7 @@ class VariantBook:
         with self._lock:
             while code is not None and code in self._built:
                 parent = self._built[code].variant.parent
-                if history.held(by_code.get(code), by_code.get(parent), noise, objective) == "yes":
+                if noise.held(by_code.get(code), by_code.get(parent), sd, objective) == "yes":
                     return code
                 code = parent
         return None

@@ -63,6 +63,16 @@ def test_all_runs_identical_is_a_noise_of_zero_not_unknown() -> None:
     assert noise.significant(1e-9, 0.0) is True  # nothing is within a noise of zero
 
 
+def test_held_is_the_same_two_sd_rule_as_everywhere_else() -> None:
+    # a change's best against its base's best: beyond 2 sd it held (or not), within it is noise
+    assert noise.held(0.994, 1.0, 0.002, MIN) == "yes"  # 0.006 > 0.004
+    assert noise.held(0.997, 1.0, 0.002, MIN) == "within noise"  # 0.003 < 0.004
+    assert noise.held(1.005, 1.0, 0.002, MIN) == "no"
+    assert noise.held(0.997, 1.0, None, MIN) == "yes"  # no sd known: compared as they are
+    assert noise.held(None, 1.0, 0.002, MIN) == noise.held(0.99, None, 0.002, MIN) == ""
+    assert noise.held(1.01, 1.0, 0.002, Objective("acc", "maximize")) == "yes"
+
+
 def test_the_gp_noise_is_used_where_nothing_was_measured() -> None:
     exps = [run(1, 0.01, 1.0), run(2, 0.02, 0.9)]
     by_hw = noise.noise_by_hardware(exps, MIN, gp_sd={"h100": 0.03})

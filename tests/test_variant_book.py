@@ -173,7 +173,7 @@ def test_a_variant_within_the_noise_of_its_base_is_not_kept(tmp_path, tree):
     exps[1].candidate = exps[0].candidate  # same params, same code: a replicate (noise sd ~0.0028)
     b, _ = book(tmp_path, tree, exps)
     b.check(GELU, "llm")
-    exps.append(_done(3, 0.995, GELU.id))  # better, but by less than 2·√2·sd of the unchanged code
+    exps.append(_done(3, 0.995, GELU.id))  # better, but by less than 2 sd of the unchanged code (0.0057)
     assert b.base() is None
     exps.append(_done(4, 0.97, GELU.id))  # now beyond the noise
     assert b.base() == GELU.id

@@ -79,7 +79,7 @@ def test_code_changes_has_a_row_per_variant_with_its_effect_and_verdict(camp: Va
     assert rows["(unchanged code)"][5] == "3" and rows["(unchanged code)"][7] == "0.99"
     # the noise behind "within noise": 0.99 and its replicate 0.992
     assert "Run-to-run noise: sd 0.00141 of val_bpb, pooled over 1 configuration" in cc
-    assert "less than 0.004 (2·√2·sd)" in cc
+    assert "less than 0.00283 (2 sd)" in cc
 
 
 def test_the_winners_diff_is_inline_and_applies_to_the_users_tree(camp: VariantCampaign, tmp_path: Path) -> None:

@@ -4,10 +4,11 @@ One row per variant, in the order proposed (ok and rejected): its hypothesis, pa
 status (a rejected one with its reason: it never ran), runs and failures, its best result and its
 effect against the code it was built on (the best of its parent's code, the unchanged code for a
 first-level variant), judged on the hardware where "best" is judged (:func:`hybrid.history.judged_hardware`),
-and whether it held. "Held" compares bests: when some configuration ran twice on the same code and
-hardware, the pooled sd of those replicates is the run-to-run noise and a difference within
-2·√2·sd (two sd of the difference of two runs) is "within noise"; without replicates the bests are
-compared as they are and the table says how many runs each had.
+and whether it held. "Held" compares bests (:func:`hybrid.noise.held`): when some configuration ran
+twice on the same code on that hardware, the pooled sd of those replicates is the run-to-run noise
+and a difference within 2 sd is "within noise" (the one rule of findings.md, the live view and the
+LLM's prompt: :func:`hybrid.noise.significant`); without replicates the bests are compared as they
+are and the table says how many runs each had.
 
 The diffs are the store's (``Store.variants``): ``variants/<id>.diff`` in the campaign dir holds the
 same text (``write_variant_diffs`` writes a missing one), a unified diff against the target's
@@ -22,13 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybrid.history import NOISE_FACTOR, clip, counted, fmt_value, held, judged_hardware, noise_sd, successes
+from hybrid.history import clip, counted, fmt_value, judged_hardware, successes
+from hybrid.noise import SIGNIFICANT_SIGMAS, held, noise_by_hardware
 from hybrid.reports.summary import variant_diff_path
 from hybrid.store import VariantRecord
 from hybrid.types import Experiment, Objective
 from hybrid.variants import diff_stat
 
-__all__ = ["CodeChanges", "VariantRow", "code_changes", "noise_sd", "section_code_changes", "write_variant_diffs"]
+__all__ = ["CodeChanges", "VariantRow", "code_changes", "section_code_changes", "write_variant_diffs"]
 
 MAX_DIFF_LINES = 200  # of the winner's diff shown inline; the whole diff is in its file
 UNCHANGED = "unchanged code"
@@ -86,7 +88,8 @@ def code_changes(exps: Sequence[Experiment], records: Sequence[VariantRecord], o
     if not known and not ran:
         return None
     hw = judged_hardware(exps, objective, target_hardware)
-    noise, n_groups = noise_sd(exps, objective)
+    measured = noise_by_hardware(exps, objective).get(hw) if hw is not None else None  # where the bests are compared
+    noise, n_groups = (measured.sd, measured.n_configs) if measured is not None else (None, 0)
     by: dict[str | None, list[Experiment]] = {}
     for e in counted(exps):
         by.setdefault(e.variant, []).append(e)
@@ -163,10 +166,10 @@ def section_code_changes(cc: CodeChanges | None, objective: Objective, max_lines
                    f"{_effect(r)} | {_held_cell(r, cc.hardware)} |")
     if cc.noise is not None:
         out += ["", f"Run-to-run noise: sd {cc.noise:.3g} of {m}, pooled over {cc.noise_groups} configuration"
-                f"{'s' * (cc.noise_groups != 1)} run more than once on the same code and hardware; \"within noise\": "
-                f"the bests differ by less than {NOISE_FACTOR * cc.noise:.3g} (2·√2·sd)."]
+                f"{'s' * (cc.noise_groups != 1)} run more than once on the same code{where}; \"within noise\": "
+                f"the bests differ by less than {SIGNIFICANT_SIGMAS * cc.noise:.3g} ({SIGNIFICANT_SIGMAS:g} sd)."]
     else:
-        out += ["", "No configuration ran twice on the same code and hardware, so the run-to-run noise is unknown: "
+        out += ["", f"No configuration ran twice on the same code{where}, so the run-to-run noise is unknown: "
                 "held compares the best of each code as it is (see n)."]
     out += ["", *_winner(cc, m, max_lines)]
     return out
