@@ -12,7 +12,9 @@ which ``git apply`` takes in the target's tree).
 ``summary.json`` (:func:`write_summary`, written by every campaign and by ``hybrid report``) holds the
 same, machine-readable, so that a pipeline can pick up the result: ``recommended`` {experiment_ids,
 params, variant, hardware, metric, mean, sd, n, confirmed, note}, ``best_observed``, ``baseline``,
-``noise`` per hardware {sd, interval_95, dof, n_configs, gp_sd}, ``spend_usd``, ``stop_reason``.
+``noise`` per hardware {sd, interval_95, dof, n_configs, gp_sd}, ``spend_usd``, ``stop_reason``,
+``pruning`` {pruned, used_s, saved_s, saved_usd} (the saved time is findings.md's estimate:
+hybrid/reports/pruning.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from hybrid import history, noise
 from hybrid.noise import ConfigRuns, Noise, Recommendation
+from hybrid.reports.pruning import pruning_report
 from hybrid.types import Experiment, ExperimentState, Objective
 
 __all__ = ["SUMMARY_JSON", "SUMMARY_TXT", "Summary", "summarize", "variant_diff_path", "write_summary"]
@@ -55,6 +58,11 @@ class Summary:
     recommendation: Recommendation | None = None  # the answer (None: no success)
     baseline_runs: ConfigRuns | None = None  # the baseline config's successful runs on its hardware
     noise: Mapping[str, Noise] = field(default_factory=dict)  # run-to-run noise per hardware label
+    # the pruned runs' worker time: used, and saved (an estimate: a full run's median duration on
+    # its hardware minus its own, floored at 0), the saved time in USD at each run's own rate
+    pruned_used_s: float = 0.0
+    pruned_saved_s: float = 0.0
+    pruned_saved_usd: float = 0.0
 
     @property
     def n_finished(self) -> int:
@@ -93,6 +101,8 @@ class Summary:
         for hw, n in self.noise.items():
             if n.sd is not None:
                 out[f"noise_sd_{hw}"] = n.sd
+        if self.n_pruned:
+            out["pruned_saved_s"], out["pruned_saved_usd"] = self.pruned_saved_s, self.pruned_saved_usd
         return out
 
     def as_json(self) -> dict[str, Any]:
@@ -115,6 +125,8 @@ class Summary:
             "noise": {hw: n.as_dict() for hw, n in self.noise.items()},
             "experiments": {"n": self.n_experiments, "done": self.n_done, "failed": self.n_failed,
                             "pruned": self.n_pruned, "cancelled": self.n_cancelled},
+            "pruning": {"pruned": self.n_pruned, "used_s": self.pruned_used_s, "saved_s": self.pruned_saved_s,
+                        "saved_usd": self.pruned_saved_usd},
             "spend_usd": self.spend_usd, "proposer_usd": self.proposer_usd, "elapsed_s": self.elapsed_s,
         }
 
@@ -125,6 +137,10 @@ class Summary:
                  + (f"{self.n_pruned} pruned, " if self.n_pruned else "")
                  + f"{self.n_cancelled} cancelled) in {self.elapsed_s / 60:.1f} min, spend ${self.spend_usd:.2f}"
                  + (f" (LLM ${self.proposer_usd:.2f})" if self.proposer_usd else "")]
+        if self.n_pruned:
+            lines.append(f"  pruning: {self.n_pruned} runs stopped early used {self.pruned_used_s / 3600:.2f} worker-h; "
+                         f"saved about {self.pruned_saved_s / 3600:.2f} worker-h (${self.pruned_saved_usd:.2f}), "
+                         f"an estimate: findings.md's Pruning section")
         rec = self.recommendation
         if rec is None or self.best_value is None:
             lines.append(f"  no successful experiment: no {m} to report")
@@ -159,6 +175,7 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
     ``estimates``: its posterior means per experiment (what the recommendation ranks by)."""
     best = history.best(exps, objective, target_hardware)
     base = history.baseline(exps)
+    pruning = pruning_report(exps) if any(e.state is ExperimentState.PRUNED for e in exps) else None
     base_runs = None
     if base is not None and base.value(objective.metric) is not None:
         base_runs = next(c for c in noise.config_runs(exps, objective, base.hardware)
@@ -176,6 +193,8 @@ def summarize(name: str, exps: Sequence[Experiment], objective: Objective, stop_
         n_pruned=sum(1 for e in exps if e.state is ExperimentState.PRUNED),
         recommendation=noise.recommend(exps, objective, target_hardware, estimates=estimates), baseline_runs=base_runs,
         noise=noise.noise_by_hardware(exps, objective, gp_noise),
+        pruned_used_s=pruning.used_s if pruning else 0.0, pruned_saved_s=pruning.saved_s if pruning else 0.0,
+        pruned_saved_usd=pruning.saved_usd if pruning else 0.0,
     )
 
 

@@ -195,3 +195,12 @@ def test_the_summary_counts_pruned_runs(tmp_path: Path) -> None:
     m = s.as_metrics()
     assert m["n_pruned"] == 3 and m["n_finished"] == 10 and m["n_done"] == 7
     assert s.best_id == "e0009"  # a pruned run's printed val_bpb 1.3 is no result, nor is its bound
+    # the time the pruned runs used and saved: the same estimate as findings.md's Pruning section
+    assert (s.pruned_used_s, s.pruned_saved_s) == (USED_S, SAVED_S)
+    line = s.text().splitlines()[2]
+    assert line.startswith(f"  pruning: 3 runs stopped early used {USED_S / 3600:.2f} worker-h; saved about "
+                           f"{SAVED_S / 3600:.2f} worker-h ($")
+    assert s.as_json()["pruning"]["saved_s"] == SAVED_S and m["pruned_saved_s"] == SAVED_S
+    assert m["pruned_saved_usd"] == pytest.approx(s.pruned_saved_usd) and s.pruned_saved_usd > 0
+    none = summarize("p", [e for e in exps if e.state is not ExperimentState.PRUNED], VAL_BPB, "r", 1.0)
+    assert "pruning:" not in none.text() and "pruned_saved_s" not in none.as_metrics()
