@@ -25,7 +25,11 @@ single observation (same campaigns), of noconfirm's best single observation; how
 recommendation is better / the same configuration / worse than the best single observation; the
 confirming and replicate runs spent.
 
+Also per problem: how optimistic each answer's reported value is (its true value minus the value
+reported: the best single run's value, the recommendation's mean): the winner's curse in numbers.
+
 Usage: .venv/bin/python benchmarks/recommendation.py [--seeds 10] [--evals 60] [--workers 4] [--jobs 1]
+       .venv/bin/python benchmarks/recommendation.py --report benchmarks/results/recommendation-<tag>.json ...
 Results: benchmarks/results/recommendation-<tag>.json
 """
 
@@ -86,6 +90,11 @@ class Outcome:
     gp_best_regret: float | None = None  # the config of the lowest GP posterior mean over every run (a diagnostic)
     mean_best_regret: float | None = None  # the config of the lowest mean over its runs, any n (a diagnostic)
     gp_confirmed_regret: float | None = None  # among the confirmed configs, the lowest GP posterior mean (a diagnostic)
+    # the winner's curse: how much better than its true value the campaign reports its answer
+    # (true value - reported value, minimized: > 0 is optimistic): the best single run's value, the
+    # recommendation's mean over its runs
+    best_single_optimism: float | None = None
+    recommended_optimism: float | None = None
 
 
 def late_gain(values: Sequence[float | None]) -> float | None:
@@ -129,6 +138,8 @@ def run_one(args: tuple[str, str, int, int, int]) -> Outcome:
         gp_best_regret=(p.true_value(by_id[min(estimates, key=estimates.get)].params) - p.optimum) if estimates else None,
         mean_best_regret=_mean_best(p, exps),
         gp_confirmed_regret=_gp_confirmed(p, exps, estimates),
+        best_single_optimism=p.true_value(best.params) - summary["best_observed"]["value"],
+        recommended_optimism=(p.true_value(rec["params"]) - rec["mean"]) if arm == "product" and rec else None,
     )
 
 
@@ -162,7 +173,8 @@ def report(outcomes: Sequence[Outcome], problems: Sequence[str], evals: int, see
     lines = [f"the recommendation vs the best single observation, {seeds} seeds, {evals} experiments each; "
              "regret = true value - optimum, median [q25, q75], lower is better", ""]
     head = ("problem", "noise sd", "late gain", "recommended", "best single", "noconfirm best", "rec better/same/worse",
-            "confirmed", "confirm+replicate runs", "GP-best (diag.)", "best mean (diag.)", "GP among confirmed (diag.)")
+            "confirmed", "confirm+replicate runs", "optimism: recommended", "optimism: best single",
+            "GP-best (diag.)", "best mean (diag.)", "GP among confirmed (diag.)")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for name in problems:
@@ -182,10 +194,14 @@ def report(outcomes: Sequence[Outcome], problems: Sequence[str], evals: int, see
             _q(rec), _q(single), _q([o.best_single_regret for o in noc]), f"{better}/{same}/{worse}",
             f"{sum(1 for o in prod if o.confirmed)}/{len(prod)}",
             f"{np.median([o.n_confirm for o in prod]):g}+{np.median([o.n_replicate for o in prod]):g}",
+            _q([o.recommended_optimism for o in prod if o.recommended_optimism is not None]),
+            _q([o.best_single_optimism for o in prod if o.best_single_optimism is not None]),
             _q([o.gp_best_regret for o in prod if o.gp_best_regret is not None]),
             _q([o.mean_best_regret for o in prod if o.mean_best_regret is not None]),
             _q([o.gp_confirmed_regret for o in prod if o.gp_confirmed_regret is not None]),
         ]) + " |")
+    lines += ["", "optimism: the answer's true value minus the value the campaign reports for it (> 0: it looks "
+              "better than it is; the best single run's is the winner's curse)"]
     return "\n".join(lines)
 
 
@@ -199,7 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    ap.add_argument("--report", metavar="JSON", nargs="+", help="only print the table of saved files, together")
     a = ap.parse_args(argv)
+    if a.report:
+        fields = set(Outcome.__dataclass_fields__)
+        saved = [Outcome(**{k: v for k, v in o.items() if k in fields}) for path in a.report
+                 for o in json.loads(Path(path).read_text())["outcomes"]]
+        problems = list(dict.fromkeys(o.problem for o in saved))
+        print(report(saved, problems, a.evals, len({(o.seed) for o in saved})))
+        return 0
     for name in a.problems:
         problem(name)  # a bad name fails before any run
     jobs = [(name, arm, seed, a.evals, a.workers) for name in a.problems for seed in

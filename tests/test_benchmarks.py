@@ -268,3 +268,21 @@ def test_stopping_benchmark_replays_the_rule_exactly_where_a_live_campaign_stops
                                                     - problem.optimum)
     assert bs.main([*args, "--report", str(tmp_path / "stopping-t.json")]) == 0
     assert "\nreturns-steep " in capsys.readouterr().out
+
+
+def test_recommendation_benchmark_scores_the_answer_and_the_best_single_run(tmp_path, monkeypatch, capsys) -> None:
+    import benchmarks.recommendation as br
+
+    monkeypatch.setattr(br, "RESULTS", tmp_path)
+    assert br.main(["--problems", "hartmann6-noisy", "--seeds", "1", "--evals", "16", "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "| hartmann6-noisy |" in out and "optimism: recommended" in out
+    [prod, noc] = sorted(json.loads((tmp_path / "recommendation-t.json").read_text())["outcomes"],
+                         key=lambda o: o["arm"] != "product")
+    assert (prod["arm"], noc["arm"]) == ("product", "noconfirm")
+    assert prod["recommended_regret"] >= 0 and prod["best_single_regret"] >= 0 and prod["n_replicate"] >= 1
+    assert noc["n_replicate"] == noc["n_confirm"] == 0 and noc["recommended_regret"] is None
+    # the best single run's reported value is its true value plus the noise of that run: optimism is that noise
+    assert prod["best_single_optimism"] is not None and abs(prod["best_single_optimism"]) < 0.5
+    assert br.main(["--report", str(tmp_path / "recommendation-t.json")]) == 0
+    assert "| hartmann6-noisy |" in capsys.readouterr().out
