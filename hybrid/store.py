@@ -184,14 +184,15 @@ class Store:
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+            # One transaction, the schema version in it: a reader (Store.open_read_only) of a store
+            # being created sees no tables or every table, never a part of them.
+            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "INSERT OR IGNORE INTO meta(key, value) "
+                                     f"VALUES ('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable campaign store ({e}); move it away or pick another campaign.name") from None
         version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif int(version) != SCHEMA_VERSION:
+        if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is not {SCHEMA_VERSION}; use a new campaign.name")
 
     @classmethod
