@@ -16,10 +16,12 @@ Problems: the development benchmarks (Hartmann6, Ackley10, FCNet x4, HPOBench ca
 simulations of a training target's val_bpb with a seed's noise (sd 0.002, benchmarks/problems.py
 ReturnsProblem): ``returns-flat`` (the reference run's diminishing returns: late gains of the order
 of the noise) and ``returns-steep`` (gains that stay steep over the budget: the rule must keep
-quiet). Per problem: how much its gains flatten (the median regret's fall over the budget's second
-half, in the problem's true noise sd near the optimum: flat below 1 sd, else steep), the noise sd
-the GP inferred over that true one (far above 1 where the noise differs across the space: the rule
-then judges by the GP's larger sd), and how many seeds each threshold fires on; then, for the
+quiet). Per problem: how much its gains flatten (how much a campaign's regret falls over the
+budget's second half, in the noise sd at that campaign's best configurations, median over seeds:
+flat below 1 sd, else steep; also the median regret curve's fall, and in the noise at the optimum),
+the noise sd the GP inferred over the campaigns' (far above 1 where the noise differs across the
+space), the share of decisions judged by the replicates' upper bound, and how many seeds each
+threshold fires on; then, for the
 default (StoppingConfig's, or --default): fired (n of seeds), median stop point (experiments
 dispatched), money saved (median share of the full budget's spend not spent), regret given up
 (median of regret at the stop minus regret at the full budget, also in noise sd).
@@ -67,7 +69,7 @@ METRIC = "loss"  # what the simulated target prints
 HOURLY_USD = 2.5  # simulated price of one worker-hour
 THRESHOLDS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15)
 TOP_K = 5  # the noise a campaign's answer is judged in: at its TOP_K best configurations (top_sd)
-FLAT_SD = 1.0  # a problem "flattens" when its median regret falls by less than this many noise sd in the second half
+FLAT_SD = 1.0  # a problem "flattens" when a campaign's regret falls by less than this many noise sd in its second half
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -164,11 +166,23 @@ def top_sd(problem: Problem, run: Run, k: int = TOP_K) -> float:
 
 
 def late_gain(problem: Problem, runs: Sequence[Run]) -> float:
-    """How much the median regret still falls over the budget's second half (metric units)."""
+    """How much the median regret still falls over the budget's second half (metric units): the
+    median curve, which a few seeds with a late jump can hold up while most seeds have flattened."""
     curves = np.array([regret_curve(problem, r) for r in runs])
     med = np.median(curves, axis=0)
     n = curves.shape[1]
     return float(med[n // 2 - 1] - med[-1])
+
+
+def seed_late_gain(problem: Problem, runs: Sequence[Run]) -> float:
+    """How much one campaign's regret still falls over its second half, in the noise sd at its own
+    best configurations (:func:`top_sd`), median over seeds: the typical campaign, measured the
+    way the regret a stop gives up is (per seed, then the median)."""
+    gains = []
+    for r in runs:
+        curve = regret_curve(problem, r)
+        gains.append((curve[len(curve) // 2 - 1] - curve[-1]) / top_sd(problem, r))
+    return float(statistics.median(gains))
 
 
 def campaign_sd(problem: Problem, runs: Sequence[Run]) -> float:
@@ -215,19 +229,21 @@ def report(runs: Sequence[Run], problems: Sequence[str], thresholds: Sequence[fl
     thresholds = sorted(set(thresholds) | {default})
     sd_top = {p: campaign_sd(_problem(p), rs) for p, rs in by_problem.items()}
     late_abs = {p: late_gain(_problem(p), rs) for p, rs in by_problem.items()}
-    late = {p: late_abs[p] / sd_top[p] for p in by_problem}
+    late_curve = {p: late_abs[p] / sd_top[p] for p in by_problem}
     late_opt = {p: late_abs[p] / _problem(p).noise_sd for p in by_problem}
+    late = {p: seed_late_gain(_problem(p), rs) for p, rs in by_problem.items()}
     flat = [p for p in by_problem if late[p] < FLAT_SD]
     cells = {(p, t): summary(_problem(p), rs, t, patience, min_experiments, window)
              for p, rs in by_problem.items() for t in thresholds}
     seeds = max(len(rs) for rs in by_problem.values())
     lines = [f"cost-aware stop (min_experiments {min_experiments}, patience {patience}, window {window}); "
              f"{seeds} seeds; fired per threshold (min_gain_sd_per_experiment)",
-             f"{'problem':<18}{'late gain':>10}{'':6}{'(opt)':>9}{'GP sd':>8}{'repl':>6}  "
+             f"{'problem':<18}{'late gain':>10}{'':6}{'(curve)':>8}{'(opt)':>8}{'GP sd':>8}{'repl':>6}  "
              + "".join(f"{t:>7g}" for t in thresholds)]
     for p, rs in by_problem.items():
         kind = "flat" if p in flat else "steep"
-        lines.append(f"{p:<18}{late[p]:>6.2f} sd {kind:<5}{late_opt[p]:>9.3g}{gp_noise_ratio(_problem(p), rs):>7.3g}x"
+        lines.append(f"{p:<18}{late[p]:>6.2f} sd {kind:<5}{late_curve[p]:>8.3g}{late_opt[p]:>8.3g}"
+                     f"{gp_noise_ratio(_problem(p), rs):>7.3g}x"
                      f"{measured_share(rs):>6.0%} "
                      + "".join(f"{cells[p, t]['fired']:>4}/{cells[p, t]['seeds']:<2}" for t in thresholds))
     ok_flat = ["yes" if all(cells[p, t]["fired"] >= 0.8 * cells[p, t]["seeds"] for p in flat) else "no"
@@ -237,9 +253,10 @@ def report(runs: Sequence[Run], problems: Sequence[str], thresholds: Sequence[fl
     lines.append(f"{'every flat >= 80%':<42}" + "".join(f"{x:>7}" for x in ok_flat))
     lines.append(f"{'steep ones <= 10% (of ' + str(len(by_problem) - len(flat)) + ')':<42}"
                  + "".join(f"{x:>7}" for x in quiet))
-    lines.append(f"late gain: fall of the median regret over the budget's second half, in the noise sd at the "
-                 f"campaign's {TOP_K} best configurations (flat: < {FLAT_SD:g} sd); (opt): the same in the noise sd "
-                 f"at the problem's optimum; GP sd: the GP's inferred noise sd over the first; repl: share of "
+    lines.append(f"late gain: how much a campaign's regret falls over the budget's second half, in the noise sd at "
+                 f"its {TOP_K} best configurations, median over seeds (flat: < {FLAT_SD:g} sd); (curve): the fall of "
+                 f"the median regret curve in the median of that sd; (opt): the curve's fall in the noise sd at the "
+                 f"problem's optimum; GP sd: the GP's inferred noise sd over the campaigns' sd; repl: share of "
                  f"decisions judged by the replicates' 95% upper bound (smaller than the GP's)")
     lines += ["", f"-- min_gain_sd_per_experiment={default:g}: medians over seeds",
               f"{'problem':<18}{'fired':>7}{'stop at':>12}{'saved':>8}{'regret given up':>17}{'in sd':>7}"
@@ -251,7 +268,8 @@ def report(runs: Sequence[Run], problems: Sequence[str], thresholds: Sequence[fl
                      f"{_fmt(c['regret_cap']):>15}")
     lines.append("regret given up: in sd: per seed over the noise at its best configurations, median; (opt): the "
                  "median over the noise at the problem's optimum")
-    rows = [{**{k: v for k, v in c.items() if k != "points"}, "late_gain_sd": late[p], "late_gain_opt_sd": late_opt[p],
+    rows = [{**{k: v for k, v in c.items() if k != "points"}, "late_gain_sd": late[p], "late_gain_curve_sd": late_curve[p],
+             "late_gain_opt_sd": late_opt[p],
              "campaign_sd": sd_top[p], "flat": p in flat} for (p, _), c in cells.items()]
     return "\n".join(lines), rows
 

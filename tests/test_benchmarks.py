@@ -171,6 +171,24 @@ def test_the_stopping_benchmark_judges_in_the_noise_at_the_campaigns_best_config
     assert bs.top_sd(problem, old) == problem.noise_sd
 
 
+def test_the_stopping_benchmark_calls_flat_what_most_campaigns_find_flat() -> None:
+    import benchmarks.stopping as bs
+
+    problem = bs._problem("returns-flat")
+    opt = problem.optimum
+
+    def run(seed: int, late_fall: float) -> bs.Run:  # 4 experiments of sd 1; the regret falls late_fall after the half
+        exps = [(opt + 10, 0, 1.0, 1.0), (opt + 5, 0, 1.0, 1.0), (opt + 5, 0, 1.0, 1.0),
+                (opt + 5 - late_fall, 0, 1.0, 1.0)]
+        return bs.Run("returns-flat", seed, [], exps, 0.0)
+
+    # two of three campaigns gain nothing late; one gains 4.5 sd: the typical campaign has flattened
+    runs = [run(0, 0.0), run(1, 0.0), run(2, 4.5)]
+    assert bs.seed_late_gain(problem, runs) == pytest.approx(0.0)
+    runs = [run(0, 0.0), run(1, 3.0), run(2, 4.5)]  # most still gain: the median campaign 3 sd
+    assert bs.seed_late_gain(problem, runs) > bs.FLAT_SD
+
+
 def test_hardware_benchmark_runs_both_arms(tmp_path, monkeypatch, capsys) -> None:
     import benchmarks.hardware as hw
 
