@@ -6,7 +6,7 @@ partial run, whatever final-looking metrics its log printed and :data:`~hybrid.t
 (the rule's optimistic bound on the final it would have reached); ``Experiment.curve`` is its
 partial learning curve (filled by :func:`hybrid.reports.reader.read_campaign`).
 
-``pruning_report`` gathers what the Pruning section says (:func:`hybrid.reports.render.section_pruning`
+``pruning_report`` gathers what the Pruning section says (:func:`hybrid.reports.render_run.section_pruning`
 writes it): how many runs were pruned, per hardware; the time they used; the time they saved, an
 estimate (per pruned run: the median duration of the DONE runs on its hardware minus its own,
 floored at 0: what a full run there usually takes, less what it took); and any pruned configuration

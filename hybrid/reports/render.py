@@ -1,13 +1,15 @@
 """findings.md as text: one function per section, from a :class:`CampaignData` and its :class:`Analysis`.
 
+The sections on what was found are here (Headline, Progress, Noise, effects, interactions, slices,
+Hardware); those on how the campaign ran are in :mod:`hybrid.reports.render_run`, Code changes in
+:mod:`hybrid.reports.code_changes`.
+
 ``render`` puts the sections in order; a section that raises says so in its place and the others
 are still written. Plots are only linked here (``plots`` names the PNGs that were written).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,11 +20,7 @@ import numpy as np
 from hybrid.history import (
     best_on,
     changed_params,
-    clip,
-    counted,
-    failure_regions,
     fmt_value,
-    hypothesis_outcomes,
     judged_hardware,
     successes,
 )
@@ -38,46 +36,31 @@ from hybrid.noise import (
 from hybrid.reports.analysis import (
     Analysis,
     CampaignData,
-    failure_label,
-    failure_pattern,
     guarded,
     hardware_rows,
-    hypothesis_margins,
     improvements,
     repeated_configs,
 )
 from hybrid.reports.code_changes import code_changes, section_code_changes
 from hybrid.reports.effects import Anova
-from hybrid.reports.pruning import full_run_words, pruning_report
+from hybrid.reports.render_run import (
+    section_failures,
+    section_hypotheses,
+    section_pruning,
+    section_sources,
+    section_spend,
+)
 from hybrid.reports.summary import variant_diff_path
+from hybrid.reports.words import TIMES, cell, duration, p_value, plural
 from hybrid.space import CategoricalParam, IntParam, SearchSpace
 from hybrid.types import Experiment, ExperimentState
 
 __all__ = ["render"]
 
 _TOP_INTERACTIONS = 5
-TIMES = "\u00d7"  # the multiplication sign (ruff flags it as ambiguous when written literally)
 
 
 # ---- findings.md -----------------------------------------------------------------------------------
-def _p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else ("<0.0001" if p < 1e-4 else f"{p:.2g}")
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
 def _best_line(label: str, best: Experiment, base: Experiment | None, data: CampaignData,
                note: str = "") -> list[str]:
     """The best result and how it compares with the baseline's."""
@@ -104,7 +87,7 @@ def _best_line(label: str, best: Experiment, base: Experiment | None, data: Camp
 def _mean_sd(c: ConfigRuns) -> str:
     """``1.01008 ± 6.9e-05 (2 runs: e0001, e0003)``."""
     sd = "" if c.sd is None else f" ± {fmt_value(c.sd, 3)}"
-    return f"{fmt_value(c.mean)}{sd} ({_plural(c.n, 'run')}: {', '.join(c.ids)})"
+    return f"{fmt_value(c.mean)}{sd} ({plural(c.n, 'run')}: {', '.join(c.ids)})"
 
 
 def _noise_words(data: CampaignData, difference: float, hardware: str | None) -> str:
@@ -171,10 +154,10 @@ def section_headline(data: CampaignData, a: Analysis) -> list[str]:
                 "| parameter | baseline | recommended |" + (" best single run |" if single is not None else ""),
                 "|---|---|---|" + ("---|" if single is not None else "")]
         for k in names:
-            row = (f"| {_cell(k)} | {_cell(fmt_value(base.params.get(k), 4))} | "  # type: ignore[union-attr]
-                   f"{_cell(fmt_value(recommended.get(k), 4))} |")
+            row = (f"| {cell(k)} | {cell(fmt_value(base.params.get(k), 4))} | "  # type: ignore[union-attr]
+                   f"{cell(fmt_value(recommended.get(k), 4))} |")
             if single is not None:
-                row += f" {_cell(fmt_value(a.best.params.get(k), 4))} |"
+                row += f" {cell(fmt_value(a.best.params.get(k), 4))} |"
             out.append(row)
     return out
 
@@ -188,9 +171,9 @@ def _noise_line(n: Noise) -> str:
         return f"- {n.hardware}: not measured (no configuration succeeded twice there){gp}."
     if n.sd == 0:
         return (f"- {n.hardware}: sd 0: every repeated configuration gave the same value ({n.dof} dof from "
-                f"{_plural(n.n_configs, 'configuration')}){gp}.")
+                f"{plural(n.n_configs, 'configuration')}){gp}.")
     return (f"- {n.hardware}: sd {fmt_value(n.sd, 3)}, 95% interval [{fmt_value(n.low, 3)}, {fmt_value(n.high, 3)}], "
-            f"{n.dof} dof from {_plural(n.n_configs, 'configuration')} run more than once{gp}.")
+            f"{n.dof} dof from {plural(n.n_configs, 'configuration')} run more than once{gp}.")
 
 
 def section_noise(data: CampaignData, a: Analysis) -> list[str]:
@@ -215,9 +198,9 @@ def section_noise(data: CampaignData, a: Analysis) -> list[str]:
     repeated = repeated_configs(data)
     sources = Counter(e.source for r in repeated for e in r.attempts if e.source in REPLICATE_SOURCES)
     if sources:
-        out += ["", f"The campaign re-ran configurations itself: {_plural(sources.get('replicate', 0), 'replicate')} "
+        out += ["", f"The campaign re-ran configurations itself: {plural(sources.get('replicate', 0), 'replicate')} "
                 "(to measure the noise: the baseline again early on, an incumbent that won by little) and "
-                f"{_plural(sources.get('confirm', 0), 'confirmation')} (the top configurations again where \"best\" "
+                f"{plural(sources.get('confirm', 0), 'confirmation')} (the top configurations again where \"best\" "
                 "is judged, to confirm the recommendation)."]
     if repeated:
         out += ["", "| configuration (first run) | hardware | runs | mean ± sd |", "|---|---|---|---|"]
@@ -227,7 +210,7 @@ def section_noise(data: CampaignData, a: Analysis) -> list[str]:
             value = "no success" if r.runs is None else (
                 fmt_value(r.runs.mean) + ("" if r.runs.sd is None else f" ± {fmt_value(r.runs.sd, 3)}")
                 + f" (n {r.runs.n})")
-            out.append(f"| {r.attempts[0].id} | {_cell(r.attempts[0].hardware)} | {_cell(runs)} | {value} |")
+            out.append(f"| {r.attempts[0].id} | {cell(r.attempts[0].hardware)} | {cell(runs)} | {value} |")
         if len(repeated) > _REPEATED_ROWS:
             out.append(f"And {len(repeated) - _REPEATED_ROWS} more.")
     else:
@@ -241,7 +224,7 @@ _IMPROVEMENT_ROWS = 15  # the new-best list of Progress: the last ones
 def _when(data: CampaignData, e: Experiment) -> str:
     if data.created is None or not e.ended:
         return ""
-    return f", {_duration(e.ended - data.created)} after the start"
+    return f", {duration(e.ended - data.created)} after the start"
 
 
 def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, plots: Mapping[str, Path]) -> list[str]:
@@ -252,8 +235,8 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
     n_running = sum(e.result is None for e in exps)
     n_pruned = sum(e.state is ExperimentState.PRUNED for e in exps)
     pruned = f"{n_pruned} pruned, " if n_pruned else ""
-    out = [f"- {_plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {pruned}{n_cancelled} "
-           f"cancelled, {n_running} not finished; campaign time {_duration(elapsed_s)}."]
+    out = [f"- {plural(len(exps), 'experiment')}: {n_done} done, {n_failed} failed, {pruned}{n_cancelled} "
+           f"cancelled, {n_running} not finished; campaign time {duration(elapsed_s)}."]
     imps = improvements(exps, data.objective, data.sd_on)
     if imps:
         last = imps[-1]
@@ -273,7 +256,7 @@ def section_progress(data: CampaignData, a: Analysis, elapsed_s: float | None, p
                 "|---|---|---|---|---|---|---|"]
         for i in shown:
             mark = {None: "", True: "within noise", False: "beyond noise"}[i.within_noise]
-            out.append(f"| {i.rank} | {i.exp.id} | {_cell(i.exp.source)} | {_cell(i.exp.hardware)} | "
+            out.append(f"| {i.rank} | {i.exp.id} | {cell(i.exp.source)} | {cell(i.exp.hardware)} | "
                        f"{fmt_value(i.value)} | {i.gain:.4g} | {mark} |")
     elif n_done:
         out.append("- No result improved on the first successful one.")
@@ -314,8 +297,8 @@ def section_effects(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) 
                f"the parameter's fitted effect moves {m} over its observed values (across its levels for a "
                f"categorical){_spread_rule(data, a)}.", "",
                "| parameter | share of variance | F | p | spread | direction |", "|---|---|---|---|---|---|"]
-        out += [f"| {_cell(e.name)} | {e.share * 100:.1f}% | {e.F:.3g} | {_p(e.p)} | {_spread(data, a, e.spread)} | "
-                f"{_cell(e.words)} |" for e in an.effects]
+        out += [f"| {cell(e.name)} | {e.share * 100:.1f}% | {e.F:.3g} | {p_value(e.p)} | {_spread(data, a, e.spread)} | "
+                f"{cell(e.words)} |" for e in an.effects]
         if sum(e.share for e in an.effects) < 0.5 * an.r2:
             out += ["", "The shares add up to much less than R²: the parameters were varied together (e.g. a "
                     "proposer concentrating on one region), so much of the explained variance cannot be "
@@ -331,7 +314,7 @@ def section_effects(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) 
             for c in a.correlations:
                 stat = (f"H = {c.stat:.3g}" if isinstance(data.space.params[c.name], CategoricalParam)  # type: ignore[union-attr]
                         else f"rho = {c.stat:+.2f}")
-                out.append(f"| {_cell(c.name)} | {stat} | {_p(c.p)} | {_cell(c.words)} |")
+                out.append(f"| {cell(c.name)} | {stat} | {p_value(c.p)} | {cell(c.words)} |")
     if "effects.png" in plots:
         out += ["", "![effects](plots/effects.png)"]
     return out
@@ -348,7 +331,7 @@ def section_interactions(data: CampaignData, a: Analysis) -> list[str]:
            f"indicators); extra share of variance, F and p. {a.n_pairs} pairs tested; p-values are not corrected "
            f"for that (Bonferroni threshold {0.05 / a.n_pairs:.2g}).", "",
            "| pair | extra share | F | p | reading |", "|---|---|---|---|---|"]
-    out += [f"| {_cell(i.a)} {TIMES} {_cell(i.b)} | {i.share * 100:.1f}% | {i.F:.3g} | {_p(i.p)} | {_cell(i.words)} |"
+    out += [f"| {cell(i.a)} {TIMES} {cell(i.b)} | {i.share * 100:.1f}% | {i.F:.3g} | {p_value(i.p)} | {cell(i.words)} |"
             for i in a.interactions[:_TOP_INTERACTIONS]]
     return out
 
@@ -387,156 +370,16 @@ def section_hardware(data: CampaignData, a: Analysis, plots: Mapping[str, Path])
         usd = "n/a" if r.usd_per_h is None else f"{r.usd_per_h:.2f}"
         tput = "n/a" if r.throughput is None else f"{r.throughput:.4g}"
         off = "n/a" if r.offset is None else ("0" if r.offset_how == "reference" else f"{r.offset:+.4g}")
-        out.append(f"| {_cell(r.label)} | {r.runs} | {r.done} | {r.failed} | {_duration(r.median_duration_s)} | "
+        out.append(f"| {cell(r.label)} | {r.runs} | {r.done} | {r.failed} | {duration(r.median_duration_s)} | "
                    f"{usd} | {tput} | {off} | {r.offset_how} |")
     if len(rows) == 1:
         out += ["", "One hardware label: no comparison."]
     elif isinstance(a.anova, Anova) and a.anova.hardware_effect is not None:
         h = a.anova.hardware_effect
         out += ["", f"In the ANOVA the hardware label explains {h.share * 100:.1f}% of the variance of {m} "
-                f"(F = {h.F:.3g}, p {_p(h.p)}), with the parameters held fixed."]
+                f"(F = {h.F:.3g}, p {p_value(h.p)}), with the parameters held fixed."]
     if "hardware.png" in plots:
         out += ["", "![hardware](plots/hardware.png)"]
-    return out
-
-
-def section_sources(data: CampaignData, a: Analysis) -> list[str]:
-    imps = improvements(data.exps, data.objective, data.sd_on)
-    overall = best_on(data.exps, data.objective, None)  # on any hardware
-    by: dict[str, list[Experiment]] = {}
-    for e in data.exps:
-        by.setdefault(e.source, []).append(e)
-    m = data.objective.metric
-    out = [f"Improvements: results that beat the best {m} before them, in finish order.", "",
-           "| source | experiments | done | failed | improvements | total improvement |", "|---|---|---|---|---|---|"]
-    for src, exps in sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        mine = [i for i in imps if i.exp.source == src]
-        within = sum(bool(i.within_noise) for i in mine)
-        count = f"{len(mine)}" + (f" ({within} within noise)" if within else "")
-        out.append(f"| {_cell(src)} | {len(exps)} | {sum(e.value(m) is not None for e in exps)} | "
-                   f"{sum(e.state.is_failure() for e in exps)} | {count} | {sum(i.gain for i in mine):.4g} |")
-    rec = data.summary.recommendation
-    if overall is not None:
-        first = rec.runs.first if rec is not None else overall
-        also = ("" if first is overall else
-                f"; the recommended configuration was first run by {first.id}, from {first.source}")
-        out += ["", f"The best single run ({overall.id}) came from {overall.source}{also}."]
-    return out
-
-
-def section_failures(data: CampaignData, a: Analysis) -> list[str]:
-    finished = [e for e in data.exps if e.result is not None]
-    lost = [e for e in finished if e.requeued]
-    kept = counted(finished)
-    kinds = Counter(failure_label(e) for e in kept if e.state.is_failure())
-    cancelled = sum(e.state is ExperimentState.CANCELLED for e in kept)
-    if not kinds and not cancelled and not lost:
-        return ["No failures."]
-    parts = [f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
-    parts += [f"cancelled {cancelled}"] * bool(cancelled) + [f"lost by the orchestrator and re-run {len(lost)}"] * bool(lost)
-    out = ["- Counts: " + ", ".join(parts) + "."]
-    reasons = Counter(_reason(e) for e in kept if e.state.is_failure())
-    if reasons:
-        out.append("- Reasons: " + "; ".join(f"\"{r}\" {TIMES}{n}" for r, n in
-                                             sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) + ".")
-    valid = [e for e in kept if data.space is not None and data.space.contains(e.params)
-             and e.state is not ExperimentState.CANCELLED]
-    if data.space is not None and valid:
-        patterns = [p for kind in sorted(kinds) if (p := failure_pattern(data.space, valid, kind))]
-        out += [f"- Pattern: {p}." for p in patterns]
-        regions = failure_regions(data.space, valid)
-        if regions and not patterns:
-            out += ["- Where failures concentrate (a third of a numeric range or one choice, at least twice the "
-                    "overall failure rate):"] + [f"  - {r}" for r in regions]
-    return out
-
-
-def _reason(e: Experiment) -> str:
-    text = (e.result.reason if e.result else "").strip()
-    return clip(text.splitlines()[0], 100) if text else e.state.name.lower()
-
-
-_PRUNED_ROWS = 20  # the reasons table: the first pruned runs (results.tsv has every reason)
-
-
-def section_pruning(data: CampaignData, a: Analysis, plots: Mapping[str, Path]) -> list[str]:
-    r = pruning_report(data.exps)
-    if not r.with_curves:
-        return ["The target reports no progress (no `progress: <fraction> <name>: <value>` lines in any run's "
-                "output), so pruning did not apply."]
-    curves = ["", "![learning curves](plots/curves.png)"] if "curves.png" in plots else []
-    if not r.pruned:
-        return [f"No run was pruned; {r.with_curves} of {_plural(len(r.finished), 'finished run')} reported "
-                f"learning curves ({r.signal}).", *curves]
-    hw = r.by_hardware()
-    per = (" (" + ", ".join(f"{label} {n} of {m}" for label, (n, m) in hw.items()) + ")") if len(hw) > 1 else ""
-    unknown = sum(p.saved_s is None for p in r.pruned)
-    out = [f"- Pruned: {len(r.pruned)} of {_plural(len(r.finished), 'finished run')}{per}; "
-           f"{r.with_curves} reported learning curves ({r.signal}).",
-           f"- GPU time used by the pruned runs: {_duration(r.used_s)} (${r.used_usd:.2f}).",
-           f"- GPU time saved, an estimate: {_duration(r.saved_s)} (about ${r.saved_usd:.2f}). Per pruned run: the "
-           "median duration of the DONE runs on its hardware minus its own duration, floored at 0 (what a full "
-           "run there usually takes, less what it took)"
-           + (f"; {_plural(unknown, 'pruned run')} without a DONE run on its hardware not counted." if unknown
-              else "."),
-           "", f"| experiment | pruned at | last {_cell(r.signal)} | reason |", "|---|---|---|---|"]
-    for p in r.pruned[:_PRUNED_ROWS]:
-        at = "n/a" if p.fraction is None else f"{p.fraction:.0%}"
-        last = "n/a" if p.last_value is None else f"{p.last_value:.4g}"
-        out.append(f"| {p.exp.id} | {at} | {last} | {_cell(clip(p.reason, 300))} |")
-    if len(r.pruned) > _PRUNED_ROWS:
-        out += ["", f"And {len(r.pruned) - _PRUNED_ROWS} more (every reason: results.tsv)."]
-    reruns = [full_run_words(p, a.best, data.objective) for p in r.pruned if p.full_run is not None]
-    if reruns:
-        out += ["", "Pruned configurations that later ran in full (same params, same code variant):", ""]
-        out += [f"- {w}" for w in reruns]
-    return out + curves
-
-
-def section_spend(data: CampaignData, a: Analysis) -> list[str]:
-    gpu = sum(e.result.cost_usd for e in data.exps if e.result is not None)
-    total = gpu + data.llm_usd
-    imps = improvements(data.exps, data.objective, data.sd_on)
-    n_imp = len(imps)
-    n_beyond = sum(i.within_noise is False for i in imps)
-    beyond = (f"; ${total / n_beyond:.2f} per improvement beyond the noise ({n_beyond})" if n_beyond else
-              "; none beyond the noise") if any(i.within_noise is not None for i in imps) else ""
-    out = [f"- Workers: ${gpu:.2f}; LLM: ${data.llm_usd:.2f} ({_plural(data.llm_calls, 'call')}); total ${total:.2f}.",
-           f"- Cost per improvement of the best: ${total / n_imp:.2f} ({n_imp} improvements){beyond}." if n_imp else
-           "- No improvement of the best: no cost per improvement.",
-           f"- Stopped: {data.stop_reason or 'not stopped yet (running, or killed)'}"
-           + (f" (status {data.status})." if data.status else ".")]
-    for text in data.cost_stops:
-        saved = re.search(r"about \$([\d.,]+) of the budget left unspent", text)
-        tail = f"; estimated savings ${saved.group(1)}" if saved else ""
-        out.append(f"- The cost-aware stopping rule fired: {clip(text, 400)}{tail}.")
-    return out
-
-
-def section_hypotheses(data: CampaignData, a: Analysis) -> list[str] | None:
-    done = [o for o in hypothesis_outcomes(data.exps, data.objective) if o.outcome != "running"]
-    if not any(e.source == "llm" for e in data.exps):
-        return None
-    if not done:
-        return ["No LLM-proposed experiment has finished."]
-    held = sorted((o for o in done if o.improved), key=lambda o: (data.objective.sign() * (o.value or 0), o.experiment_id))
-    failed = [o for o in done if not o.improved]
-    full = " Full list: hypotheses.md." if (data.dir / "hypotheses.md").exists() else ""
-    hardware = {e.id: e.hardware for e in data.exps}
-    margins = hypothesis_margins(data.exps, data.objective)
-    within = {o.experiment_id: data.within_noise(margins[o.experiment_id], hardware.get(o.experiment_id))
-              for o in held if o.experiment_id in margins}
-    n_within = sum(bool(w) for w in within.values())
-    noisy = (f", {n_within} of them by less than {SIGNIFICANT_SIGMAS:g} sd (within noise)"
-             if any(w is not None for w in within.values()) else "")
-    out = [f"{len(held)} of {len(done)} finished LLM hypotheses held (a new best, or better than the baseline){noisy}; "
-           f"{len(failed)} did not.{full}"]
-    for title, group in (("Held", held), ("Did not hold", failed)):
-        if group:
-            out += ["", f"{title}:"]
-            out += [f"- {o.experiment_id} ({o.outcome}{', ' + o.detail if o.detail else ''}"
-                    f"{', within noise' if within.get(o.experiment_id) else ''}): "
-                    f"{clip(o.hypothesis, 200) or '(no hypothesis given)'}" for o in group[:5]]
     return out
 
 
