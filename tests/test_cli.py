@@ -26,9 +26,16 @@ def hybrid(args: list[str], cwd: Path, timeout: float = 120, **kw) -> subprocess
                           timeout=timeout, **kw)
 
 
+def interruptible() -> None:
+    """In the child before it runs: SIGINT back to its default, as a terminal's Ctrl-C finds it.
+    A shell that starts pytest in the background (``nohup .ci/run &``) leaves SIGINT ignored, every
+    child inherits that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hybrid", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible)
 
 
 def runners_alive(campaign_dir: Path) -> list[int]:

@@ -22,6 +22,7 @@ from hybrid.reports import compare_sweep, summarize
 from hybrid.reports.reader import read_campaign
 from hybrid.store import Store
 from hybrid.types import Candidate, ExperimentState, FailureKind, Result
+from tests.test_cli import interruptible
 
 SWEEP = ["-m", "target=example", "surrogate=none", "proposer=sobol,grid", "campaign.seed=0,1", "budget.max_experiments=5", "backend.workers=2",
          "target.env.EXAMPLE_SECONDS=0.2", "campaign.progress=plain", "campaign.poll_interval_s=0.05", "tracking=none"]
@@ -142,7 +143,7 @@ def test_an_interrupted_sweep_is_still_compared(tmp_path):
     args = ["-m", "target=example", "surrogate=none", "proposer=sobol,grid", "budget.max_experiments=2", "backend.workers=2", "campaign.progress=plain",
             "target.env.EXAMPLE_SECONDS=30", "tracking=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen([sys.executable, "-m", "hybrid", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=interruptible)
     seen, deadline = "", time.monotonic() + 60
     while "e0002 -> " not in seen and time.monotonic() < deadline:
         seen += proc.stdout.readline()
