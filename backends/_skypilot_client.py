@@ -296,3 +296,12 @@ class RequestPool:
             for _ in self._threads:
                 self._queue.put(None)
 
+
+def unavailable(err: BaseException) -> BackendError:
+    """The error a campaign stops with when the API server cannot be reached: what to do, and that
+    re-running the same command loses nothing."""
+    return BackendError(
+        f"SkyPilot API server unavailable: {err}; start it with `sky api start` (or fix "
+        "SKYPILOT_API_SERVER_ENDPOINT / api_server.endpoint in ~/.sky/config.yaml), then re-run the same "
+        "command: running experiments are re-attached, none is recorded as run"
+    )

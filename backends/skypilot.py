@@ -24,17 +24,22 @@ import contextlib
 import shlex
 import shutil
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends._runner import STATE_DIR, read_json, write_json_atomic
-from backends._skypilot_client import ClusterGone, RequestPool, ServerUnavailable, SkyClient, SkyJob, sky_task
+from backends._skypilot_client import (
+    ClusterGone,
+    RequestPool,
+    ServerUnavailable,
+    SkyClient,
+    sky_task,
+    unavailable,
+)
+from backends._skypilot_jobs import ClusterState, Ended, Job, Round, Watch, find_job, record_of, write_record
 from backends._skypilot_output import OutputMirror, is_whole
 from backends._skypilot_tasks import (
     RUNNING_STATUSES,
@@ -55,7 +60,6 @@ from hybrid.types import Experiment
 
 __all__ = ["SkyPilotBackend"]
 
-RECORD_FILE = "skypilot.json"  # in <workdir>/.hybrid/: cluster + SkyPilot job id, for resume
 # How long an ended job's final log is asked for again, at every status round, while fetching it
 # fails, before the end is reported without it: what the job printed since the last fetch of its
 # running log (its final metric) exists only in that log.
@@ -123,7 +127,7 @@ class SkyPilotBackend(Backend):
         defaults = {"accelerators": accelerators, "infra": infra, "cpus": cpus, "memory": memory,
                     "resources": dict(resources or {}), "hardware": hardware, "hourly_usd": hourly_usd}
         self._specs = build_workers(workers, defaults, campaign, list(extra_accelerators or ()))
-        self._state = {s.name: _ClusterState() for s in self._specs}
+        self._state = {s.name: ClusterState() for s in self._specs}
         for i, spec in enumerate(self._specs):  # SkyPilot's own schema, before anything starts
             try:
                 sky_task(task_config(name="check", stage="/tmp", run="true", envs={},
@@ -135,11 +139,11 @@ class SkyPilotBackend(Backend):
                 raise ConfigError(f"{where}: SkyPilot rejects the resources of worker {spec.name}: "
                                   f"{' '.join(str(e).split())}") from e
         self._check_server_and_infra()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._requests = RequestPool(max_parallel_requests, "skypilot-request")
         self._background = RequestPool(1, "skypilot-status")  # status, logs, cancels: short requests
         self._output = RequestPool(2, "skypilot-output")  # running jobs' logs: never delay a cancel
-        self._refresh: Future[_Round] | None = None
+        self._refresh: Future[Round] | None = None
         self._last_refresh = float("-inf")
         self._unavailable: BackendError | None = None
         self._kept_for_resume = False
@@ -214,10 +218,10 @@ class SkyPilotBackend(Backend):
         except OSError as e:
             raise BackendError(f"could not prepare the upload of experiment {exp.id}: {e}") from e
         handle = JobHandle(f"{ws.cluster}/{exp.id}", exp.id, worker, time.time(), workdir, spec.log_name)
-        job = _Job(handle, ws.cluster)
+        job = Job(handle, ws.cluster)
         envs = {**{str(k): str(v) for k, v in spec.env.items()}, "HYBRID_WORKER": worker.name}
         run = run_script(remote_dir, self._remote_command(spec.command), spec.timeout_s)
-        _write_record(workdir, {"cluster": ws.cluster, "job_name": exp.id, "sky_job_id": None,
+        write_record(workdir, {"cluster": ws.cluster, "job_name": exp.id, "sky_job_id": None,
                                 "log_name": spec.log_name, "submitted": handle.started})
         with self._lock:
             self._jobs[handle.job_id] = job
@@ -237,10 +241,10 @@ class SkyPilotBackend(Backend):
             try:
                 found = refresh.result()
             except ServerUnavailable as e:
-                self._unavailable = _unavailable(e)
+                self._unavailable = unavailable(e)
                 raise self._unavailable from e
             except BackendError:
-                found = _Round([], set())  # a failed status query: asked again next time
+                found = Round([], set())  # a failed status query: asked again next time
             for job_id in found.running:
                 job = self._jobs.get(job_id)
                 if job is not None:
@@ -255,7 +259,7 @@ class SkyPilotBackend(Backend):
         now = time.monotonic()
         if watched and self._refresh is None and now - self._last_refresh >= self.status_interval_s:
             self._last_refresh = now
-            snapshot = [_Watch(j.handle.job_id, j.cluster, j.sky_job_id) for j in watched
+            snapshot = [Watch(j.handle.job_id, j.cluster, j.sky_job_id) for j in watched
                         if j.sky_job_id is not None]
             self._refresh = self._background.submit(self._check_jobs, snapshot)
         out: list[Finished] = []
@@ -282,17 +286,17 @@ class SkyPilotBackend(Backend):
         if not sep or not cluster or name != exp.id:
             return None  # not a SkyPilot job id of ours (the campaign ran on another backend)
         workdir = Path(exp.workdir) if exp.workdir else None
-        record = (read_json(workdir / STATE_DIR / RECORD_FILE) if workdir else None) or {}
+        record = record_of(workdir) if workdir else {}
         known_id = record.get("sky_job_id") if record.get("cluster") == cluster else None
         try:
             found = self._client.queues([cluster])[cluster]
         except ServerUnavailable as e:
-            raise _unavailable(e) from e
+            raise unavailable(e) from e
         if isinstance(found, ClusterGone):
             return None  # the cluster is gone, and its jobs with it
         if isinstance(found, BackendError):
             raise found  # a failed query must not make a running job look lost
-        job = _find_job(found, exp.id, known_id, exp.started)
+        job = find_job(found, exp.id, known_id, exp.started)
         if job is None:
             return None
         spec = next((s for s in self._specs if s.cluster == cluster), None)
@@ -307,14 +311,14 @@ class SkyPilotBackend(Backend):
         handle = JobHandle(job_id, exp.id, worker, float(started), workdir or Path.cwd(),
                            str(record.get("log_name") or "run.log"))
         if workdir is not None:
-            _write_record(workdir, {**record, "cluster": cluster, "job_name": exp.id, "sky_job_id": job.job_id})
+            write_record(workdir, {**record, "cluster": cluster, "job_name": exp.id, "sky_job_id": job.job_id})
         with self._lock:
-            self._jobs[job_id] = _Job(handle, cluster, sky_job_id=job.job_id, start_seen=True,
+            self._jobs[job_id] = Job(handle, cluster, sky_job_id=job.job_id, start_seen=True,
                                       seen_running=job.status == "RUNNING")
         return handle
 
     # ---- the request pool (worker threads) ---------------------------------------------------
-    def _launch_or_exec(self, job: _Job, ws: WorkerSpec, exp_id: str, stage: Path, remote_dir: str,
+    def _launch_or_exec(self, job: Job, ws: WorkerSpec, exp_id: str, stage: Path, remote_dir: str,
                         run: str, envs: Mapping[str, str]) -> None:
         """Launch the worker's cluster (first experiment: setup + run) or exec on it."""
         state = self._state[ws.name]
@@ -345,7 +349,7 @@ class SkyPilotBackend(Backend):
         # Written here, not by poll: a job detached while its request was in flight is found too.
         self._record_job_id(job)
 
-    def _started(self, job: _Job) -> None:
+    def _started(self, job: Job) -> None:
         """The launch/exec request of ``job`` has returned (main thread)."""
         job.start_seen = True
         assert job.start is not None
@@ -355,30 +359,30 @@ class SkyPilotBackend(Backend):
                 self._send_cancel(job)
             return
         if isinstance(err, ServerUnavailable):
-            self._unavailable = _unavailable(err)
+            self._unavailable = unavailable(err)
             raise self._unavailable from err
         if job.cancel_requested:
-            job.ended = _Ended(JobState.CANCELLED, None, "cancelled before it started", "")
+            job.ended = Ended(JobState.CANCELLED, None, "cancelled before it started", "")
         else:
-            job.ended = _Ended(JobState.LOST, None, f"could not start the job: {err}", "")
+            job.ended = Ended(JobState.LOST, None, f"could not start the job: {err}", "")
 
-    def _check_jobs(self, watched: Sequence[_Watch]) -> _Round:
+    def _check_jobs(self, watched: Sequence[Watch]) -> Round:
         """One status round for every watched job (background thread): the job queues of all
         their clusters (one batch), then the logs of the jobs that ended."""
         queues = self._client.queues(sorted({w.cluster for w in watched}))
-        out: list[tuple[str, _Ended]] = []
+        out: list[tuple[str, Ended]] = []
         running: set[str] = set()
         for w in watched:
             found = queues.get(w.cluster)
             if isinstance(found, ClusterGone):
-                out.append((w.job_id, _Ended(JobState.LOST, None, f"cluster {w.cluster} is gone ({found})", "",
+                out.append((w.job_id, Ended(JobState.LOST, None, f"cluster {w.cluster} is gone ({found})", "",
                                              cluster_broken=True)))
                 continue
             if not isinstance(found, list):
                 continue  # a failed query: asked again next round
             job = next((j for j in found if j.job_id == w.sky_job_id), None)
             if job is None:
-                out.append((w.job_id, _Ended(JobState.LOST, None,
+                out.append((w.job_id, Ended(JobState.LOST, None,
                                              f"job {w.sky_job_id} is not in the queue of cluster {w.cluster}", "")))
                 continue
             if job.status in RUNNING_STATUSES:
@@ -400,9 +404,9 @@ class SkyPilotBackend(Backend):
             self._final_log_failing.pop(w.job_id, None)
             log, exit_line = clean_log(raw)
             state, code, reason = job_state(job.status, exit_line)  # type: ignore[misc]
-            out.append((w.job_id, _Ended(state, code, reason, log, started=job.start_at, ended=job.end_at,
+            out.append((w.job_id, Ended(state, code, reason, log, started=job.start_at, ended=job.end_at,
                                          cluster_broken=job.status == "FAILED_SETUP", log_whole=whole)))
-        return _Round(out, running)
+        return Round(out, running)
 
     # ---- internals -------------------------------------------------------------------------
     def _check_server_and_infra(self) -> None:
@@ -411,7 +415,7 @@ class SkyPilotBackend(Backend):
             url = self._client.check_server()
             enabled = [e.lower() for e in self._client.enabled_infra()]
         except BackendError as e:
-            raise _unavailable(e) from e
+            raise unavailable(e) from e
         aliases = {"k8s": "kubernetes"}
         for i, spec in enumerate(self._specs):
             if spec.infra is None:
@@ -446,12 +450,12 @@ class SkyPilotBackend(Backend):
             return command
         return command.replace(shlex.quote(sys.executable), self.python)
 
-    def _send_cancel(self, job: _Job) -> None:
+    def _send_cancel(self, job: Job) -> None:
         if not job.cancel_sent and job.sky_job_id is not None:
             job.cancel_sent = True
             self._background.submit(self._client.cancel, job.cluster, [job.sky_job_id])
 
-    def _refresh_output(self, job: _Job) -> None:
+    def _refresh_output(self, job: Job) -> None:
         """Fetch the log of a running job in the background, unless a fetch is in flight or the
         last one is less than ``progress_poll_s`` old. Only jobs the status check saw RUNNING:
         for a queued one SkyPilot waits for a log file (seconds) and prints notes of its own."""
@@ -473,12 +477,12 @@ class SkyPilotBackend(Backend):
             return
         mirror.add_fetch(raw, self.log_tail_lines)
 
-    def _record_job_id(self, job: _Job) -> None:
-        record = read_json(job.handle.workdir / STATE_DIR / RECORD_FILE) or {}
+    def _record_job_id(self, job: Job) -> None:
+        record = record_of(job.handle.workdir)
         with contextlib.suppress(OSError):
-            _write_record(job.handle.workdir, {**record, "cluster": job.cluster, "sky_job_id": job.sky_job_id})
+            write_record(job.handle.workdir, {**record, "cluster": job.cluster, "sky_job_id": job.sky_job_id})
 
-    def _finished(self, job: _Job, end: _Ended) -> Finished:
+    def _finished(self, job: Job, end: Ended) -> Finished:
         h = job.handle
         if end.log:
             job.mirror.add_final(end.log, end.log_whole)
@@ -486,86 +490,3 @@ class SkyPilotBackend(Backend):
         ended = end.ended if end.ended else time.time()
         return Finished(h.job_id, h.experiment_id, end.state, end.exit_code, end.log, float(started),
                         max(float(ended), float(started)), h.worker, end.reason)
-
-
-# ---- small pieces ---------------------------------------------------------------------------------
-@dataclass
-class _ClusterState:
-    ready: bool = False  # launched with setup by this backend (or found running on attach)
-    granted: dict[str, float] | None = None  # accelerators the launch got ({}: CPU only)
-    lock: threading.Lock = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _Ended:
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log: str
-    started: float | None = None  # when the job started running on the cluster
-    ended: float | None = None
-    cluster_broken: bool = False  # setup failed or the cluster is gone: launch again next time
-    log_whole: bool = True  # ``log`` starts where the job's log starts (not only its tail)
-
-
-@dataclass(frozen=True)
-class _Round:
-    """What one status round found."""
-
-    ended: list[tuple[str, _Ended]]
-    running: set[str]  # job ids SkyPilot reports RUNNING
-
-
-@dataclass
-class _Job:
-    handle: JobHandle
-    cluster: str
-    sky_job_id: int | None = None
-    start: Future[None] | None = None  # the launch/exec request
-    start_seen: bool = False
-    request_id: str | None = None
-    cancel_requested: bool = False
-    cancel_sent: bool = False
-    ended: _Ended | None = None
-    seen_running: bool = False  # a status round saw it RUNNING: its log can be fetched
-    output_fetch: Future[None] | None = None
-    output_fetched_at: float = float("-inf")  # time.monotonic() of the last fetch
-    mirror: OutputMirror = field(init=False)  # its log, in its workdir (read_output reads it)
-
-    def __post_init__(self) -> None:
-        self.mirror = OutputMirror(self.handle.workdir / self.handle.log_name)
-
-
-@dataclass(frozen=True)
-class _Watch:
-    job_id: str
-    cluster: str
-    sky_job_id: int
-
-
-def _find_job(jobs: Sequence[SkyJob], name: str, job_id: Any, since: float | None) -> SkyJob | None:
-    """The job by its SkyPilot id, else the newest job of that name submitted since ``since``."""
-    if isinstance(job_id, int):
-        match = next((j for j in jobs if j.job_id == job_id and j.name == name), None)
-        if match is not None:
-            return match
-    named = [j for j in jobs if j.name == name
-             and (since is None or j.submitted_at is None or j.submitted_at >= since - 600)]
-    return max(named, key=lambda j: j.job_id, default=None)
-
-
-def _write_record(workdir: Path, record: Mapping[str, Any]) -> None:
-    state_dir = workdir / STATE_DIR
-    state_dir.mkdir(exist_ok=True)
-    write_json_atomic(state_dir / RECORD_FILE, dict(record))
-
-
-def _unavailable(err: BaseException) -> BackendError:
-    return BackendError(
-        f"SkyPilot API server unavailable: {err}; start it with `sky api start` (or fix "
-        "SKYPILOT_API_SERVER_ENDPOINT / api_server.endpoint in ~/.sky/config.yaml), then re-run the same "
-        "command: running experiments are re-attached, none is recorded as run"
-    )
