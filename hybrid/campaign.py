@@ -28,7 +28,7 @@ from hybrid.following import INTERVAL_S as FOLLOW_INTERVAL_S
 from hybrid.following import Follower
 from hybrid.launch import Launcher, deferred_interrupts
 from hybrid.mirror import MetricsMsg, ResultMsg, SummaryMsg, TrackerMirror
-from hybrid.noise import noise_by_hardware, recommend
+from hybrid.noise import noise_at_best, recommend
 from hybrid.pool import CandidatePool
 from hybrid.progress import Progress, View
 from hybrid.proposers.base import Proposer
@@ -496,13 +496,14 @@ class Campaign:
         return (self.dir, *self.tracker.local_paths(self.dir))
 
     def _measured_noise_high(self) -> float | None:
-        """The 95 % upper bound of the run-to-run sd the replicates measured on the hardware the GP
-        predicts for (None: not measured there)."""
+        """The 95 % upper bound of the run-to-run sd the replicates measured at the best
+        configurations on the hardware the GP predicts for (``noise.noise_at_best``; None: not
+        measured there)."""
         if self.stopping.cost is None:
             return None
         own = list(self.exps.values())
         hw = history.judged_hardware(own, self.objective, self.target_hardware)
-        measured = noise_by_hardware(own, self.objective).get(hw) if hw is not None else None
+        measured = noise_at_best(own, self.objective, hw) if hw is not None else None
         return measured.high if measured is not None and measured.sd else None
 
     def _gp_noise(self, exps: Sequence[Experiment]) -> dict[str, float]:

@@ -4,6 +4,8 @@
   (same code, same params) that succeeded at least twice there, with a 95 % interval (chi-square
   on the pooled degrees of freedom). Replicates are what the campaign schedules itself (the
   baseline again early on, an incumbent that won by little, the confirmation of the top configs).
+  ``noise_at_best``: the same, pooled over the best replicated configurations only: the noise the
+  cost-aware stop (hybrid/stopping.py) judges further gains in, where the noise varies across the space.
 - ``recommend``: the campaign's answer. Not the luckiest single run (the lowest of hundreds of
   noisy runs is biased low: the winner's curse) but the configuration (params and code variant)
   with the best mean on the judged hardware (``history.judged_hardware``) among those that ran
@@ -34,12 +36,13 @@ from hybrid.types import Experiment, ExperimentState, Objective
 __all__ = [
     "MIN_RUNS", "SIGNIFICANT_SIGMAS", "ConfigRuns", "Estimates", "Noise", "Recommendation", "config_key", "config_runs",
     "estimate_of",
-    "noise_by_hardware", "noise_on", "recommend", "significant", "to_confirm",
+    "noise_at_best", "noise_by_hardware", "noise_on", "recommend", "significant", "to_confirm",
 ]
 
 MIN_RUNS = 2  # runs on the judged hardware that make a recommendation "confirmed"
 SIGNIFICANT_SIGMAS = 2.0  # a difference below this many sd is within the noise
 PLAUSIBLE_SIGMAS = 2 * math.sqrt(2)  # a config this many sd behind the best (two sd of a difference) is not confirmed
+BEST_K = 5  # noise_at_best: the replicated configurations the noise at the best ones is pooled over
 REPLICATE_SOURCES = ("replicate", "confirm")  # sources of the runs the campaign repeats itself
 
 
@@ -133,25 +136,36 @@ def _interval(sd: float, dof: int) -> tuple[float, float]:
     return sd * math.sqrt(dof / chi2.ppf(0.975, dof)), sd * math.sqrt(dof / chi2.ppf(0.025, dof))
 
 
+def _pooled(hw: str, configs: Sequence[ConfigRuns], gp: float | None = None) -> Noise:
+    """The sd pooled over the configurations among ``configs`` that succeeded at least twice."""
+    reps = [c for c in configs if c.n > 1]
+    dof = sum(c.n - 1 for c in reps)
+    if not dof:
+        return Noise(hw, None, 0, 0, gp_sd=gp)
+    ss = sum(sum((x - c.mean) ** 2 for x in c.values) for c in reps)
+    sd = math.sqrt(ss / dof)
+    low, high = _interval(sd, dof)
+    return Noise(hw, sd, dof, len(reps), low, high, gp)
+
+
 def noise_by_hardware(exps: Sequence[Experiment], objective: Objective,
                       gp_sd: Mapping[str, float] | None = None) -> dict[str, Noise]:
     """The run-to-run noise on every hardware label that has a success (module docstring)."""
-    out: dict[str, Noise] = {}
     by_hw: dict[str, list[ConfigRuns]] = {}
     for c in config_runs(exps, objective):
         by_hw.setdefault(c.hardware, []).append(c)
-    for hw, configs in by_hw.items():
-        reps = [c for c in configs if c.n > 1]
-        dof = sum(c.n - 1 for c in reps)
-        gp = (gp_sd or {}).get(hw)
-        if not dof:
-            out[hw] = Noise(hw, None, 0, 0, gp_sd=gp)
-            continue
-        ss = sum(sum((x - c.mean) ** 2 for x in c.values) for c in reps)
-        sd = math.sqrt(ss / dof)
-        low, high = _interval(sd, dof)
-        out[hw] = Noise(hw, sd, dof, len(reps), low, high, gp)
-    return out
+    return {hw: _pooled(hw, configs, (gp_sd or {}).get(hw)) for hw, configs in by_hw.items()}
+
+
+def noise_at_best(exps: Sequence[Experiment], objective: Objective, hardware: str, k: int = BEST_K) -> Noise:
+    """The run-to-run noise where the answer lies: pooled over the ``k`` configurations with the
+    best means among those that succeeded at least twice on ``hardware``. Where the noise differs
+    across the space (a diverging region is noisy, a well-tuned one quiet: FCNet's seed sd varies
+    100-fold) the baseline's replicates say little about the differences between the best
+    configurations, which are what more experiments would still change; where it does not, this is
+    :func:`noise_by_hardware`'s figure with fewer degrees of freedom (a wider interval)."""
+    reps = _ranked([c for c in config_runs(exps, objective, hardware) if c.n > 1], objective)
+    return _pooled(hardware, reps[:k])
 
 
 def noise_on(noise: Mapping[str, Noise], hardware: str | None) -> float | None:

@@ -84,8 +84,8 @@ class StopSignal(NamedTuple):
     P(feasible) per USD (``RankDecision.best_gain_per_usd``), times the median predicted cost of
     an experiment (``typical_cost_usd``; on a free fleet the gain is per experiment already), over
     the noise sd on the target hardware (``noise_sd``, metric units): the GP's inferred one, or the
-    95 % upper bound of the sd the campaign's own replicates measured there when that is smaller
-    (``measured=True``). A GP whose fit is poor absorbs the misfit into its noise (FCNet naval:
+    95 % upper bound of the sd the campaign's own replicates measured there, at its best replicated
+    configurations (``hybrid.noise.noise_at_best``), when that is smaller (``measured=True``). A GP whose fit is poor absorbs the misfit into its noise (FCNet naval:
     hundreds of times the seed spread); replicates then know better, and only their upper bound is
     believed, so a lucky small sd from one or two replicates cannot silence the rule.
     ``incumbent``: the GP's estimate of the best configuration so far (maximized, metric units).
@@ -103,8 +103,8 @@ class StopSignal(NamedTuple):
     @classmethod
     def from_decision(cls, decision: Any, measured_high: float | None = None) -> StopSignal | None:
         """None when the decision had no fitted model (or no noise estimate) to judge by.
-        ``measured_high``: the 95 % upper bound of the replicates' sd on the target hardware (None,
-        or 0 when every replicate agreed: not used)."""
+        ``measured_high``: the 95 % upper bound of the replicates' sd at the best configurations on
+        the target hardware (None, or 0 when every replicate agreed: not used)."""
         if decision is None or not decision.fitted or not decision.noise_sd > 0:
             return None
         cost = decision.typical_cost_usd if decision.typical_cost_usd > 0 else 1.0
@@ -239,7 +239,8 @@ class StopRules:
     def after_ranking(self, decision: Any, p: CampaignProgress, fleet_hourly_usd: float,
                       measured_high: float | None = None) -> str | None:
         """The cost-aware rule, fed the ranker's ``last_decision`` (a ``RankDecision`` or None) and
-        the 95 % upper bound of the noise sd the replicates measured on the target hardware."""
+        the 95 % upper bound of the noise sd the replicates measured at the best configurations on the
+        target hardware (``hybrid.noise.noise_at_best``)."""
         if self.cost is None:
             return None
         reason = self.cost.judge(decision, p.n_finished, measured_high)

@@ -46,6 +46,24 @@ def test_the_noise_is_the_pooled_sd_of_replicated_configs_per_hardware_with_an_i
     assert noise.noise_on(by_hw, "h200") == pytest.approx(h100.sd)  # the other labels' pooled sd
 
 
+def test_the_noise_at_the_best_configs_leaves_out_a_noisy_region_far_behind() -> None:
+    """FCNet-like: the baseline diverges half the time (its replicates differ by 0.4), the good
+    configurations agree to 0.002. The pooled sd is the baseline's; the noise at the best is theirs."""
+    exps = [run(1, 0.5, 1.0, source="baseline"), run(2, 0.5, 1.4, source="replicate")]
+    for i, (a, b) in enumerate([(0.300, 0.302), (0.310, 0.308), (0.320, 0.322)]):
+        exps += [run(10 + 2 * i, 0.01 * (i + 1), a), run(11 + 2 * i, 0.01 * (i + 1), b, source="replicate")]
+    exps.append(run(30, 0.2, 0.25))  # the best single run: not replicated, it measures nothing
+    pooled = noise.noise_by_hardware(exps, MIN)["h100"]
+    best = noise.noise_at_best(exps, MIN, "h100", k=3)
+    assert pooled.sd > 0.1 and (pooled.dof, pooled.n_configs) == (4, 4)
+    assert best.sd == pytest.approx(math.sqrt(3 * 2 * 0.001**2 / 3)) and (best.dof, best.n_configs) == (3, 3)
+    assert best.high < 0.01 < pooled.low  # judged in its own noise, 0.02 is ~10 sd, not 0.1 sd
+    # with the baseline among the k best, it is pooled in again; maximizing, the best are the highest
+    assert noise.noise_at_best(exps, MIN, "h100", k=4).sd == pytest.approx(pooled.sd)
+    assert noise.noise_at_best(exps, MAX, "h100", k=1).n_configs == 1 and noise.noise_at_best(exps, MAX, "h100", 1).sd > 0.1
+    assert noise.noise_at_best(exps, MIN, "h200").sd is None  # nothing ran there
+
+
 @pytest.mark.parametrize("replicate", [None, 1.05], ids=["replicate crashed", "no replicate"])
 def test_zero_or_one_successful_run_of_every_config_measures_no_noise(replicate: float | None) -> None:
     exps = [run(1, 0.01, 1.0), run(2, 0.01, None, source="replicate")] if replicate is None else [run(1, 0.01, 1.0)]

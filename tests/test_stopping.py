@@ -79,7 +79,8 @@ def test_the_replicates_upper_bound_replaces_the_gps_noise_only_when_smaller():
 
 def test_a_campaign_feeds_the_rule_the_upper_bound_its_replicates_measured(tmp_path):
     """A real local campaign on a noisy target: until the baseline's replicate is in the rule gets
-    no measurement; after it, the 95 % upper bound of the replicates' sd on the judged hardware."""
+    no measurement; after it, the 95 % upper bound of the replicates' sd at the best configurations
+    on the judged hardware (here the baseline's: the one replicated)."""
     from hybrid import noise
     from surrogate.acquisition import InOrderRanker
     from tests.test_confirmation import MIN, campaign
@@ -105,6 +106,42 @@ def test_a_campaign_feeds_the_rule_the_upper_bound_its_replicates_measured(tmp_p
     measured = noise.noise_by_hardware(exps, MIN)["cpu"]
     assert measured.dof == 1 and 0 < measured.sd < 0.01 and measured.high < 5.0  # 1 dof: ~32 x the sd
     assert rule.seen[0] is None and rule.seen[-1] == pytest.approx(measured.high)
+    assert noise.noise_at_best(exps, MIN, "cpu").high == pytest.approx(measured.high)  # one replicated config
+
+
+def test_where_the_noise_differs_the_rule_is_fed_the_noise_at_the_best_configs(tmp_path):
+    """A real local campaign whose baseline is noisy (amp 0.8) and whose good configurations are
+    quiet (amp 0.002): each new incumbent wins by less than 2 x the pooled sd and is run again, and
+    the rule is fed the upper bound of the sd at the 5 best replicated configs, not the baseline's."""
+    from hybrid import noise
+    from surrogate.acquisition import InOrderRanker
+    from tests.test_confirmation import MIN, campaign
+
+    class GPLike(InOrderRanker):
+        def rank(self, pool, history, pending, workers):
+            self.last_decision = decision(0.01, noise_sd=5.0)
+            return super().rank(pool, history, pending, workers)
+
+    class Recording(CostAwareStop):
+        seen: list = []
+
+        def judge(self, decision, n_finished, measured_high=None):
+            self.seen.append(measured_high)
+            return super().judge(decision, n_finished, measured_high)
+
+    rule = Recording(min_experiments=100)
+    configs = [{"x": 1.010 - 0.002 * i, "amp": 0.002} for i in range(6)]  # each one the new best, by 0.002
+    configs += [{"x": 2.0, "amp": 0.002}, {"x": 2.1, "amp": 0.002}]  # then two worse: decisions after the last replicate
+    c = campaign(tmp_path, configs, 15, ranker=GPLike(), cost_stop=rule, confirm_top_k=0,
+                 defaults={"amp": 0.8, "sleep": 0.0})
+    c.run()
+    exps = c.experiments()
+    # the baseline again, then every new incumbent but the first (it beats the baseline by far more)
+    assert [e.source for e in exps].count("replicate") == 6
+    pooled = noise.noise_by_hardware(exps, MIN)["cpu"]
+    best = noise.noise_at_best(exps, MIN, "cpu")
+    assert best.n_configs == 5 and best.sd < 0.002 < 0.05 < pooled.sd  # the baseline's runs left out
+    assert rule.seen[-1] == pytest.approx(best.high) and best.high < pooled.high / 5
 
 
 def test_one_threshold_means_the_same_on_any_metric_scale_and_price():
