@@ -204,7 +204,24 @@ def select_wave(
     wave it is owed: until k of those positions are picked, each step chooses among the owed
     positions only (still by score, so the best of them, on the best worker). A reservation none
     of whose choices any worker can run is dropped.
+
+    The result depends on the arguments only: BoTorch draws the samples that prune qLogNEI's
+    baseline from torch's global generator, so they are drawn here from one seeded by ``seed``
+    (the caller's generator is left as it was). Otherwise what ran before in the process decided
+    near-ties, and two campaigns of one seed parted after a few dozen experiments.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _select_wave(mean, covar, baseline, pending, choices, log_feasible, log_cost, gain_first,
+                            min_log_feasible, n_samples, seed, shortlist, reserved)
+
+
+def _select_wave(mean: Any, covar: Any, baseline: Sequence[int], pending: Sequence[int], choices: Sequence[int],
+                 log_feasible: np.ndarray, log_cost: np.ndarray, gain_first: Sequence[bool] | None,
+                 min_log_feasible: float, n_samples: int, seed: int, shortlist: int | None,
+                 reserved: Sequence[tuple[Sequence[int], int]]) -> WaveChoice:
     import torch
     from botorch.acquisition.analytic import LogExpectedImprovement
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement

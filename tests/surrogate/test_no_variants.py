@@ -3,7 +3,9 @@ waves, the same notes, the same decision record (golden file written by the code
 variant dimension: tests/surrogate/golden_rankings.json; regenerate only for a deliberate change,
 with ``python -m tests.surrogate.test_no_variants > tests/surrogate/golden_rankings.json``). One such
 change: the mixed-hardware decision's numbers (not its picks) since the MultiTaskGP's task covariance
-starts from the GP's seed instead of torch's global random state."""
+starts from the GP's seed instead of torch's global random state. Another: its third pick and the
+numbers since the samples that prune qLogNEI's baseline come from a generator seeded by the
+ranker's seed (surrogate.acquisition.select_wave), not from torch's global one."""
 
 from __future__ import annotations
 
