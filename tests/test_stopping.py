@@ -77,28 +77,39 @@ def test_the_replicates_upper_bound_replaces_the_gps_noise_only_when_smaller():
     assert "noise sd 0.002 (the GP's)" in reason
 
 
+def gp_like():
+    """A real in-order ranker whose every decision reads like a GP's whose misfit says the noise is 5."""
+    from surrogate.acquisition import InOrderRanker
+
+    class GPLike(InOrderRanker):
+        def rank(self, pool, history, pending, workers):
+            self.last_decision = decision(0.01, noise_sd=5.0)
+            return super().rank(pool, history, pending, workers)
+
+    return GPLike()
+
+
+class Recording(CostAwareStop):
+    """The real rule, recording the replicates' bound each decision feeds it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list = []
+
+    def judge(self, decision, n_finished, measured_high=None):
+        self.seen.append(measured_high)
+        return super().judge(decision, n_finished, measured_high)
+
+
 def test_a_campaign_feeds_the_rule_the_upper_bound_its_replicates_measured(tmp_path):
     """A real local campaign on a noisy target: until the baseline's replicate is in the rule gets
     no measurement; after it, the 95 % upper bound of the replicates' sd at the best configurations
     on the judged hardware (here the baseline's: the one replicated)."""
     from hybrid import noise
-    from surrogate.acquisition import InOrderRanker
     from tests.test_confirmation import MIN, campaign
 
-    class GPLike(InOrderRanker):
-        def rank(self, pool, history, pending, workers):
-            self.last_decision = decision(0.01, noise_sd=5.0)  # a GP whose misfit says the noise is 5
-            return super().rank(pool, history, pending, workers)
-
-    class Recording(CostAwareStop):
-        seen: list = []
-
-        def judge(self, decision, n_finished, measured_high=None):
-            self.seen.append(measured_high)
-            return super().judge(decision, n_finished, measured_high)
-
     rule = Recording(min_experiments=100)  # never fires: only what it is fed is looked at
-    c = campaign(tmp_path, [{"x": 1.0 + i} for i in range(6)], 8, ranker=GPLike(), cost_stop=rule,
+    c = campaign(tmp_path, [{"x": 1.0 + i} for i in range(6)], 8, ranker=gp_like(), cost_stop=rule,
                  confirm_top_k=0, workers=2, defaults={"amp": 0.01, "sleep": 0.3})
     c.run()
     exps = c.experiments()
@@ -114,25 +125,12 @@ def test_where_the_noise_differs_the_rule_is_fed_the_noise_at_the_best_configs(t
     quiet (amp 0.002): each new incumbent wins by less than 2 x the pooled sd and is run again, and
     the rule is fed the upper bound of the sd at the 5 best replicated configs, not the baseline's."""
     from hybrid import noise
-    from surrogate.acquisition import InOrderRanker
     from tests.test_confirmation import MIN, campaign
-
-    class GPLike(InOrderRanker):
-        def rank(self, pool, history, pending, workers):
-            self.last_decision = decision(0.01, noise_sd=5.0)
-            return super().rank(pool, history, pending, workers)
-
-    class Recording(CostAwareStop):
-        seen: list = []
-
-        def judge(self, decision, n_finished, measured_high=None):
-            self.seen.append(measured_high)
-            return super().judge(decision, n_finished, measured_high)
 
     rule = Recording(min_experiments=100)
     configs = [{"x": 1.010 - 0.002 * i, "amp": 0.002} for i in range(6)]  # each one the new best, by 0.002
     configs += [{"x": 2.0, "amp": 0.002}, {"x": 2.1, "amp": 0.002}]  # then two worse: decisions after the last replicate
-    c = campaign(tmp_path, configs, 15, ranker=GPLike(), cost_stop=rule, confirm_top_k=0,
+    c = campaign(tmp_path, configs, 15, ranker=gp_like(), cost_stop=rule, confirm_top_k=0,
                  defaults={"amp": 0.8, "sleep": 0.0})
     c.run()
     exps = c.experiments()
