@@ -65,8 +65,8 @@ class TwoHardware(Problem):
         self.base = hartmann6(noise_std)
         self.name, self.space = self.base.name, self.base.space
 
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
-        return self.base.evaluate(params, rng)
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
+        return self.base.evaluate(params, rng, used)
 
     def true_value(self, params: Mapping[str, Any]) -> float:
         return self.base.true_value(params)
@@ -79,8 +79,9 @@ class TwoHardware(Problem):
     def noise_sd(self) -> float:
         return self.base.noise_sd
 
-    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator) -> float:
-        value = self.evaluate(params, rng)
+    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator,
+                used: list[int] | None = None) -> float:
+        value = self.evaluate(params, rng, used)
         return value - offset(self.space.encode(params)) if hardware == OTHER else value
 
 

@@ -80,8 +80,10 @@ class Problem(ABC):
     space: SearchSpace
 
     @abstractmethod
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
-        """One noisy observation of the objective at ``params``."""
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
+        """One noisy observation of the objective at ``params``. ``used``: the recorded seeds this
+        campaign has already run ``params`` with (a tabular problem appends the one it draws and
+        draws another while any is left: a replicate is a run with a new seed; others ignore it)."""
 
     @abstractmethod
     def true_value(self, params: Mapping[str, Any]) -> float:
@@ -92,10 +94,11 @@ class Problem(ABC):
     def optimum(self) -> float:
         """The best true value in the space (for simple regret)."""
 
-    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator) -> float:
+    def observe(self, params: Mapping[str, Any], hardware: str, rng: np.random.Generator,
+                used: list[int] | None = None) -> float:
         """One observation on a worker of this hardware (what a simulated job prints). Alike on
         every hardware unless a problem says otherwise (benchmarks/hardware.py)."""
-        return self.evaluate(params, rng)
+        return self.evaluate(params, rng, used)
 
     def oom(self, params: Mapping[str, Any], hardware: str) -> bool:
         """Whether this configuration runs out of memory on this hardware (a simulated crash)."""
@@ -165,9 +168,17 @@ class TabularProblem(Problem):
         """The sd of the recorded seeds of this configuration (the noise differs across the table)."""
         return float(self._runs[self._key(params)].std(ddof=1))
 
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
+        """One recorded seed, at random among those ``used`` does not hold yet (all of them once
+        every seed has run): re-running a configuration trains it with a new seed, it does not
+        replay an old one, so a campaign's replicates measure the noise (drawing with replacement,
+        FCNet's four seeds repeated a run's value one time in four and a replicate's sd was 0)."""
         runs = self._runs[self._key(params)]
-        return float(runs[rng.integers(len(runs))])
+        fresh = [i for i in range(len(runs)) if used is None or i not in used] or list(range(len(runs)))
+        i = fresh[int(rng.integers(len(fresh)))]  # a first run draws as rng.integers(len(runs))
+        if used is not None:
+            used.append(i)
+        return float(runs[i])
 
     def true_value(self, params: Mapping[str, Any]) -> float:
         return float(self._runs[self._key(params)].mean())
@@ -192,7 +203,7 @@ class SyntheticProblem(Problem):
         x = torch.tensor([[float(params[k]) for k in self.space.names]], dtype=torch.double)
         return float(self.function.evaluate_true(x).item())
 
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
         return self.true_value(params) + self.noise_std * float(rng.standard_normal())
 
     @property
@@ -241,7 +252,7 @@ class ReturnsProblem(Problem):
         q = float(self.weights @ (x - self.x_star) ** 2)
         return self.floor + self.span * q / (1.0 + q)
 
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
         return self.true_value(params) + self.noise_std * float(rng.standard_normal())
 
     @property

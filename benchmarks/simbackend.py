@@ -17,7 +17,9 @@ while with the traceback PyTorch prints, so the product sees an OOM crash as it 
 
 Deterministic for a seed: durations and observation noise come from their own random streams,
 drawn in submission order, so the k-th submitted experiment gets the k-th draw whatever the
-method; every method of a benchmark sees the same fleet.
+method; every method of a benchmark sees the same fleet. A configuration the campaign runs again
+(a replicate, a confirmation) runs with a recorded seed it has not run yet while the table has
+one (``Problem.evaluate``'s ``used``), as a re-run with a new seed would.
 
 Limits: the campaign's own wall-clock quantities (``budget.max_hours``, the accrued cost of
 *running* jobs in the live view and ``budget.max_cost_usd``) are not on this clock; finished
@@ -27,6 +29,7 @@ campaign finds none of them (``attach`` returns None, so they are requeued).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import zlib
@@ -119,6 +122,7 @@ class SimBackend(Backend):
         # own streams: the k-th submission gets the k-th duration and noise draw, whatever the method
         durations, noise = np.random.SeedSequence([seed, zlib.crc32(problem.name.encode())]).spawn(2)
         self._duration_rng, self._noise_rng = np.random.default_rng(durations), np.random.default_rng(noise)
+        self._seeds: dict[str, list[int]] = {}  # the recorded seeds each configuration has run (Problem.evaluate)
         self._jobs: dict[str, _Job] = {}
         self._n_submitted = 0
         self._offered = False  # poll() gave the campaign a chance to fill a free worker since the last submit
@@ -151,7 +155,8 @@ class SimBackend(Backend):
         params = dict(exp.params)
         factor = self.slowdown.get(worker.name, self.slowdown.get(worker.hardware, 1.0))
         seconds = max(1e-6, float(self.duration(params, worker, self._duration_rng)) * factor)
-        value = float(self.problem.observe(params, worker.hardware, self._noise_rng))
+        used = self._seeds.setdefault(json.dumps(params, sort_keys=True, default=str), [])
+        value = float(self.problem.observe(params, worker.hardware, self._noise_rng, used))
         header = f"simulated {self.problem.name} on {worker.hardware} ({worker.name})\n"
         state = JobState.EXITED
         if self.problem.oom(params, worker.hardware):

@@ -24,7 +24,9 @@ space), the share of decisions judged by the replicates' upper bound, and how ma
 threshold fires on; then, for the
 default (StoppingConfig's, or --default): fired (n of seeds), median stop point (experiments
 dispatched), money saved (median share of the full budget's spend not spent), regret given up
-(median of regret at the stop minus regret at the full budget, also in noise sd).
+(median of regret at the stop minus regret at the full budget, also in noise sd) and how many seeds
+it stopped early, before their own gains had flattened (``flat_from``: the experiment after which a
+campaign's regret falls by less than 1 sd until the budget's end; a stop before it gives up >= 1 sd).
 
     python benchmarks/stopping.py --quick
     python benchmarks/stopping.py [--problems ...] [--seeds 10] [--evals 100] [--workers 4] [--jobs 1]
@@ -165,6 +167,14 @@ def top_sd(problem: Problem, run: Run, k: int = TOP_K) -> float:
     return float(statistics.median(best)) if best and statistics.median(best) > 0 else problem.noise_sd
 
 
+def flat_from(problem: Problem, run: Run) -> int:
+    """Where this campaign's gains flattened: the first experiment (1-based, creation order) after
+    which its regret falls by less than ``FLAT_SD`` noise sd at its best configurations
+    (:func:`top_sd`) until the budget's end. A stop before it gives up at least that much."""
+    curve, sd = regret_curve(problem, run), top_sd(problem, run)
+    return next(k + 1 for k, r in enumerate(curve) if r - curve[-1] < FLAT_SD * sd)
+
+
 def late_gain(problem: Problem, runs: Sequence[Run]) -> float:
     """How much the median regret still falls over the budget's second half (metric units): the
     median curve, which a few seeds with a late jump can hold up while most seeds have flattened."""
@@ -200,7 +210,8 @@ def summary(problem: Problem, runs: Sequence[Run], threshold: float, patience: i
             "saved": statistics.median(p["saved"] for p in pts), "given_up": given_up,
             "given_up_sd": given_up / problem.noise_sd,
             "given_up_top_sd": statistics.median((p["regret_stop"] - p["regret_cap"]) / p["top_sd"] for p in pts),
-            "regret_cap": statistics.median(p["regret_cap"] for p in pts), "points": pts}
+            "regret_cap": statistics.median(p["regret_cap"] for p in pts),
+            "early": sum(p["regret_stop"] - p["regret_cap"] >= FLAT_SD * p["top_sd"] for p in pts), "points": pts}
 
 
 def _fmt(x: float) -> str:
@@ -232,18 +243,19 @@ def report(runs: Sequence[Run], problems: Sequence[str], thresholds: Sequence[fl
     late_curve = {p: late_abs[p] / sd_top[p] for p in by_problem}
     late_opt = {p: late_abs[p] / _problem(p).noise_sd for p in by_problem}
     late = {p: seed_late_gain(_problem(p), rs) for p, rs in by_problem.items()}
+    flat_at = {p: statistics.median(flat_from(_problem(p), r) for r in rs) for p, rs in by_problem.items()}
     flat = [p for p in by_problem if late[p] < FLAT_SD]
     cells = {(p, t): summary(_problem(p), rs, t, patience, min_experiments, window)
              for p, rs in by_problem.items() for t in thresholds}
     seeds = max(len(rs) for rs in by_problem.values())
     lines = [f"cost-aware stop (min_experiments {min_experiments}, patience {patience}, window {window}); "
              f"{seeds} seeds; fired per threshold (min_gain_sd_per_experiment)",
-             f"{'problem':<18}{'late gain':>10}{'':6}{'(curve)':>8}{'(opt)':>8}{'GP sd':>8}{'repl':>6}  "
+             f"{'problem':<18}{'late gain':>10}{'':6}{'(curve)':>8}{'(opt)':>8}{'flat at':>8}{'GP sd':>9}{'repl':>6}  "
              + "".join(f"{t:>7g}" for t in thresholds)]
     for p, rs in by_problem.items():
         kind = "flat" if p in flat else "steep"
-        lines.append(f"{p:<18}{late[p]:>6.2f} sd {kind:<5}{late_curve[p]:>8.3g}{late_opt[p]:>8.3g}"
-                     f"{gp_noise_ratio(_problem(p), rs):>7.3g}x"
+        lines.append(f"{p:<18}{late[p]:>6.2f} sd {kind:<5}{late_curve[p]:>8.3g}{late_opt[p]:>8.3g}{flat_at[p]:>8.0f}"
+                     f"{gp_noise_ratio(_problem(p), rs):>8.3g}x"
                      f"{measured_share(rs):>6.0%} "
                      + "".join(f"{cells[p, t]['fired']:>4}/{cells[p, t]['seeds']:<2}" for t in thresholds))
     ok_flat = ["yes" if all(cells[p, t]["fired"] >= 0.8 * cells[p, t]["seeds"] for p in flat) else "no"
@@ -256,20 +268,22 @@ def report(runs: Sequence[Run], problems: Sequence[str], thresholds: Sequence[fl
     lines.append(f"late gain: how much a campaign's regret falls over the budget's second half, in the noise sd at "
                  f"its {TOP_K} best configurations, median over seeds (flat: < {FLAT_SD:g} sd); (curve): the fall of "
                  f"the median regret curve in the median of that sd; (opt): the curve's fall in the noise sd at the "
-                 f"problem's optimum; GP sd: the GP's inferred noise sd over the campaigns' sd; repl: share of "
+                 f"problem's optimum; flat at: the experiment after which a campaign's regret falls by less than "
+                 f"{FLAT_SD:g} sd until the budget's end, median over seeds; GP sd: the GP's inferred noise sd over the campaigns' sd; repl: share of "
                  f"decisions judged by the replicates' 95% upper bound (smaller than the GP's)")
     lines += ["", f"-- min_gain_sd_per_experiment={default:g}: medians over seeds",
               f"{'problem':<18}{'fired':>7}{'stop at':>12}{'saved':>8}{'regret given up':>17}{'in sd':>7}"
-              f"{'(opt)':>8}{'regret at cap':>15}"]
+              f"{'(opt)':>8}{'early':>7}{'regret at cap':>15}"]
     for p in by_problem:
         c = cells[p, default]
         lines.append(f"{p:<18}{c['fired']:>4}/{c['seeds']:<2}{c['stop']:>6.0f}/{c['cap']:<5.0f}{c['saved']:>8.0%}"
                      f"{_fmt(c['given_up']):>17}{c['given_up_top_sd']:>7.2f}{c['given_up_sd']:>8.2f}"
-                     f"{_fmt(c['regret_cap']):>15}")
+                     f"{c['early']:>4}/{c['seeds']:<2}{_fmt(c['regret_cap']):>15}")
     lines.append("regret given up: in sd: per seed over the noise at its best configurations, median; (opt): the "
-                 "median over the noise at the problem's optimum")
+                 f"median over the noise at the problem's optimum; early: seeds stopped before their gains flattened "
+                 f"(giving up >= {FLAT_SD:g} sd)")
     rows = [{**{k: v for k, v in c.items() if k != "points"}, "late_gain_sd": late[p], "late_gain_curve_sd": late_curve[p],
-             "late_gain_opt_sd": late_opt[p],
+             "late_gain_opt_sd": late_opt[p], "flat_at": flat_at[p],
              "campaign_sd": sd_top[p], "flat": p in flat} for (p, _), c in cells.items()]
     return "\n".join(lines), rows
 

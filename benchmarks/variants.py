@@ -125,7 +125,7 @@ class CodeProblem(Problem):
     name = "variants"
     space = SPACE
 
-    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator) -> float:
+    def evaluate(self, params: Mapping[str, Any], rng: np.random.Generator, used: list[int] | None = None) -> float:
         v = self.true_value(params)
         return v if math.isnan(v) else v + NOISE * float(rng.standard_normal())
 

