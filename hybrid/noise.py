@@ -43,6 +43,7 @@ MIN_RUNS = 2  # runs on the judged hardware that make a recommendation "confirme
 SIGNIFICANT_SIGMAS = 2.0  # a difference below this many sd is within the noise
 PLAUSIBLE_SIGMAS = 2 * math.sqrt(2)  # a config this many sd behind the best (two sd of a difference) is not confirmed
 BEST_K = 5  # noise_at_best: the replicated configurations the noise at the best ones is pooled over
+REGIME_RATIO = 10.0  # noise_at_best: a config whose sd is this many times its peers' median is in another regime
 REPLICATE_SOURCES = ("replicate", "confirm")  # sources of the runs the campaign repeats itself
 
 
@@ -163,9 +164,18 @@ def noise_at_best(exps: Sequence[Experiment], objective: Objective, hardware: st
     across the space (a diverging region is noisy, a well-tuned one quiet: FCNet's seed sd varies
     100-fold) the baseline's replicates say little about the differences between the best
     configurations, which are what more experiments would still change; where it does not, this is
-    :func:`noise_by_hardware`'s figure with fewer degrees of freedom (a wider interval)."""
-    reps = _ranked([c for c in config_runs(exps, objective, hardware) if c.n > 1], objective)
-    return _pooled(hardware, reps[:k])
+    :func:`noise_by_hardware`'s figure with fewer degrees of freedom (a wider interval).
+
+    Among three or more of them, one whose sd is over ``REGIME_RATIO`` times their median is left
+    out: it runs in another noise regime (on FCNet a diverging configuration that still ranks among
+    the few replicated ones, 100-3000 x the others' sd) and a pooled variance would be its alone."""
+    reps = _ranked([c for c in config_runs(exps, objective, hardware) if c.n > 1], objective)[:k]
+    if len(reps) >= 3:
+        sds = [statistics.stdev(c.values) for c in reps]
+        typical = statistics.median(sds)
+        if typical > 0:
+            reps = [c for c, sd in zip(reps, sds, strict=True) if sd <= REGIME_RATIO * typical]
+    return _pooled(hardware, reps)
 
 
 def noise_on(noise: Mapping[str, Noise], hardware: str | None) -> float | None:

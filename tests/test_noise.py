@@ -58,10 +58,27 @@ def test_the_noise_at_the_best_configs_leaves_out_a_noisy_region_far_behind() ->
     assert pooled.sd > 0.1 and (pooled.dof, pooled.n_configs) == (4, 4)
     assert best.sd == pytest.approx(math.sqrt(3 * 2 * 0.001**2 / 3)) and (best.dof, best.n_configs) == (3, 3)
     assert best.high < 0.01 < pooled.low  # judged in its own noise, 0.02 is ~10 sd, not 0.1 sd
-    # with the baseline among the k best, it is pooled in again; maximizing, the best are the highest
-    assert noise.noise_at_best(exps, MIN, "h100", k=4).sd == pytest.approx(pooled.sd)
+    # the baseline among the 4 best: 200 x its peers' median sd, another noise regime, left out
+    assert noise.noise_at_best(exps, MIN, "h100", k=4).sd == pytest.approx(best.sd)
+    # among two, no median tells which one is the odd one: both are pooled
+    two = [*exps[:2], *exps[6:8]]
+    assert noise.noise_at_best(two, MIN, "h100").n_configs == 2 and noise.noise_at_best(two, MIN, "h100").sd > 0.1
+    # maximizing, the best are the highest
     assert noise.noise_at_best(exps, MAX, "h100", k=1).n_configs == 1 and noise.noise_at_best(exps, MAX, "h100", 1).sd > 0.1
     assert noise.noise_at_best(exps, MIN, "h200").sd is None  # nothing ran there
+
+
+def test_the_noise_at_the_best_configs_pools_a_noise_that_differs_by_less_than_tenfold() -> None:
+    """Best configurations whose noise differs 5-fold are one regime: all pooled; one 17 x its
+    peers' median is left out (it would be the pooled variance alone)."""
+    exps = []
+    for i, (mean, d) in enumerate([(0.30, 0.001), (0.31, 0.005), (0.32, 0.002), (0.33, 0.06)]):
+        exps += [run(10 + 2 * i, 0.01 * (i + 1), mean - d), run(11 + 2 * i, 0.01 * (i + 1), mean + d, source="replicate")]
+    three = noise.noise_at_best(exps[:6], MIN, "h100")
+    assert three.n_configs == 3 and three.sd == pytest.approx(math.sqrt(2 * (0.001**2 + 0.005**2 + 0.002**2) / 3))
+    four = noise.noise_at_best(exps, MIN, "h100")  # sds 0.0014, 0.0071, 0.0028, 0.085: median 0.005
+    assert four.n_configs == 3 and four.sd == pytest.approx(three.sd)
+    assert noise.noise_by_hardware(exps, MIN)["h100"].sd > 2 * four.sd  # pooled everywhere, the odd one dominates
 
 
 @pytest.mark.parametrize("replicate", [None, 1.05], ids=["replicate crashed", "no replicate"])
