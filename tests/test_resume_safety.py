@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import csv
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -187,7 +188,17 @@ def test_the_campaign_dir_is_the_users_only(tmp_path, target_dir):
 
 
 # ---- Ctrl-C ----------------------------------------------------------------------------------------
-def test_ctrl_c_during_the_baseline_requeues_it_outside_the_budget(tmp_path, target_dir):
+@pytest.fixture
+def ctrl_c_handled():
+    """Python's own SIGINT handler, as a terminal's Ctrl-C finds it: a shell that starts pytest in
+    the background (``nohup .ci/run &``) leaves SIGINT ignored, and ``_thread.interrupt_main`` then
+    does nothing (the campaign waited for its 30 s job and the test failed)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_baseline_requeues_it_outside_the_budget(tmp_path, target_dir, ctrl_c_handled):
     c = make(tmp_path, target_dir, max_experiments=3, hold=30)
     db = tmp_path / "runs/c/state.sqlite"
 
